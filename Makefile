@@ -1,0 +1,57 @@
+# espnet-serve: every target sets up what it needs from the lock file.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+HOST   ?= 127.0.0.1
+PORT   ?= 3000
+export PIP_DISABLE_PIP_VERSION_CHECK := 1
+
+.PHONY: setup sysdeps serve test lint format lock eval clean
+
+## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
+setup: $(STAMP)
+
+$(STAMP): requirements/lock.txt pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --no-deps -r requirements/lock.txt 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
+	$(BIN)/python -c "import espnet2, bentoml, torch, torchaudio, espnet_serve"
+	touch $@
+
+## sysdeps: Debian packages the recipe and tests use (espeak-ng, sox, libsndfile)
+sysdeps:
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1; }
+
+## serve: serve the embedded default model on $(HOST):$(PORT), offline
+serve: setup
+	$(BIN)/espnet-serve import-default
+	$(BIN)/bentoml serve service:Transcriber --host $(HOST) --port $(PORT)
+
+## test: lint, then the whole test suite
+test: setup sysdeps
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: setup
+	$(BIN)/ruff check --fix .
+	$(BIN)/ruff format .
+
+## lock: re-resolve requirements/lock.txt (needs uv; see design notes on setuptools)
+lock:
+	uv pip compile requirements/requirements.in --python-version 3.11 \
+	  --python-platform x86_64-manylinux_2_28 \
+	  --override requirements/overrides.txt -o requirements/lock.txt
+
+## eval: word error rate and real-time factor of the default model on the held-out set
+eval: setup
+	$(BIN)/espnet-serve eval
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache
