@@ -112,8 +112,10 @@ def load_inference_config(path: Path, *, bundle_root: Path | None) -> DictConfig
     config = _load_with_defaults(path)
     if bundle_root is not None:
         config.recipe_dir = str(bundle_root)
-    OmegaConf.resolve(config)
-    return config
+    # Rebuild rather than OmegaConf.resolve(): a resolver may turn a string into a list.
+    resolved = OmegaConf.create(OmegaConf.to_container(config, resolve=True))
+    assert isinstance(resolved, DictConfig)
+    return resolved
 
 
 def resolve_device(requested: str | None) -> str:

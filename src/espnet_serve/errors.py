@@ -26,3 +26,7 @@ class InferenceConfigError(ValueError):
 
 class BackendResolutionError(RuntimeError):
     """No way to build a backend: no inference config and no ``backend_class``."""
+
+
+class UnsafeArchiveError(ValueError):
+    """A model archive could write outside its target, or exceeds the unpack limits."""

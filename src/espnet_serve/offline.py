@@ -18,7 +18,7 @@ ALLOW_DOWNLOADS_ENV = "ESPNET_SERVE_ALLOW_DOWNLOADS"
 
 def _refuse_download(info_or_id: object = None, *args: object, **kwargs: object) -> bool:
     """Stand-in for ``nltk.download`` that downloads nothing."""
-    logger.debug("Refused nltk download of %r (set %s=1 to allow).", info_or_id, ALLOW_DOWNLOADS_ENV)
+    logger.debug("Refused nltk download of %r; %s=1 allows it.", info_or_id, ALLOW_DOWNLOADS_ENV)
     return False
 
 

@@ -15,6 +15,7 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from espnet_serve.archive import check_archive
 from espnet_serve.bundle import (
     BundleMetadata,
     artifacts_from_directory,
@@ -27,6 +28,7 @@ from espnet_serve.config import build_backend, load_inference_config, to_dict_co
 from espnet_serve.errors import BackendResolutionError
 from espnet_serve.imports import import_object, resolve_object
 from espnet_serve.usercode import (
+    DEFAULT_USER_CODE_PATHS,
     activate_user_code,
     references_user_code,
     resolve_import_roots,
@@ -78,7 +80,9 @@ def _prepare_user_code(
     """
     entries = user_code_entries(user_code_paths, metadata.user_code_paths)
     plain_config = OmegaConf.to_container(config, resolve=False) if config is not None else None
-    referenced = references_user_code([plain_config, *extra_references], entries)
+    # The default root counts too: "src.x" must never import unchecked, whatever the entries.
+    roots = {*entries, *DEFAULT_USER_CODE_PATHS}
+    referenced = references_user_code([plain_config, *extra_references], roots)
     if not user_code_allowed(
         enable_user_code=enable_user_code,
         trust_user_code=trust_user_code,
@@ -367,6 +371,8 @@ class InferenceSession:
             InferenceSession: The loaded session.
 
         Raises:
+            UnsafeArchiveError: If a local archive has unsafe members (``..``,
+                absolute paths, links out, device files) or exceeds the limits.
             Any exception raised by the configured downloader or backend constructor.
         """
         options: dict[str, Any] = {
@@ -391,14 +397,16 @@ class InferenceSession:
                 prefer_model_batch=prefer_model_batch,
                 fallback_to_single_on_batch_error=fallback_to_single_on_batch_error,
             )
-        if Path(model_tag).expanduser().is_dir():
-            artifacts = artifacts_from_directory(Path(model_tag))
+        local = Path(model_tag).expanduser()
+        if local.is_dir():
+            artifacts = artifacts_from_directory(local)
         else:
+            if local.is_file():
+                # espnet2's unpack extracts without any filter: inspect the archive first.
+                check_archive(local)
             downloader = resolve_object(downloader_class)(**dict(downloader_kwargs or {}))
             artifacts = downloader.download_and_unpack(model_tag)
-        return cls.from_artifacts(
-            artifacts, backend_class=backend_cls, **options, **backend_kwargs
-        )
+        return cls.from_artifacts(artifacts, backend_class=backend_cls, **options, **backend_kwargs)
 
     # ----------------------------------------------------------------- inference
 

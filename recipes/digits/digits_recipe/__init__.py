@@ -1,0 +1,1 @@
+"""The digits recipe: synthesise spoken digit strings, train an espnet2 ASR model, pack it."""

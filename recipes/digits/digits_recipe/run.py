@@ -1,0 +1,115 @@
+"""Run the digits recipe: synthesise, prepare, train, pack (and optionally install).
+
+Usage (from ``recipes/digits``)::
+
+    ../../.venv/bin/python -m digits_recipe.run                 # full recipe
+    ../../.venv/bin/python -m digits_recipe.run --install       # ... and copy into the package
+    ../../.venv/bin/python -m digits_recipe.run --config conf/toy.yaml --work-dir /tmp/toy
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
+from digits_recipe.data import prepare_data_dir, token_list
+from digits_recipe.pack import pack
+from digits_recipe.synth import plan_set, synthesise_set
+from digits_recipe.train import train
+
+STAGES = ("synth", "prepare", "train", "pack")
+SETS = ("train", "valid", "heldout")
+ASSETS_DIR = RECIPE_DIR.parent.parent / "src" / "espnet_serve" / "assets"
+ARCHIVE_NAME = "digits_asr.tar.gz"
+
+logger = logging.getLogger("digits_recipe")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The command-line parser."""
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", type=Path, default=DEFAULT_CONFIG, help="Recipe config.")
+    parser.add_argument(
+        "--work-dir", type=Path, default=RECIPE_DIR / "work", help="Where everything is written."
+    )
+    parser.add_argument(
+        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="Stages to run."
+    )
+    parser.add_argument(
+        "--install",
+        action="store_true",
+        help=f"Copy the archive and held-out set into {ASSETS_DIR}.",
+    )
+    return parser
+
+
+def install(archive: Path, heldout_dir: Path, assets_dir: Path = ASSETS_DIR) -> None:
+    """Copy the packed bundle and the held-out set into the package's assets.
+
+    Args:
+        archive: The packed bundle.
+        heldout_dir: The synthesised held-out set.
+        assets_dir: The package's assets directory.
+    """
+    assets_dir.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(archive, assets_dir / ARCHIVE_NAME)
+    target = assets_dir / "heldout"
+    if target.exists():
+        shutil.rmtree(target)
+    shutil.copytree(heldout_dir, target)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the selected stages; returns the exit status."""
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    config = load_config(args.config)
+    work = args.work_dir.absolute()
+    synthesis = config["synthesis"]
+    set_dirs = {name: work / "data" / name for name in SETS}
+    dump_dirs = {name: work / "dump" / name for name in SETS}
+    token_file = work / "dump" / "tokens.txt"
+    exp_dir = work / "exp" / "asr"
+    archive = work / ARCHIVE_NAME
+
+    for stage in args.stages:
+        start = time.perf_counter()
+        if stage == "synth":
+            for name in SETS:
+                spec = SetSpec.from_config(config, name)
+                utterances = plan_set(spec, synthesis["words"], tuple(synthesis["num_words"]))
+                synthesise_set(
+                    utterances,
+                    set_dirs[name],
+                    sample_rate=int(synthesis["sample_rate"]),
+                    jobs=int(synthesis["jobs"]),
+                )
+        elif stage == "prepare":
+            for name in SETS:
+                prepare_data_dir(set_dirs[name], dump_dirs[name])
+            token_file.write_text("\n".join(token_list(synthesis["words"])) + "\n")
+        elif stage == "train":
+            train(
+                config,
+                train_dir=dump_dirs["train"],
+                valid_dir=dump_dirs["valid"],
+                token_file=token_file,
+                exp_dir=exp_dir,
+            )
+        elif stage == "pack":
+            pack(config, exp_dir=exp_dir, bundle_dir=work / "bundle", archive=archive)
+        logger.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
+    if args.install:
+        install(archive, set_dirs["heldout"])
+        logger.info("installed %s and the held-out set into %s", ARCHIVE_NAME, ASSETS_DIR)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Train the digits ASR model with espnet2's own ``ASRTask``."""
+
+from __future__ import annotations
+
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from digits_recipe.config import RECIPE_DIR, deep_merge
+
+
+def write_train_config(config: Mapping[str, Any], path: Path) -> Path:
+    """Write the effective espnet2 config: the recipe's file plus its ``overrides``.
+
+    Args:
+        config: The loaded recipe config.
+        path: Where to write the merged espnet2 config.
+
+    Returns:
+        Path: ``path``.
+    """
+    training = config["training"]
+    base = yaml.safe_load((RECIPE_DIR / training["config"]).read_text(encoding="utf-8"))
+    merged = deep_merge(base, training.get("overrides") or {})
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _data_args(split: str, data_dir: Path) -> list[str]:
+    """``ASRTask`` arguments naming a data directory's files for ``split`` (train/valid)."""
+    return [
+        f"--{split}_data_path_and_name_and_type",
+        f"{data_dir / 'wav.scp'},speech,sound",
+        f"--{split}_data_path_and_name_and_type",
+        f"{data_dir / 'text'},text,text",
+        f"--{split}_shape_file",
+        str(data_dir / "speech_shape"),
+        f"--{split}_shape_file",
+        str(data_dir / "text_shape"),
+    ]
+
+
+def train(
+    config: Mapping[str, Any],
+    *,
+    train_dir: Path,
+    valid_dir: Path,
+    token_file: Path,
+    exp_dir: Path,
+) -> Path:
+    """Train from scratch into ``exp_dir`` (removed first) and return it.
+
+    espnet2 writes ``config.yaml``, per-epoch checkpoints and, at the end, the
+    average of the best epochs by validation accuracy (``valid.acc.ave.pth``).
+
+    Args:
+        config: The loaded recipe config (``training`` and ``seeds.training``).
+        train_dir: espnet2 data directory of the training set.
+        valid_dir: espnet2 data directory of the validation set.
+        token_file: Token list, one token per line.
+        exp_dir: The experiment directory.
+
+    Returns:
+        Path: ``exp_dir``.
+    """
+    import torch
+    from espnet2.tasks.asr import ASRTask
+
+    if exp_dir.exists():
+        shutil.rmtree(exp_dir)
+    train_config = write_train_config(config, exp_dir.parent / f"{exp_dir.name}.train.yaml")
+    torch.set_num_threads(int(config["training"]["threads"]))
+    ASRTask.main(
+        cmd=[
+            "--config",
+            str(train_config),
+            "--output_dir",
+            str(exp_dir),
+            "--seed",
+            str(config["seeds"]["training"]),
+            "--token_list",
+            str(token_file),
+            "--token_type",
+            "char",
+            *_data_args("train", train_dir),
+            *_data_args("valid", valid_dir),
+        ]
+    )
+    return exp_dir

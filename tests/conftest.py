@@ -1,0 +1,98 @@
+"""Shared fixtures: a tiny random-initialised espnet2 ASR model, bundled and packed."""
+
+from __future__ import annotations
+
+import os
+import textwrap
+from pathlib import Path
+
+# Everything under test is offline: no hub lookups, no nltk downloads.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+import numpy as np
+import pytest
+
+from espnet_serve.publish import pack_bundle, write_bundle
+from espnet_serve.random_init import AsrExperiment, write_random_asr_experiment
+
+# Cheap decoding for a random model: short outputs, one beam.
+TINY_DECODING = {"beam_size": 1, "ctc_weight": 0.5, "maxlenratio": 0.2, "device": "auto"}
+
+OUTPUT_FN_SOURCE = textwrap.dedent(
+    '''
+    """Recipe output function of the tiny test bundle."""
+
+
+    def _one(uttid, nbest):
+        return {"uttid": uttid, "text": nbest[0][0], "made_by": "bundled-user-code"}
+
+
+    def output_fn(*, data, model_output, idx):
+        if isinstance(idx, list):
+            return [_one(i, out) for i, out in zip(idx, model_output)]
+        return _one(idx, model_output)
+    '''
+)
+
+
+@pytest.fixture(scope="session")
+def tiny_experiment(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
+    return write_random_asr_experiment(tmp_path_factory.mktemp("tiny_exp"))
+
+
+@pytest.fixture(scope="session")
+def user_code_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    src = tmp_path_factory.mktemp("recipe") / "src"
+    src.mkdir()
+    (src / "__init__.py").write_text("")
+    (src / "output.py").write_text(OUTPUT_FN_SOURCE)
+    return src
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle_dir(
+    tmp_path_factory: pytest.TempPathFactory, tiny_experiment: AsrExperiment, user_code_dir: Path
+) -> Path:
+    return write_bundle(
+        tmp_path_factory.mktemp("bundle") / "tiny",
+        asr_train_config=tiny_experiment.asr_train_config,
+        asr_model_file=tiny_experiment.asr_model_file,
+        decoding=TINY_DECODING,
+        output_fn="src.output.output_fn",
+        user_code_dir=user_code_dir,
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_archive(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
+    return pack_bundle(tiny_bundle_dir, tmp_path_factory.mktemp("archives") / "tiny.tar.gz")
+
+
+@pytest.fixture(scope="session")
+def espnet2_packed_archive(tmp_path_factory: pytest.TempPathFactory, tiny_bundle_dir: Path) -> Path:
+    """The same bundle packed by espnet2's own ``pack`` (as ``espnet2 pack`` would)."""
+    from espnet2.main_funcs.pack_funcs import pack
+
+    out = tmp_path_factory.mktemp("espnet2_pack") / "tiny_espnet2.tar.gz"
+    cwd = Path.cwd()
+    os.chdir(tiny_bundle_dir)
+    try:
+        pack(
+            files={"asr_model_file": "exp/asr/model.pth"},
+            yaml_files={
+                "asr_train_config": "exp/asr/config.yaml",
+                "inference_config": "conf/inference.yaml",
+            },
+            outpath=out,
+            option=["src/output.py", "src/__init__.py"],
+        )
+    finally:
+        os.chdir(cwd)
+    return out
+
+
+@pytest.fixture()
+def speech() -> np.ndarray:
+    """Half a second of quiet noise at 16 kHz."""
+    return (np.random.default_rng(0).standard_normal(8000) * 0.05).astype(np.float32)
