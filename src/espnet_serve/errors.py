@@ -30,3 +30,7 @@ class BackendResolutionError(RuntimeError):
 
 class UnsafeArchiveError(ValueError):
     """A model archive could write outside its target, or exceeds the unpack limits."""
+
+
+class BundleIntegrityError(RuntimeError):
+    """A stored bundle's files differ from the sha256 digests recorded when it was imported."""
