@@ -18,12 +18,27 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=evaluation.main)
 
 
+def _add_build(subparsers: argparse._SubParsersAction) -> None:
+    from espnet_serve import build
+
+    parser = subparsers.add_parser(
+        "build", help="Import a model into the BentoML store (--bento: and build a Bento)."
+    )
+    build.add_arguments(parser)
+    parser.set_defaults(handler=build.main)
+    default = subparsers.add_parser(
+        "import-default", help="Import the embedded default model into the BentoML store."
+    )
+    default.set_defaults(handler=build.import_default_main)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """Return the argument parser with every subcommand registered."""
     parser = argparse.ArgumentParser(prog="espnet-serve", description=__doc__)
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_eval(subparsers)
+    _add_build(subparsers)
     return parser
 
 
