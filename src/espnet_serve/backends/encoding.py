@@ -1,0 +1,150 @@
+"""Padded batch encoding that gives each utterance the encoder output it gets alone.
+
+``ESPnetASRModel.encode`` on a zero-padded batch is not the same as encoding
+each utterance on its own (espnet 202511), for three reasons:
+
+1. the STFT front end reflect-pads the *padded* signal, so an utterance's last
+   frames see batch zeros instead of its own reflected samples;
+2. ``Conv2dSubsampling`` (and friends) derive output masks by slicing the input
+   mask, which over-counts a padded utterance's length by up to one frame per
+   subsampling stage, so the encoder attends to (and returns) frames computed
+   from padding;
+3. conformer / branchformer depthwise time convolutions read padded frames.
+
+:func:`encode_padded` removes all three: the front end runs per utterance, the
+subsampled mask is recomputed from the true lengths (convolution arithmetic),
+and depthwise time convolutions see zeros beyond each utterance's end, exactly
+as a single-utterance forward does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils.rnn import pad_sequence
+
+_LAYER_MODULES = (
+    ("espnet.nets.pytorch_backend.conformer.convolution", "ConvolutionModule", "depthwise_conv"),
+    ("espnet2.asr.layers.cgmlp", "ConvolutionalSpatialGatingUnit", "conv"),
+)
+
+
+def _time_convolutions(encoder: nn.Module) -> list[nn.Module]:
+    """Depthwise time convolutions of the encoder that would read padded frames."""
+    import importlib
+
+    found: list[nn.Module] = []
+    for module_name, class_name, attr in _LAYER_MODULES:
+        cls = getattr(importlib.import_module(module_name), class_name)
+        found += [getattr(m, attr) for m in encoder.modules() if isinstance(m, cls)]
+    return found
+
+
+def subsampled_lengths(embed: nn.Module | None, lengths: torch.Tensor) -> torch.Tensor:
+    """Output lengths of a subsampling front layer for unpadded inputs of ``lengths``.
+
+    Applies the convolution arithmetic of the layer's ``conv`` stack along time
+    (``kernel_size[0]``, ``stride[0]``, ...), which is what a single-utterance
+    forward produces; layers without a ``conv`` stack keep the length.
+    """
+    convs = getattr(embed, "conv", None)
+    if not isinstance(convs, nn.Sequential):
+        return lengths
+    out = lengths.clone()
+    for conv in convs:
+        if isinstance(conv, nn.Conv1d | nn.Conv2d):
+            padding = conv.padding[0] if isinstance(conv.padding, tuple) else 0
+            span = conv.dilation[0] * (conv.kernel_size[0] - 1) + 1
+            out = torch.div(out + 2 * padding - span, conv.stride[0], rounding_mode="floor") + 1
+    return out
+
+
+@contextlib.contextmanager
+def _exact_padding(encoder: nn.Module) -> Iterator[None]:
+    """Hooks that make a padded encoder forward match per-utterance forwards."""
+    state: dict[str, torch.Tensor] = {}
+    embed = getattr(encoder, "embed", None)
+
+    def fix_mask(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
+        if not (isinstance(output, tuple) and len(output) == 2 and len(args) == 2):
+            return output
+        xs, mask = output
+        if not isinstance(mask, torch.Tensor) or not isinstance(args[1], torch.Tensor):
+            return output
+        lengths = subsampled_lengths(module, args[1].sum(dim=-1).view(-1))
+        frames = torch.arange(mask.size(-1), device=mask.device)
+        state["mask"] = (frames[None, :] < lengths[:, None]).unsqueeze(1)
+        return xs, state["mask"]
+
+    def zero_padding(module: nn.Module, args: tuple[Any, ...]) -> Any:
+        mask = state.get("mask")
+        if mask is None or args[0].size(-1) != mask.size(-1):
+            return None
+        return (args[0].masked_fill(~mask, 0.0), *args[1:])
+
+    handles = [h.register_forward_pre_hook(zero_padding) for h in _time_convolutions(encoder)]
+    if isinstance(embed, nn.Module):
+        handles.append(embed.register_forward_hook(fix_mask))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def extract_features(asr_model: Any, speech: torch.Tensor) -> torch.Tensor:
+    """Front-end features ``(frames, dim)`` of one unpadded utterance ``(samples,)``."""
+    lengths = torch.tensor([speech.size(0)], dtype=torch.long, device=speech.device)
+    feats, _ = asr_model._extract_feats(speech.unsqueeze(0), lengths)
+    return feats[0]
+
+
+def too_short_for_subsampling(asr_model: Any, n_frames: int) -> int | None:
+    """Minimum frame count the encoder's subsampling needs, if ``n_frames`` is fewer."""
+    from espnet.nets.pytorch_backend.transformer.subsampling import check_short_utt
+
+    embed = getattr(asr_model.encoder, "embed", None)
+    short, limit = check_short_utt(embed, n_frames)
+    if short:
+        return int(limit)
+    lengths = subsampled_lengths(embed, torch.tensor([n_frames]))
+    return n_frames + 1 if int(lengths[0]) < 1 else None
+
+
+def encode_padded(
+    asr_model: Any, feats: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Run normalisation and the encoder once on a zero-padded batch of features.
+
+    Mirrors ``ESPnetASRModel.encode`` after its front end (normalize,
+    pre-encoder, encoder, post-encoder), with the padding fixes of this module.
+
+    Args:
+        asr_model: An ``espnet2`` ``ESPnetASRModel`` in eval mode.
+        feats: Per-utterance features from :func:`extract_features`.
+
+    Returns:
+        tuple[torch.Tensor, torch.Tensor]: Encoder output ``(batch, frames, dim)``
+        and output lengths ``(batch,)``.
+    """
+    lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long, device=feats[0].device)
+    xs = pad_sequence(list(feats), batch_first=True)
+    if asr_model.normalize is not None:
+        xs, lengths = asr_model.normalize(xs, lengths)
+    if asr_model.preencoder is not None:
+        xs, lengths = asr_model.preencoder(xs, lengths)
+    encoder = asr_model.encoder
+    with _exact_padding(encoder):
+        if getattr(encoder, "interctc_use_conditioning", False):
+            out, out_lengths, _ = encoder(xs, lengths, ctc=asr_model.ctc)
+        else:
+            out, out_lengths, _ = encoder(xs, lengths)
+    if isinstance(out, tuple):
+        out = out[0]
+    if asr_model.postencoder is not None:
+        out, out_lengths = asr_model.postencoder(out, out_lengths)
+    return out, out_lengths

@@ -1,0 +1,21 @@
+"""The per-sample error result of the batched backend."""
+
+from __future__ import annotations
+
+
+class SampleError(ValueError):
+    """A sample that could not be decoded.
+
+    ``BatchedSpeech2Text`` returns it *in the sample's slot* of a batch result
+    (the other samples are decoded), and raises it for a single-array call.
+    When the cause was an exception, it is chained as ``__cause__``.
+
+    Attributes:
+        index: Position of the sample in the batch it came in.
+        reason: Short reason, e.g. ``"empty"``, ``"non-finite"``, ``"too short"``.
+    """
+
+    def __init__(self, index: int, reason: str, detail: str = "") -> None:
+        self.index = index
+        self.reason = reason
+        super().__init__(f"sample {index}: {reason}" + (f" ({detail})" if detail else ""))

@@ -1,0 +1,307 @@
+"""``BatchedSpeech2Text``: a drop-in batched replacement for espnet2's ``Speech2Text``."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions
+from espnet_serve.backends.bucketing import length_buckets
+from espnet_serve.backends.encoding import (
+    encode_padded,
+    extract_features,
+    too_short_for_subsampling,
+)
+from espnet_serve.backends.errors import SampleError
+from espnet_serve.backends.greedy import greedy_ctc
+
+DECODING_MODES = ("auto", "beam", "greedy_ctc")
+HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
+
+# One n-best list: [(text, tokens, token ids, Hypothesis), ...], as Speech2Text returns.
+NBest = list[tuple[str | None, list[str], list[int], Any]]
+
+
+class BatchedSpeech2Text:
+    """Speech recognition that decodes many utterances per call.
+
+    Built from the same artifacts and options as
+    ``espnet2.bin.asr_inference.Speech2Text``, so it can be the ``model._target_``
+    of an inference config. A call with a list of 1-D waveforms returns one
+    n-best list ``[(text, token, token_int, hyp), ...]`` per waveform, in input
+    order; a call with one waveform returns its n-best list, like ``Speech2Text``.
+
+    How: waveforms are bucketed by length (longest first, at most
+    ``max_batch_size`` per bucket); each bucket is encoded in one padded
+    encoder forward (see :mod:`espnet_serve.backends.encoding`) and decoded
+    together: greedy CTC, or joint CTC/attention beam search vectorised over
+    utterances x beams (:mod:`espnet_serve.backends.beam_search`) that
+    reproduces ``Speech2Text``'s hypotheses and scores.
+
+    Per-sample errors: a waveform that cannot be decoded (not a 1-D numeric
+    array, empty, NaN/inf, too short for the encoder's subsampling, or failing
+    alone when its bucket failed) gets a :class:`SampleError` *in its slot* of
+    the returned list; the other waveforms are decoded. A single-waveform call
+    raises it instead.
+
+    Not supported (refused at construction with ``NotImplementedError``):
+    language models / n-grams (shallow fusion), transducer models, and
+    attention decoders other than espnet2's transformer family.
+
+    Args:
+        asr_train_config: espnet2 ASR training config (``config.yaml``).
+        asr_model_file: Model weights.
+        device: Torch device (``cpu``, ``cuda``, ``cuda:1``).
+        dtype: ``float32``; or ``float16`` / ``bfloat16`` on CUDA, applied with
+            autocast to the networks (search arithmetic stays float32).
+        beam_size: Beam size.
+        ctc_weight: CTC weight in joint decoding (1.0: CTC only).
+        penalty: Length bonus per token.
+        maxlenratio: Maximum output length ratio (see ``Speech2Text``).
+        minlenratio: Minimum output length ratio.
+        nbest: Hypotheses returned per waveform.
+        normalize_length: Rank ended hypotheses by score per token.
+        token_type: Token type override (default: the training config's).
+        bpemodel: BPE model override (default: the training config's).
+        lm_train_config: Refused when set (no LM support).
+        lm_file: Refused when set.
+        ngram_file: Refused when set.
+        lm_weight: Accepted for config compatibility; meaningless without an LM.
+        ngram_weight: Accepted for config compatibility; meaningless without an n-gram.
+        decoding: ``"beam"``, ``"greedy_ctc"``, or ``"auto"`` (greedy CTC when
+            ``ctc_weight == 1.0`` and ``beam_size == 1``, else beam search).
+            Greedy CTC is the best path, which can differ from ``Speech2Text``'s
+            beam-1 CTC prefix search.
+        max_batch_size: Most waveforms per bucket.
+        max_batch_samples: Most padded audio samples per bucket
+            (``size x longest``), or ``None`` for no bound.
+
+    Raises:
+        ValueError: On an unknown ``decoding``/``dtype`` or half precision off CUDA.
+        NotImplementedError: For the unsupported models and options above.
+    """
+
+    def __init__(
+        self,
+        asr_train_config: str | Path,
+        asr_model_file: str | Path,
+        *,
+        device: str = "cpu",
+        dtype: str = "float32",
+        beam_size: int = 20,
+        ctc_weight: float = 0.5,
+        penalty: float = 0.0,
+        maxlenratio: float = 0.0,
+        minlenratio: float = 0.0,
+        nbest: int = 1,
+        normalize_length: bool = False,
+        token_type: str | None = None,
+        bpemodel: str | None = None,
+        lm_train_config: str | Path | None = None,
+        lm_file: str | Path | None = None,
+        ngram_file: str | Path | None = None,
+        lm_weight: float = 1.0,
+        ngram_weight: float = 0.9,
+        decoding: str = "auto",
+        max_batch_size: int = 16,
+        max_batch_samples: int | None = None,
+    ) -> None:
+        from espnet2.bin.asr_inference import Speech2Text
+
+        del lm_weight, ngram_weight  # only meaningful with the refused LM / n-gram
+        if decoding not in DECODING_MODES:
+            raise ValueError(f"decoding must be one of {DECODING_MODES}, got {decoding!r}.")
+        if dtype != "float32" and dtype not in HALF_DTYPES:
+            raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}.")
+        if dtype in HALF_DTYPES and not str(device).startswith("cuda"):
+            raise ValueError(f"dtype={dtype} needs a CUDA device (got device={device!r}).")
+        if lm_train_config is not None or lm_file is not None or ngram_file is not None:
+            raise NotImplementedError(
+                "BatchedSpeech2Text does not support language-model or n-gram shallow fusion "
+                "(lm_train_config / lm_file / ngram_file). Remove them from the inference "
+                "config, or use espnet2.bin.asr_inference.Speech2Text."
+            )
+        if max_batch_size < 1:
+            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+        reference = Speech2Text(
+            asr_train_config=asr_train_config,
+            asr_model_file=asr_model_file,
+            token_type=token_type,
+            bpemodel=bpemodel,
+            device=device,
+            beam_size=beam_size,
+            ctc_weight=ctc_weight,
+            penalty=penalty,
+            nbest=nbest,
+            normalize_length=normalize_length,
+        )
+        self.asr_model = reference.asr_model
+        self.asr_train_args = reference.asr_train_args
+        self.converter = reference.converter
+        self.tokenizer = reference.tokenizer
+        self.device = device
+        self.dtype = dtype
+        self.nbest = nbest
+        self.max_batch_size = max_batch_size
+        self.max_batch_samples = max_batch_samples
+        self.greedy = decoding == "greedy_ctc" or (
+            decoding == "auto" and ctc_weight == 1.0 and beam_size == 1
+        )
+        self.options = SearchOptions(
+            beam_size=beam_size,
+            ctc_weight=ctc_weight,
+            penalty=penalty,
+            maxlenratio=maxlenratio,
+            minlenratio=minlenratio,
+            normalize_length=normalize_length,
+            sos=self.asr_model.sos,
+            eos=self.asr_model.eos,
+            vocab_size=len(self.asr_model.token_list),
+        )
+        self._check_model()
+        self.search = BatchJointSearch(self.asr_model, self.options)
+
+    def _check_model(self) -> None:
+        """Refuse models this backend cannot decode exactly."""
+        from espnet2.asr.espnet_model import ESPnetASRModel
+
+        from espnet_serve.backends.decoder_step import check_decoder_supported
+
+        model = self.asr_model
+        if not isinstance(model, ESPnetASRModel) or getattr(model, "use_transducer_decoder", False):
+            raise NotImplementedError(
+                f"BatchedSpeech2Text needs an espnet2 CTC/attention ESPnetASRModel, got "
+                f"{type(model).__name__}. Use espnet2.bin.asr_inference.Speech2Text."
+            )
+        needs_ctc = self.greedy or self.options.ctc_weight > 0.0
+        if needs_ctc and model.ctc is None:
+            raise NotImplementedError("The model has no CTC head: set ctc_weight=0.0.")
+        if not self.greedy and self.options.ctc_weight < 1.0:
+            if model.decoder is None:
+                raise NotImplementedError(
+                    "The model has no attention decoder: set ctc_weight=1.0 (CTC only)."
+                )
+            check_decoder_supported(model.decoder)
+
+    def __call__(self, speech: Any) -> NBest | list[NBest | SampleError]:
+        """Recognise one waveform, or a list of them.
+
+        Args:
+            speech: A 1-D waveform (numpy array or tensor), or a list/tuple of them.
+
+        Returns:
+            For one waveform, its n-best list; for a list, one n-best list or
+            :class:`SampleError` per waveform, in input order.
+
+        Raises:
+            SampleError: If a single waveform cannot be decoded.
+        """
+        if isinstance(speech, list | tuple):
+            return self.batch(speech)
+        (result,) = self.batch([speech])
+        if isinstance(result, SampleError):
+            raise result
+        return result
+
+    @torch.inference_mode()
+    def batch(self, samples: Sequence[Any]) -> list[NBest | SampleError]:
+        """Recognise a list of waveforms (see :meth:`__call__`)."""
+        results: dict[int, NBest | SampleError] = {}
+        feats: dict[int, torch.Tensor] = {}
+        for index, sample in enumerate(samples):
+            try:
+                feats[index] = self._features(index, sample)
+            except SampleError as error:
+                results[index] = error
+        indices = list(feats)
+        lengths = [len(samples[i]) for i in indices]
+        for bucket in length_buckets(lengths, self.max_batch_size, self.max_batch_samples):
+            members = [indices[position] for position in bucket]
+            for index, result in zip(members, self._decode_or_split(members, feats), strict=True):
+                results[index] = result
+        return [results[index] for index in range(len(samples))]
+
+    def _features(self, index: int, sample: Any) -> torch.Tensor:
+        """Validate one waveform and return its front-end features on the device."""
+        if isinstance(sample, torch.Tensor):
+            wave = sample.detach()
+        else:
+            try:
+                wave = torch.as_tensor(np.asarray(sample))
+            except (TypeError, ValueError, RuntimeError) as error:
+                raise SampleError(index, "not a numeric array", str(error)) from error
+        if wave.dtype == torch.bool or wave.is_complex() or wave.ndim != 1:
+            raise SampleError(
+                index, "not a 1-D real waveform", f"dtype {wave.dtype}, shape {tuple(wave.shape)}"
+            )
+        if wave.numel() == 0:
+            raise SampleError(index, "empty")
+        wave = wave.to(device=self.device, dtype=torch.float32)
+        if not bool(torch.isfinite(wave).all()):
+            raise SampleError(index, "non-finite", "the waveform holds NaN or inf")
+        with self._autocast():
+            feats = extract_features(self.asr_model, wave)
+        needed = too_short_for_subsampling(self.asr_model, feats.size(0))
+        if needed is not None:
+            raise SampleError(
+                index,
+                "too short",
+                f"{wave.numel()} samples give {feats.size(0)} frames; the encoder needs "
+                f"at least {needed}",
+            )
+        return feats
+
+    def _decode_or_split(
+        self, members: list[int], feats: dict[int, torch.Tensor]
+    ) -> list[NBest | SampleError]:
+        """Decode a bucket; if that fails, decode its members one by one."""
+        try:
+            return self._decode([feats[i] for i in members])
+        except Exception as error:
+            if len(members) == 1:
+                return [_failure(members[0], error)]
+        results: list[NBest | SampleError] = []
+        for index in members:
+            try:
+                results.append(self._decode([feats[index]])[0])
+            except Exception as error:
+                results.append(_failure(index, error))
+        return results
+
+    def _autocast(self) -> contextlib.AbstractContextManager[Any]:
+        """Autocast to the configured half precision on CUDA, else nothing."""
+        if self.dtype in HALF_DTYPES:
+            return torch.autocast(device_type="cuda", dtype=HALF_DTYPES[self.dtype])
+        return contextlib.nullcontext()
+
+    def _decode(self, feats: list[torch.Tensor]) -> list[NBest]:
+        """Encode one bucket in one padded forward and decode all of it."""
+        with self._autocast():
+            enc, lengths = encode_padded(self.asr_model, feats)
+            if self.greedy:
+                hyps = greedy_ctc(self.asr_model, enc, lengths, self.options.sos, self.options.eos)
+            else:
+                hyps = self.search(enc, lengths)
+        return [self._nbest(h[: self.nbest]) for h in hyps]
+
+    def _nbest(self, hyps: list[Any]) -> NBest:
+        """Token ids, tokens and text of each hypothesis, as ``Speech2Text`` formats them."""
+        results: NBest = []
+        for hyp in hyps:
+            token_int = [t for t in hyp.yseq[1:-1].tolist() if t != 0]
+            token = self.converter.ids2tokens(token_int)
+            text = self.tokenizer.tokens2text(token) if self.tokenizer is not None else None
+            results.append((text, token, token_int, hyp))
+        return results
+
+
+def _failure(index: int, error: Exception) -> SampleError:
+    """A ``SampleError`` for a sample whose decoding raised ``error`` (chained as its cause)."""
+    failure = SampleError(index, "decoding failed", f"{type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure

@@ -1,0 +1,176 @@
+"""BatchedSpeech2Text: equivalence with Speech2Text, per-sample errors, session integration."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
+from espnet2.bin.asr_inference import Speech2Text
+
+from espnet_serve.backends import BatchedSpeech2Text
+from espnet_serve.backends.bucketing import length_buckets
+from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer
+from espnet_serve.backends.encoding import encode_padded, extract_features
+from espnet_serve.random_init import AsrExperiment, write_random_asr_experiment
+
+BEAM = {"beam_size": 4, "ctc_weight": 0.3, "maxlenratio": 0.3}
+SMALL_CONFORMER = {
+    "output_size": 64,
+    "attention_heads": 2,
+    "linear_units": 128,
+    "num_blocks": 2,
+    "input_layer": "conv2d",
+    "pos_enc_layer_type": "rel_pos",
+    "selfattention_layer_type": "rel_selfattn",
+    "rel_pos_type": "latest",
+    "macaron_style": True,
+    "use_cnn_module": True,
+    "cnn_module_kernel": 15,
+}
+
+
+def noise_clips(count: int, seed: int = 0) -> list[np.ndarray]:
+    """Quiet noise of mixed lengths (0.25 s to 3 s at 16 kHz)."""
+    rng = np.random.default_rng(seed)
+    return [
+        (rng.standard_normal(int(n)) * 0.05).astype(np.float32)
+        for n in rng.integers(4000, 48000, size=count)
+    ]
+
+
+def token_ids(nbest: list) -> list[list[int]]:
+    return [entry[2] for entry in nbest]
+
+
+@pytest.fixture(scope="module")
+def conformer_experiment(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
+    return write_random_asr_experiment(
+        tmp_path_factory.mktemp("conformer"), encoder="conformer", encoder_conf=SMALL_CONFORMER
+    )
+
+
+def build(experiment: AsrExperiment, **options: object) -> BatchedSpeech2Text:
+    return BatchedSpeech2Text(experiment.asr_train_config, experiment.asr_model_file, **options)
+
+
+def reference(experiment: AsrExperiment, **options: object) -> Speech2Text:
+    return Speech2Text(experiment.asr_train_config, experiment.asr_model_file, **options)
+
+
+# ------------------------------------------------------------------ building blocks
+
+
+def test_length_buckets_sort_and_bound():
+    lengths = [5, 9, 1, 9, 3, 7]
+    assert length_buckets(lengths, 2) == [[1, 3], [5, 0], [4, 2]]
+    assert length_buckets(lengths, 4, max_batch_samples=20) == [[1, 3], [5, 0], [4, 2]]
+    assert length_buckets([30, 2], 4, max_batch_samples=10) == [[0], [1]]
+    with pytest.raises(ValueError, match="max_batch_size"):
+        length_buckets(lengths, 0)
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "conformer"])
+def test_padded_encoding_equals_single_utterance_encoding(
+    encoder, tiny_experiment, conformer_experiment
+):
+    experiment = tiny_experiment if encoder == "transformer" else conformer_experiment
+    model = reference(experiment).asr_model
+    waves = [torch.from_numpy(w) for w in noise_clips(5)]
+    with torch.inference_mode():
+        enc, lengths = encode_padded(model, [extract_features(model, w) for w in waves])
+        for row, wave in enumerate(waves):
+            single, single_len = model.encode(wave[None], torch.tensor([len(wave)]))
+            assert int(lengths[row]) == int(single_len[0]) == single.size(1)
+            torch.testing.assert_close(enc[row, : single.size(1)], single[0], atol=1e-4, rtol=0)
+
+
+def test_ctc_prefix_scorer_matches_espnet_per_utterance():
+    """Our batched scorer on padded utterances == CTCPrefixScoreTH on each utterance alone."""
+    torch.manual_seed(0)
+    vocab, slots, eos, lengths = 12, 3, 11, [9, 14, 6]
+    logp = torch.randn(len(lengths), max(lengths), vocab).log_softmax(-1)
+    ours = BatchCTCPrefixScorer(logp, torch.tensor(lengths), slots, blank=0, eos=eos)
+    state = ours.initial_state()
+    refs = [
+        CTCPrefixScoreTH(logp[b : b + 1, :n].clone(), torch.tensor([n]), 0, eos)
+        for b, n in enumerate(lengths)
+    ]
+    ref_states: list = [None] * len(lengths)
+    ys = torch.full((len(lengths) * slots, 1), eos)
+    for step in range(4):
+        ids = torch.stack([torch.randperm(vocab - 2)[:5] + 1 for _ in range(ys.size(0))])
+        local, candidates = ours.score(state, ys[:, -1], step, ids)
+        parents, tokens = [], []
+        for b in range(len(lengths)):
+            rows = slice(b * slots, (b + 1) * slots)
+            ref_local, ref_state = refs[b](ys[rows], ref_states[b], ids[rows])
+            torch.testing.assert_close(local[rows], ref_local, atol=1e-5, rtol=0)
+            best = ref_local.view(-1).topk(slots)[1]
+            ref_states[b] = refs[b].index_select_state(ref_state, best.view(1, -1))
+            parents += (best // vocab + b * slots).tolist()
+            tokens += (best % vocab).tolist()
+        state = ours.select(candidates, torch.tensor(parents), torch.tensor(tokens))
+        ys = torch.cat([ys[parents], torch.tensor(tokens)[:, None]], dim=1)
+
+
+# ------------------------------------------------------------------ equivalence
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return noise_clips(40, seed=1)
+
+
+@pytest.fixture(scope="module")
+def speech2text_nbest(tiny_experiment, clips) -> list[list]:
+    s2t = reference(tiny_experiment, nbest=2, **BEAM)
+    return [s2t(clip) for clip in clips]
+
+
+def in_calls(backend: BatchedSpeech2Text, clips: list[np.ndarray], size: int) -> list:
+    """Decode ``clips`` in calls of ``size`` samples (one bucket per call)."""
+    out: list = []
+    for start in range(0, len(clips), size):
+        out += backend(clips[start : start + size])
+    return out
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_beam_search_matches_speech2text(batch_size, tiny_experiment, clips, speech2text_nbest):
+    backend = build(tiny_experiment, nbest=2, max_batch_size=batch_size, **BEAM)
+    ours = in_calls(backend, clips, batch_size)
+    mismatches = [
+        i
+        for i, (a, b) in enumerate(zip(ours, speech2text_nbest, strict=True))
+        if token_ids(a) != token_ids(b)
+    ]
+    assert len(mismatches) <= 0.01 * len(clips), mismatches
+    for a, b in zip(ours, speech2text_nbest, strict=True):
+        assert [e[0] for e in a] == [e[0] for e in b] or token_ids(a) != token_ids(b)
+        for (_, _, _, hyp), (_, _, _, ref_hyp) in zip(a, b, strict=True):
+            assert float(hyp.score) == pytest.approx(float(ref_hyp.score), abs=1e-3)
+            assert set(hyp.scores) == set(ref_hyp.scores)
+
+
+def test_beam_search_end_detection_and_penalty(tiny_experiment, clips):
+    options = {"beam_size": 3, "ctc_weight": 0.5, "maxlenratio": 0.0, "penalty": 0.5}
+    s2t = reference(tiny_experiment, **options)
+    ours = build(tiny_experiment, max_batch_size=5, **options)(clips[:5])
+    assert [token_ids(o) for o in ours] == [token_ids(s2t(c)) for c in clips[:5]]
+
+
+def per_sample_greedy(model, clip: np.ndarray) -> list[int]:
+    wave = torch.from_numpy(clip)[None]
+    enc, _ = model.encode(wave, torch.tensor([wave.size(1)]))
+    path = torch.unique_consecutive(model.ctc.argmax(enc)[0])
+    return path[path != 0].tolist()
+
+
+@pytest.mark.parametrize("batch_size", [1, 7, 32])
+def test_greedy_ctc_matches_per_sample_greedy(batch_size, conformer_experiment, clips):
+    backend = build(conformer_experiment, beam_size=1, ctc_weight=1.0, max_batch_size=batch_size)
+    assert backend.greedy
+    with torch.inference_mode():
+        expected = [per_sample_greedy(backend.asr_model, clip) for clip in clips]
+    assert [o[0][2] for o in in_calls(backend, clips, batch_size)] == expected
