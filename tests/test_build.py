@@ -1,0 +1,178 @@
+"""``espnet-serve build``: model store, Bento, and a built Bento served over HTTP."""
+
+from __future__ import annotations
+
+import logging
+import re
+from pathlib import Path
+
+import bentoml
+import httpx
+import pytest
+import yaml
+
+from espnet_serve import cli, store
+from espnet_serve.publish import pack_bundle, write_bundle
+from tests.conftest import OUTPUT_FN_SOURCE, TINY_DECODING
+from tests.store_helpers import CRAFTED_CASES, crafted_archive, read_yaml, tree
+
+pytest_plugins = ["tests.bentoml_fixtures"]
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BENTOFILE = REPO_ROOT / "bentofile.yaml"
+
+
+def printed(capsys: pytest.CaptureFixture[str], label: str) -> str:
+    match = re.search(rf"^{label}: (\S+)$", capsys.readouterr().out, re.MULTILINE)
+    assert match is not None, f"no '{label}:' line printed"
+    return match.group(1)
+
+
+def test_build_imports_a_trusted_archive(bentoml_home: Path, tiny_archive: Path, capsys):
+    status = cli.main(["build", str(tiny_archive), "--trust-user-code", "--name", "tiny-cli"])
+
+    assert status == 0
+    tag = printed(capsys, "Model")
+    assert tag.startswith("tiny-cli:")
+    assert bentoml.models.get(tag).info.metadata["user_code_trusted"] is True
+
+
+def test_build_refuses_untrusted_user_code(bentoml_home: Path, tiny_archive: Path, caplog):
+    with caplog.at_level(logging.ERROR):
+        status = cli.main(["build", str(tiny_archive)])
+
+    assert status == 1
+    assert "--trust-user-code" in caplog.text
+    assert bentoml.models.list() == []
+
+
+@pytest.mark.parametrize("case", CRAFTED_CASES)
+def test_build_rejects_crafted_archives(case: str, bentoml_home: Path, tmp_path: Path, caplog):
+    outside = tmp_path / "outside" / f"evil-{case}.txt"
+    outside.parent.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = crafted_archive(work / f"{case}.tar.gz", case, outside)
+    before = tree(tmp_path.parent)
+
+    with caplog.at_level(logging.ERROR):
+        status = cli.main(["build", str(archive), "--trust-user-code"])
+
+    assert status == 1
+    reason = {
+        "dotdot": "'..' component",
+        "absolute": "absolute path",
+        "symlink_out": "symlink",
+        "hardlink_out": "hard link",
+        "huge": "unpacks to more than",
+        "no_meta": "no meta.yaml",
+    }[case]
+    assert reason in caplog.text
+    assert tree(tmp_path.parent) == before
+    assert not outside.exists()
+    assert bentoml.models.list() == []
+
+
+def test_build_user_code_path_option(
+    bentoml_home: Path, tiny_experiment, tmp_path: Path, capsys, speech
+):
+    code = tmp_path / "recipe" / "code"
+    code.mkdir(parents=True)
+    (code / "__init__.py").write_text("")
+    (code / "output.py").write_text(OUTPUT_FN_SOURCE)
+    bundle = write_bundle(
+        tmp_path / "bundle",
+        asr_train_config=tiny_experiment.asr_train_config,
+        asr_model_file=tiny_experiment.asr_model_file,
+        decoding=TINY_DECODING,
+        output_fn="code.output.output_fn",
+        extra_meta={"user_code_paths": ["src"]},
+    )
+    (bundle / "code").mkdir()
+    for path in code.iterdir():
+        (bundle / "code" / path.name).write_bytes(path.read_bytes())
+    archive = pack_bundle(bundle, tmp_path / "code_bundle.tar.gz")
+
+    assert cli.main(["build", str(archive), "--user-code-path", "code"]) == 1
+    status = cli.main(
+        ["build", str(archive), "--trust-user-code", "--user-code-path", "code", "--name", "coded"]
+    )
+
+    assert status == 0
+    model = bentoml.models.get(printed(capsys, "Model"))
+    stored_meta = read_yaml(Path(model.path) / store.BUNDLE_DIRNAME / "meta.yaml")
+    assert stored_meta["user_code_paths"] == ["code"]
+    assert "code/output.py" in model.info.metadata["files"]
+    assert store.load_session(model)(speech)["made_by"] == "bundled-user-code"
+
+
+@pytest.mark.slow
+def test_build_bento_wires_the_exact_model_tag(
+    bentoml_home: Path, tiny_archive: Path, capsys, monkeypatch
+):
+    monkeypatch.chdir(REPO_ROOT)
+    status = cli.main(
+        ["build", str(tiny_archive), "--trust-user-code", "--bento", "--bentofile", str(BENTOFILE)]
+    )
+
+    assert status == 0
+    out = capsys.readouterr().out
+    model_tag = re.search(r"^Model: (\S+)$", out, re.MULTILINE).group(1)
+    bento_tag = re.search(r"^Bento: (\S+)$", out, re.MULTILINE).group(1)
+    dockerfile = Path(re.search(r"^Dockerfile: (.+)$", out, re.MULTILINE).group(1))
+    bento = bentoml.get(bento_tag)
+    assert Path(bento.path).is_relative_to(bentoml_home)
+    info = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
+    assert info["args"] == {"model_tag": model_tag}
+    served = {m["tag"] for s in info["services"] for m in s["models"]}
+    assert served == {model_tag}
+    assert dockerfile == Path(bento.path) / "env" / "docker" / "Dockerfile"
+    assert "FROM nvidia/cuda:" in dockerfile.read_text()
+    requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
+    assert "espnet==202511" in requirements
+    assert (Path(bento.path) / "src" / "espnet_serve" / "store.py").is_file()
+    assert not (Path(bento.path) / "src" / "espnet_serve" / "assets").exists()
+
+
+@pytest.mark.slow
+def test_demo_archive_to_served_bento_transcribes_a_heldout_clip(
+    bentoml_home: Path, tmp_path: Path, capsys
+):
+    from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
+    from tests.server import start_server
+
+    if not DEFAULT_MODEL_ARCHIVE.is_file():
+        pytest.skip("the embedded default model is not built yet (recipes/digits)")
+    status = cli.main(
+        [
+            "build",
+            str(DEFAULT_MODEL_ARCHIVE),
+            "--name",
+            store.DEFAULT_MODEL_NAME,
+            "--trust-user-code",
+            "--bento",
+            "--bentofile",
+            str(BENTOFILE),
+        ]
+    )
+    assert status == 0
+    bento_tag = printed(capsys, "Bento")
+
+    # Served from an unrelated directory: everything comes from the Bento and the store.
+    server = start_server(
+        bento_tag,
+        env={"ESPNET_SERVE_GPU_COUNT": "0", "HF_HUB_OFFLINE": "1"},
+        log_path=tmp_path / "serve.log",
+        cwd=tmp_path,
+    )
+    try:
+        for clip in load_heldout(3):
+            response = httpx.post(
+                f"{server.url}/transcribe",
+                files={"file": (clip.path.name, clip.path.read_bytes(), "audio/flac")},
+                timeout=120.0,
+            )
+            assert response.status_code == 200, response.text
+            assert response.json()["text"] == clip.text
+    finally:
+        server.stop()
