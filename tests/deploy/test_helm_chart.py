@@ -9,6 +9,7 @@ by BentoML's own configuration loader. No cluster, no network, no helm binary.
 from __future__ import annotations
 
 import copy
+import functools
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any, NamedTuple
 
 import helm_python
 import kubernetes_validate
+import kubernetes_validate.utils
 import pytest
 import yaml
 
@@ -102,6 +104,17 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceAccount": {"create": False},
     },
 }
+
+
+@pytest.fixture(scope="module", autouse=True)
+def cached_kubernetes_schemas() -> Iterator[None]:
+    """kubernetes-validate re-reads its multi-megabyte schema files on every call: cache them."""
+    utils = kubernetes_validate.utils
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            utils, "schema_contents", functools.lru_cache(maxsize=64)(utils.schema_contents)
+        )
+        yield
 
 
 @pytest.fixture(scope="module")
@@ -442,6 +455,7 @@ def test_writable_paths_are_empty_dirs(case: Case) -> None:
         assert not any(BENTO_PATH.startswith(p.rstrip("/") + "/") for p in mounts)
         assert BENTO_PATH not in mounts
         assert env["MPLCONFIGDIR"].startswith("/tmp/")
+        assert env["NUMBA_CACHE_DIR"].startswith(env["XDG_CACHE_HOME"] + "/")
 
 
 # --- configuration --------------------------------------------------------------------------
@@ -491,6 +505,9 @@ def test_bentoml_configuration_is_accepted_by_bentoml(case: Case, tmp_path: Path
     configmap = of_kind(objects, "ConfigMap")[f"{FULLNAME}-bentoml"]
     config_file = tmp_path / "bentoml_configuration.yaml"
     config_file.write_text(configmap["data"]["bentoml_configuration.yaml"])
+    # BentoML reads BENTOML_CONFIG twice: with its v1 schema when bentoml is imported, and with
+    # the v2 schema when a new-style service starts (Service.inject_config).
+    BentoMLConfiguration(override_config_file=str(config_file), use_version=1)
     config = BentoMLConfiguration(override_config_file=str(config_file), use_version=2).to_dict()
     for service in ("Transcriber", "AsrModel"):
         assert config["services"][service]["traffic"]["timeout"] == vals["requestTimeoutSeconds"]
@@ -514,7 +531,7 @@ def test_extra_bentoml_config_is_merged(chart: helm_python.Chart) -> None:
     ]
     config = yaml.safe_load(text)
     assert config["services"]["Transcriber"] == {"traffic": {"timeout": 120}, "workers": 3}
-    assert config["version"] == 2
+    assert "version" not in config
 
 
 def test_config_change_rolls_the_pods(chart: helm_python.Chart) -> None:
@@ -767,6 +784,10 @@ TEMPLATE_REJECTS = [
     (
         {"mode": "split", "api": {"resources": {"limits": {"nvidia.com/gpu": 1}}}},
         r"api.resources must not request nvidia.com/gpu: API pods are CPU-only",
+    ),
+    (
+        {"bento": {"config": {"version": 2}}},
+        r"bento.config must not set version",
     ),
     (
         {"settings": {"ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS": 5}},

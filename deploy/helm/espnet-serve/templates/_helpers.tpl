@@ -161,6 +161,9 @@ Cross-field checks the JSON schema cannot express; fail with a message naming th
 {{- fail (printf "settings.%s is set by the chart from %s; set that instead" $key $from) }}
 {{- end }}
 {{- end }}
+{{- if hasKey .Values.bento.config "version" }}
+{{- fail "bento.config must not set version: BentoML reads the file with both its v1 and v2 schemas, and only a file without version passes both" }}
+{{- end }}
 {{- range $w := fromYamlArray (include "espnet-serve.workloads" .) }}
 {{- $v := index $.Values $w.key }}
 {{- $a := $v.autoscaling }}

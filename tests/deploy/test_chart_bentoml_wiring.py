@@ -1,0 +1,259 @@
+"""Run the chart's BentoML command lines for real, on this machine, against a stand-in Bento.
+
+The rendered container args and BENTOML_CONFIG file are started exactly as the image's entrypoint
+starts them (`bentoml serve ...` / `python -m bentoml_cli._internal.start start-http-server ...`),
+with only the listen address changed (127.0.0.1 and free ports instead of 0.0.0.0:3000) and the
+model Service's DNS name pointed at the local model server. The stand-in services carry the names
+the chart wires (Transcriber depends on AsrModel), so this checks that split mode's `--depends`
+and `--service-name` really connect the two servers, and that SIGTERM stops them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import helm_python
+import psutil
+import pytest
+import yaml
+
+CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "espnet-serve"
+RELEASE = "asr"
+NAMESPACE = "speech"
+FULLNAME = "asr-espnet-serve"
+
+pytestmark = pytest.mark.slow
+
+STAND_IN_SERVICE = textwrap.dedent(
+    '''
+    """Stand-in for the real service module: same service names, no model."""
+
+    import bentoml
+
+
+    @bentoml.service(name="AsrModel", workers=1)
+    class AsrModel:
+        @bentoml.api(batchable=True, max_batch_size=8, max_latency_ms=100)
+        def transcribe(self, clips: list[str]) -> list[str]:
+            return [clip.upper() for clip in clips]
+
+
+    @bentoml.service(name="Transcriber", workers=1)
+    class Transcriber:
+        model = bentoml.depends(AsrModel)
+
+        @bentoml.api
+        async def transcribe(self, text: str) -> str:
+            (result,) = await self.model.to_async.transcribe([text])
+            return result
+    '''
+)
+# Short, so that SIGTERM's graceful shutdown (request timeout + 5 s) ends soon.
+REQUEST_TIMEOUT_S = 10
+STARTUP_WAIT_S = 120
+STOP_WAIT_S = 60
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def render_split_or_combined(mode: str) -> tuple[dict[str, list[str]], str]:
+    """Container args per component and the BentoML configuration file of ``mode``."""
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        manifests = chart.render(
+            values={"mode": mode, "requestTimeoutSeconds": REQUEST_TIMEOUT_S},
+            name=RELEASE,
+            namespace=NAMESPACE,
+        )
+    objects = [
+        doc
+        for path, text in manifests.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
+    args = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o["spec"]["template"]["spec"][
+            "containers"
+        ][0]["args"]
+        for o in objects
+        if o["kind"] == "Deployment"
+    }
+    (config,) = [
+        o["data"]["bentoml_configuration.yaml"]
+        for o in objects
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == f"{FULLNAME}-bentoml"
+    ]
+    return args, config
+
+
+def localize(args: list[str], port: int, model_port: int | None = None) -> list[str]:
+    """Listen on 127.0.0.1:port; point the model Service URL at the local model server."""
+    out = []
+    for arg in args:
+        if arg == "0.0.0.0":
+            arg = "127.0.0.1"
+        elif arg == "3000":
+            arg = str(port)
+        elif model_port is not None and arg.startswith("AsrModel=http://"):
+            assert arg == f"AsrModel=http://{FULLNAME}-model.{NAMESPACE}.svc:3000"
+            arg = f"AsrModel=http://127.0.0.1:{model_port}"
+        out.append(arg)
+    return out
+
+
+def entrypoint(args: list[str], workdir: Path) -> list[str]:
+    """What the image's entrypoint runs for ``args`` (with the Bento replaced by the stand-in)."""
+    bento = ["--working-dir", str(workdir), "service:Transcriber"]
+    if args[0] == "serve":
+        return [sys.executable, "-m", "bentoml", *args, *bento]
+    assert args[0] == "start-http-server"
+    return [sys.executable, "-m", "bentoml_cli._internal.start", *args, *bento]
+
+
+class Server:
+    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+        self.log = log
+        with log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            )
+
+    def stop(self) -> int | None:
+        """SIGTERM the server (as the kubelet does); return its exit code, None if it hung."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(STOP_WAIT_S)
+            except subprocess.TimeoutExpired:
+                return None
+        return self.proc.returncode
+
+    def kill_all(self) -> None:
+        """Kill the server and every process it started (BentoML workers have their own groups)."""
+        try:
+            family = [*psutil.Process(self.proc.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            family = []
+        self.proc.kill()
+        for child in family:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        self.proc.wait()
+
+
+def get(url: str, body: dict[str, Any] | None = None, timeout: float = 30) -> tuple[int, str]:
+    """GET ``url``, or POST ``body`` as JSON; returns (status, text), status 0 when unreachable."""
+    request = urllib.request.Request(url)
+    if body is not None:
+        request = urllib.request.Request(
+            url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+        )
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, response.read().decode()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read().decode()
+    except OSError as err:
+        return 0, str(err)
+
+
+def wait_ready(url: str, servers: list[Server]) -> None:
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    while time.monotonic() < deadline:
+        if get(url)[0] == 200:
+            return
+        for server in servers:
+            if server.proc.poll() is not None:
+                pytest.fail(f"server exited early:\n{server.log.read_text()[-3000:]}")
+        time.sleep(0.5)
+    logs = "\n".join(s.log.read_text()[-2000:] for s in servers)
+    pytest.fail(f"{url} never became ready:\n{logs}")
+
+
+@pytest.fixture
+def bento_env(tmp_path: Path) -> Iterator[tuple[Path, dict[str, str], list[Server]]]:
+    workdir = tmp_path / "bento"
+    workdir.mkdir()
+    (workdir / "service.py").write_text(STAND_IN_SERVICE)
+    env = {
+        **os.environ,
+        "BENTOML_HOME": str(tmp_path / "bentoml-home"),
+        "BENTOML_DO_NOT_TRACK": "true",
+    }
+    servers: list[Server] = []
+    yield workdir, env, servers
+    for server in servers:
+        server.kill_all()
+
+
+def write_config(tmp_path: Path, env: dict[str, str], config: str) -> None:
+    path = tmp_path / "bentoml_configuration.yaml"
+    path.write_text(config)
+    env["BENTOML_CONFIG"] = str(path)
+
+
+def test_split_mode_args_wire_the_api_to_the_model_service(bento_env, tmp_path: Path) -> None:
+    workdir, env, servers = bento_env
+    args, config = render_split_or_combined("split")
+    write_config(tmp_path, env, config)
+    model_port, api_port = free_port(), free_port()
+    model = Server(entrypoint(localize(args["model"], model_port), workdir), env, tmp_path / "m")
+    servers.append(model)
+    api_args = localize(args["api"], api_port, model_port)
+    api = Server(entrypoint(api_args, workdir), env, tmp_path / "a")
+    servers.append(api)
+
+    wait_ready(f"http://127.0.0.1:{model_port}/readyz", servers)
+    wait_ready(f"http://127.0.0.1:{api_port}/readyz", servers)
+    status, text = get(f"http://127.0.0.1:{api_port}/transcribe", {"text": "through the api"})
+    assert (status, text) == (200, "THROUGH THE API")
+    # The request went API pod -> model pod: the model server counted it.
+    status, metrics = get(f"http://127.0.0.1:{model_port}/metrics")
+    assert status == 200
+    assert 'service_name="AsrModel"' in metrics
+    assert "bentoml_service_request_total" in metrics
+
+    # Without the model service the API stays alive (no restart) but is not ready (no traffic):
+    # its /readyz fails or hangs past the probe's timeout. (Killing the whole process tree is
+    # what removing a pod does.)
+    model.kill_all()
+    deadline = time.monotonic() + STOP_WAIT_S
+    status = 200
+    while status == 200 and time.monotonic() < deadline:
+        status, _ = get(f"http://127.0.0.1:{api_port}/readyz", timeout=6)
+    assert status != 200, "API still ready without its model service"
+    assert get(f"http://127.0.0.1:{api_port}/livez", timeout=10)[0] == 200
+    # SIGTERM ends the server once in-flight requests (here the hung /readyz) finish or the
+    # chart's --timeout-graceful-shutdown runs out.
+    assert api.stop() is not None, "API server ignored SIGTERM"
+
+
+def test_combined_mode_args_serve_the_whole_bento(bento_env, tmp_path: Path) -> None:
+    workdir, env, servers = bento_env
+    args, config = render_split_or_combined("combined")
+    write_config(tmp_path, env, config)
+    port = free_port()
+    server = Server(entrypoint(localize(args["server"], port), workdir), env, tmp_path / "s")
+    servers.append(server)
+    wait_ready(f"http://127.0.0.1:{port}/readyz", servers)
+    assert get(f"http://127.0.0.1:{port}/livez")[0] == 200
+    status, text = get(f"http://127.0.0.1:{port}/transcribe", {"text": "one pod"})
+    assert (status, text) == (200, "ONE POD")
+    assert server.stop() is not None, "server ignored SIGTERM"
