@@ -327,3 +327,9 @@ def test_digests_are_persisted_in_model_yaml(bentoml_home: Path, tiny_archive: P
     meta = yaml.safe_load((Path(model.path) / "model.yaml").read_text())
     assert meta["metadata"]["files"] == model.info.metadata["files"]
     assert all(len(digest) == 64 for digest in meta["metadata"]["files"].values())
+
+
+def test_an_invalid_model_name_fails_before_any_work(bentoml_home: Path, tiny_archive: Path):
+    with pytest.raises(ValueError, match="not a valid BentoML tag"):
+        store.import_bundle(tiny_archive, name="not a name!", trust_user_code=True)
+    assert bentoml.models.list() == []

@@ -342,7 +342,10 @@ def import_bundle(
         UnsafeArchiveError: If an archive could write outside its target or is too big.
         UntrustedUserCodeError: If user code is referenced without ``trust_user_code``.
         BundleMetadataError: If ``meta.yaml`` is missing or malformed.
+        ValueError: If ``name`` is not a valid BentoML model name.
     """
+    if name is not None:
+        bentoml.Tag.from_taglike(name)  # an invalid name fails before any work
     with tempfile.TemporaryDirectory(prefix="espnet-serve-import-") as scratch:
         workdir = Path(scratch)
         fetched = fetch_source(source, workdir, cachedir)
