@@ -720,6 +720,25 @@ def test_service_account(case: Case) -> None:
         assert pod_spec(deployment)["serviceAccountName"] == expected
 
 
+def readme_values_examples() -> dict[str, dict[str, Any]]:
+    """The ```yaml blocks under the "Values example" headings of deploy/README.md."""
+    text = (CHART_DIR.parents[1] / "README.md").read_text()
+    pattern = r"^### (Values example[^\n]*)\n.*?^```yaml\n(.*?)^```"
+    return {title: yaml.safe_load(body) for title, body in re.findall(pattern, text, re.M | re.S)}
+
+
+def test_readme_values_examples_render_and_validate(chart: helm_python.Chart) -> None:
+    examples = readme_values_examples()
+    assert {v["mode"] for v in examples.values()} == {"combined", "split"}
+    for title, values in examples.items():
+        objects = render(chart, values)
+        for obj in objects:
+            if (obj["apiVersion"], obj["kind"]) not in CRD_KINDS:
+                kubernetes_validate.validate(obj, K8S_VERSIONS[-1], strict=True)
+        grace_checks(merged(chart, values), objects)
+        assert of_kind(objects, "Deployment"), title
+
+
 def test_notes_render_for_both_modes(chart: helm_python.Chart) -> None:
     for mode in ("combined", "split"):
         notes = chart.render(values={"mode": mode}, name=RELEASE, namespace=NAMESPACE)
