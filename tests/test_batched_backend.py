@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from unittest import mock
+
 import numpy as np
 import pytest
 import torch
 from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 from espnet2.bin.asr_inference import Speech2Text
 
-from espnet_serve.backends import BatchedSpeech2Text
+from espnet_serve import InferenceSession
+from espnet_serve.backends import BatchedSpeech2Text, SampleError
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer
 from espnet_serve.backends.encoding import encode_padded, extract_features
+from espnet_serve.publish import write_bundle
 from espnet_serve.random_init import AsrExperiment, write_random_asr_experiment
 
 BEAM = {"beam_size": 4, "ctc_weight": 0.3, "maxlenratio": 0.3}
@@ -174,3 +179,114 @@ def test_greedy_ctc_matches_per_sample_greedy(batch_size, conformer_experiment, 
     with torch.inference_mode():
         expected = [per_sample_greedy(backend.asr_model, clip) for clip in clips]
     assert [o[0][2] for o in in_calls(backend, clips, batch_size)] == expected
+
+
+# ------------------------------------------------------------------ per-sample errors
+
+
+def test_bad_samples_fail_alone(tiny_experiment, clips):
+    backend = build(tiny_experiment, max_batch_size=4, **BEAM)
+    nan = clips[1].copy()
+    nan[100] = np.nan
+    batch = [
+        clips[0],
+        np.zeros(0, np.float32),
+        nan,
+        clips[2][:500],
+        np.ones((2, 800)),
+        clips[3],
+        "x",
+    ]
+    out = backend(batch)
+    assert len(out) == len(batch)
+    reasons = {i: r.reason for i, r in enumerate(out) if isinstance(r, SampleError)}
+    assert reasons == {
+        1: "empty",
+        2: "non-finite",
+        3: "too short",
+        4: "not a 1-D real waveform",
+        6: "not a numeric array",
+    }
+    assert all(out[i].index == i for i in reasons)
+    for i in (0, 5):
+        assert token_ids(out[i]) == token_ids(backend(batch[i]))
+    with pytest.raises(SampleError, match="empty"):
+        backend(np.zeros(0, np.float32))
+
+
+def test_failing_bucket_is_split_and_only_the_culprit_fails(tiny_experiment, clips, monkeypatch):
+    from espnet_serve.backends import speech2text
+
+    backend = build(tiny_experiment, max_batch_size=8, **BEAM)
+    culprit_frames = extract_features(backend.asr_model, torch.from_numpy(clips[2])).size(0)
+    real_encode = speech2text.encode_padded
+
+    def encode_failing_on_culprit(model, feats):
+        if any(f.size(0) == culprit_frames for f in feats):
+            raise RuntimeError("boom")
+        return real_encode(model, feats)
+
+    monkeypatch.setattr(speech2text, "encode_padded", encode_failing_on_culprit)
+    out = backend(clips[:4])
+    assert isinstance(out[2], SampleError) and out[2].reason == "decoding failed"
+    assert isinstance(out[2].__cause__, RuntimeError)
+    assert all(isinstance(out[i], list) and out[i] for i in (0, 1, 3))
+
+
+def test_refuses_unsupported_options(tiny_experiment):
+    with pytest.raises(NotImplementedError, match="language-model"):
+        build(tiny_experiment, lm_train_config="lm.yaml", lm_file="lm.pth")
+    with pytest.raises(ValueError, match="CUDA"):
+        build(tiny_experiment, dtype="float16", device="cpu")
+    with pytest.raises(ValueError, match="decoding"):
+        build(tiny_experiment, decoding="sampling")
+
+
+# ------------------------------------------------------------------ InferenceSession
+
+
+@pytest.fixture(scope="module")
+def batched_bundle(tmp_path_factory, tiny_experiment, user_code_dir) -> Path:
+    return write_bundle(
+        tmp_path_factory.mktemp("batched_bundle") / "bundle",
+        asr_train_config=tiny_experiment.asr_train_config,
+        asr_model_file=tiny_experiment.asr_model_file,
+        decoding={**BEAM, "device": "auto", "max_batch_size": 32},
+        backend="espnet_serve.backends.BatchedSpeech2Text",
+        output_fn="src.output.output_fn",
+        user_code_dir=user_code_dir,
+    )
+
+
+def test_session_batches_in_one_backend_call(batched_bundle, clips):
+    session = InferenceSession.from_pretrained(
+        str(batched_bundle), trust_user_code=True, prefer_model_batch=True
+    )
+    assert isinstance(session.model, BatchedSpeech2Text)
+    batch = clips[:9]
+    with mock.patch.object(
+        BatchedSpeech2Text, "__call__", autospec=True, side_effect=BatchedSpeech2Text.__call__
+    ) as spy:
+        out = session.forward_batch(batch, indices=[f"utt{i}" for i in range(9)])
+    assert spy.call_count == 1
+    assert len(spy.call_args.kwargs["speech"]) == 9
+    expected = [session.model(clip)[0][0] for clip in batch]
+    assert [o["uttid"] for o in out] == [f"utt{i}" for i in range(9)]
+    assert [o["text"] for o in out] == expected
+    assert all(o["made_by"] == "bundled-user-code" for o in out)
+
+
+def test_session_from_config_passes_sample_errors_through(tiny_experiment, clips):
+    config = {
+        "model": {
+            "_target_": "espnet_serve.backends.BatchedSpeech2Text",
+            "asr_train_config": str(tiny_experiment.asr_train_config),
+            "asr_model_file": str(tiny_experiment.asr_model_file),
+            **BEAM,
+        }
+    }
+    session = InferenceSession.from_config(config, prefer_model_batch=True)
+    out = session.forward_batch([clips[0], np.zeros(0, np.float32), clips[1]])
+    assert isinstance(out[1], SampleError) and out[1].index == 1
+    assert token_ids(out[0]) == token_ids(session.model(clips[0]))
+    assert token_ids(out[2]) == token_ids(session.model(clips[1]))
