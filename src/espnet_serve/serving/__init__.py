@@ -1,0 +1,1 @@
+"""The BentoML service: an HTTP API service in front of a batching model service."""

@@ -1,0 +1,69 @@
+"""Request-size limit for the HTTP API (BentoML and Starlette set none)."""
+
+from __future__ import annotations
+
+from fastapi import HTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
+
+
+def body_too_large_detail(max_bytes: int) -> ErrorDetail:
+    """The error sent with a 413 for an oversize request body."""
+    return ErrorDetail(
+        message=f"Request body is larger than the {max_bytes}-byte limit.",
+        type="invalid_request_error",
+        param="file",
+        code="audio_too_large",
+    )
+
+
+class BodySizeLimitMiddleware:
+    """Refuse request bodies over ``max_bytes`` with 413 before they are buffered.
+
+    A declared ``Content-Length`` over the limit is answered at once; a
+    streamed body is counted as it arrives and, once past the limit, reading it
+    raises an ``HTTPException(413)`` that the app's error handler renders.
+    """
+
+    def __init__(self, app: ASGIApp, *, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on, refusing it with 413 once its body is over the limit."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.max_bytes:
+            await self._reject(send)
+            return
+        received = 0
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    detail = body_too_large_detail(self.max_bytes)
+                    raise HTTPException(status_code=413, detail=detail.message)
+            return message
+
+        await self.app(scope, counting_receive, send)
+
+    async def _reject(self, send: Send) -> None:
+        body = ErrorResponse(error=body_too_large_detail(self.max_bytes)).model_dump_json()
+        await send(
+            {
+                "type": "http.response.start",
+                "status": 413,
+                "headers": [
+                    (b"content-type", b"application/json"),
+                    (b"content-length", str(len(body)).encode()),
+                    (b"connection", b"close"),
+                ],
+            }
+        )
+        await send({"type": "http.response.body", "body": body.encode()})

@@ -1,0 +1,96 @@
+"""Typed wire models: API responses, errors, and the API-to-model-service messages."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Annotated, Literal
+
+import numpy as np
+from bentoml.validators import TensorSchema
+from pydantic import BaseModel, Field
+
+
+class ResponseFormat(StrEnum):
+    """``response_format`` values of ``/v1/audio/transcriptions`` that we support."""
+
+    JSON = "json"
+    TEXT = "text"
+    VERBOSE_JSON = "verbose_json"
+
+
+class ClipRequest(BaseModel):
+    """One decoded clip sent from the API service to the model service."""
+
+    audio: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]
+    sent_at: float = Field(description="time.time() when the API service sent the clip.")
+
+
+class ClipResult(BaseModel):
+    """The model service's answer for one clip: a transcript or an error, never both."""
+
+    text: str | None = None
+    error_kind: str | None = None
+    error: str | None = None
+
+
+class ModelInfo(BaseModel):
+    """What the model service serves."""
+
+    name: str
+    version: str
+    sha256: str
+    sample_rate: int
+
+
+class TranscribeResponse(BaseModel):
+    """Response of ``POST /transcribe``."""
+
+    text: str
+    duration_seconds: float
+    model: str
+
+
+class TranscriptionResponse(BaseModel):
+    """OpenAI ``response_format=json``."""
+
+    text: str
+
+
+class TranscriptionSegment(BaseModel):
+    """One segment of an OpenAI ``verbose_json`` response (we emit one per clip)."""
+
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+
+class VerboseTranscriptionResponse(BaseModel):
+    """OpenAI ``response_format=verbose_json``."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+
+
+class ErrorDetail(BaseModel):
+    """The body of an error, in OpenAI's shape."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx response body: ``{"error": {...}}``."""
+
+    error: ErrorDetail

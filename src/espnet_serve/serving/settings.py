@@ -1,0 +1,49 @@
+"""Service settings, read once from ``ESPNET_SERVE_*`` environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DEFAULT_MODEL_TAG = "espnet-digits-asr:latest"
+
+
+class ServeSettings(BaseSettings):
+    """Every knob of the service; each field is the env var ``ESPNET_SERVE_<NAME>``.
+
+    Attributes:
+        model_tag: BentoML model-store tag of the bundle to serve.
+        max_batch_size: Largest adaptive batch the model service forms.
+        max_latency_ms: Latency budget BentoML's adaptive batcher works to.
+        max_audio_bytes: Largest accepted upload, in bytes (413 above).
+        max_audio_seconds: Longest accepted audio, in seconds (413 above).
+        max_pending_requests: Transcriptions one API worker lets wait or run at
+            once; more are refused with 503 and ``Retry-After`` instead of queueing.
+        retry_after_seconds: The ``Retry-After`` value sent with a 503.
+        request_timeout_seconds: BentoML traffic timeout of each service (504 above).
+        api_workers: Worker processes of the HTTP API service.
+        gpu_count: GPUs the model service asks for (0 runs it on CPU).
+        warmup: Decode a short silent clip before reporting ready.
+    """
+
+    model_config = SettingsConfigDict(env_prefix="ESPNET_SERVE_", extra="ignore")
+
+    model_tag: str = DEFAULT_MODEL_TAG
+    max_batch_size: int = Field(default=32, ge=1)
+    max_latency_ms: int = Field(default=1000, ge=1)
+    max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
+    max_audio_seconds: float = Field(default=120.0, gt=0)
+    max_pending_requests: int = Field(default=256, ge=1)
+    retry_after_seconds: int = Field(default=1, ge=0)
+    request_timeout_seconds: float = Field(default=120.0, gt=0)
+    api_workers: int = Field(default=1, ge=1)
+    gpu_count: int = Field(default=1, ge=0)
+    warmup: bool = True
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> ServeSettings:
+    """Return the process-wide settings (read from the environment on first use)."""
+    return ServeSettings()
