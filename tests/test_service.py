@@ -1,0 +1,260 @@
+"""The BentoML service end to end: a real ``bentoml serve`` on 127.0.0.1 with the default model.
+
+Started once per module (two API workers, CPU), in a temporary BENTOML_HOME.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import re
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+from espnet_serve import InferenceSession
+from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
+from tests.server import BentoServer, start_server
+
+pytestmark = pytest.mark.slow
+
+MAX_AUDIO_BYTES = 1_000_000
+MAX_AUDIO_SECONDS = 15
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory: pytest.TempPathFactory) -> list[HeldoutClip]:
+    """Held-out clips with distinct transcripts that the model itself gets right.
+
+    The server must give each request exactly what in-process decoding gives
+    (a mix-up between requests of a batch would show as a wrong transcript).
+    """
+    session = InferenceSession.from_pretrained(
+        str(DEFAULT_MODEL_ARCHIVE),
+        trust_user_code=True,
+        downloader_kwargs={"cachedir": tmp_path_factory.mktemp("model_cache")},
+    )
+    chosen: dict[str, HeldoutClip] = {}
+    for clip in load_heldout(limit=60):
+        audio, _ = clip.read_audio()
+        if clip.text not in chosen and session(audio)["text"] == clip.text:
+            chosen[clip.text] = clip
+    assert len(chosen) >= 32, "the default model should get most held-out clips right"
+    return list(chosen.values())[:32]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
+    home = tmp_path_factory.mktemp("bentoml_home")
+    env = {
+        "BENTOML_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "ESPNET_SERVE_GPU_COUNT": "0",
+        "ESPNET_SERVE_API_WORKERS": "2",
+        "ESPNET_SERVE_MAX_AUDIO_BYTES": str(MAX_AUDIO_BYTES),
+        "ESPNET_SERVE_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS),
+        "ESPNET_SERVE_MAX_LATENCY_MS": "5000",
+    }
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    subprocess.run([cli, "import-default"], env={**os.environ, **env}, check=True)
+    server = start_server("service:Transcriber", env=env, log_path=home / "serve.log")
+    yield server
+    server.stop()
+
+
+def post_file(
+    url: str, data: bytes, *, name: str, content_type: str, **form: str
+) -> httpx.Response:
+    return httpx.post(url, files={"file": (name, data, content_type)}, data=form, timeout=120)
+
+
+def encoded(clip: HeldoutClip, fmt: str, *, rate: int | None = None, stereo: bool = False) -> bytes:
+    audio, source_rate = clip.read_audio()
+    if rate is not None and rate != source_rate:
+        from scipy.signal import resample_poly
+
+        audio = resample_poly(audio, rate, source_rate).astype(np.float32)
+    samples = np.stack([audio, audio * 0.8], axis=1) if stereo else audio
+    buffer = io.BytesIO()
+    sf.write(buffer, samples, rate or source_rate, format=fmt)
+    return buffer.getvalue()
+
+
+def metric_values(text: str, name: str) -> list[float]:
+    pattern = re.compile(rf"^{re.escape(name)}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", re.M)
+    return [float(value) for value in pattern.findall(text)]
+
+
+def test_readyz_is_503_until_the_model_is_ready(server: BentoServer):
+    assert server.readyz_statuses[-1] == 200
+    assert 503 in server.readyz_statuses, server.readyz_statuses
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+
+
+def test_transcribe_flac_clips(server: BentoServer, clips: list[HeldoutClip]):
+    for clip in clips[:6]:
+        response = post_file(
+            f"{server.url}/transcribe",
+            clip.path.read_bytes(),
+            name=clip.path.name,
+            content_type="audio/flac",
+        )
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["text"] == clip.text
+        assert body["model"] == "espnet-digits-asr"
+        assert body["duration_seconds"] > 0
+
+
+@pytest.mark.parametrize(
+    ("fmt", "rate", "stereo", "content_type"),
+    [("WAV", 44100, True, "audio/wav"), ("OGG", 16000, False, "audio/ogg")],
+)
+def test_other_formats_rates_and_channels(server, clips, fmt, rate, stereo, content_type):
+    clip = clips[0]
+    response = post_file(
+        f"{server.url}/transcribe",
+        encoded(clip, fmt, rate=rate, stereo=stereo),
+        name=f"clip.{fmt.lower()}",
+        content_type=content_type,
+    )
+    assert response.status_code == 200, response.text
+    assert response.json()["text"] == clip.text
+
+
+def test_openai_sdk(server: BentoServer, clips: list[HeldoutClip]):
+    client = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+    clip = clips[1]
+    with clip.path.open("rb") as audio:
+        result = client.audio.transcriptions.create(model="espnet-digits-asr", file=audio)
+    assert result.text == clip.text
+    with clip.path.open("rb") as audio:
+        text = client.audio.transcriptions.create(
+            model="espnet-digits-asr", file=audio, response_format="text"
+        )
+    assert text.strip() == clip.text
+    with clip.path.open("rb") as audio:
+        verbose = client.audio.transcriptions.create(
+            model="espnet-digits-asr",
+            file=audio,
+            response_format="verbose_json",
+            language="en",
+            prompt="digits",
+            temperature=0.0,
+        )
+    assert verbose.text == clip.text
+    assert verbose.duration > 0 and verbose.segments[0].text == clip.text
+
+
+def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server, clips):
+    def transcribe(clip: HeldoutClip) -> str:
+        response = post_file(
+            f"{server.url}/transcribe",
+            clip.path.read_bytes(),
+            name=clip.path.name,
+            content_type="audio/flac",
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["text"]
+
+    with ThreadPoolExecutor(max_workers=len(clips)) as pool:
+        texts = list(pool.map(transcribe, clips))
+    assert texts == [clip.text for clip in clips]
+    metrics = httpx.get(f"{server.url}/metrics").text
+    batch_sum = sum(metric_values(metrics, "bentoml_service_adaptive_batch_size_sum"))
+    batch_count = sum(metric_values(metrics, "bentoml_service_adaptive_batch_size_count"))
+    assert batch_count > 0 and batch_sum > batch_count, "some batch must hold more than one clip"
+    ours = metric_values(metrics, "espnet_serve_batch_size_sum")[0]
+    assert ours > metric_values(metrics, "espnet_serve_batch_size_count")[0]
+
+
+def test_corrupt_file_fails_alone(server: BentoServer, clips: list[HeldoutClip]):
+    good = clips[:8]
+    corrupt = clips[8].path.read_bytes()[:300] + b"\x00garbage" * 50
+
+    def send(payload: tuple[bytes, str]) -> httpx.Response:
+        data, name = payload
+        return post_file(f"{server.url}/transcribe", data, name=name, content_type="audio/flac")
+
+    payloads = [(clip.path.read_bytes(), clip.path.name) for clip in good]
+    payloads.insert(4, (corrupt, "corrupt.flac"))
+    with ThreadPoolExecutor(max_workers=len(payloads)) as pool:
+        responses = list(pool.map(send, payloads))
+    bad = responses.pop(4)
+    assert bad.status_code == 400, bad.text
+    assert bad.json()["error"]["code"] == "invalid_audio"
+    assert [r.status_code for r in responses] == [200] * len(good)
+    assert [r.json()["text"] for r in responses] == [clip.text for clip in good]
+
+
+def test_limits_types_and_parameters(server: BentoServer, clips: list[HeldoutClip]):
+    url = f"{server.url}/transcribe"
+    too_big = post_file(
+        url, b"\x00" * (MAX_AUDIO_BYTES + 100_000), name="a.wav", content_type="audio/wav"
+    )
+    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "audio_too_large"
+
+    long_audio = io.BytesIO()
+    sf.write(
+        long_audio,
+        np.zeros(16000 * (MAX_AUDIO_SECONDS + 5), np.int16),
+        16000,
+        format="WAV",
+        subtype="PCM_16",
+    )
+    assert len(long_audio.getvalue()) < MAX_AUDIO_BYTES
+    too_long = post_file(url, long_audio.getvalue(), name="long.wav", content_type="audio/wav")
+    assert too_long.status_code == 413, too_long.text
+    assert "limit" in too_long.json()["error"]["message"]
+
+    wrong_type = post_file(url, b"hello", name="a.txt", content_type="text/plain")
+    assert wrong_type.status_code == 415
+    assert wrong_type.json()["error"]["code"] == "unsupported_media_type"
+
+    empty = post_file(url, b"", name="empty.wav", content_type="audio/wav")
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_audio"
+
+    openai_url = f"{server.url}/v1/audio/transcriptions"
+    audio = clips[0].path.read_bytes()
+    for form in ({"model": "m", "response_format": "xml"}, {"model": "m", "temperature": "3"}, {}):
+        bad = post_file(openai_url, audio, name="a.flac", content_type="audio/flac", **form)
+        assert bad.status_code == 422, (form, bad.text)
+        assert bad.json()["error"]["code"] == "invalid_parameters"
+
+    # The server is still serving.
+    ok = post_file(url, audio, name="a.flac", content_type="audio/flac")
+    assert ok.status_code == 200 and ok.json()["text"] == clips[0].text
+
+
+def test_metrics_expose_our_series(server: BentoServer, clips: list[HeldoutClip]):
+    post_file(f"{server.url}/transcribe", b"not audio", name="x.wav", content_type="audio/wav")
+    post_file(
+        f"{server.url}/transcribe",
+        clips[0].path.read_bytes(),
+        name="a.flac",
+        content_type="audio/flac",
+    )
+    metrics = httpx.get(f"{server.url}/metrics").text
+    for series in (
+        "espnet_serve_audio_seconds_total",
+        "espnet_serve_decode_seconds_count",
+        "espnet_serve_batch_real_time_factor_count",
+        "espnet_serve_queue_wait_seconds_count",
+        "espnet_serve_pending_requests",
+    ):
+        assert metric_values(metrics, series), series
+    assert metric_values(metrics, "espnet_serve_audio_seconds_total")[0] > 0
+    assert re.search(r'espnet_serve_errors_total\{kind="invalid_audio"\} [1-9]', metrics)
+    assert re.search(
+        r'espnet_serve_transcriptions_total\{outcome="ok",route="/transcribe"\}', metrics
+    )
+    info = re.search(r"espnet_serve_model_info\{([^}]*)\} 1\.0", metrics)
+    assert info and 'name="espnet-digits-asr"' in info.group(1)
+    assert re.search(r'sha256="[0-9a-f]{64}"', info.group(1))
