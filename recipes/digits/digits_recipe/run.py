@@ -42,6 +42,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="Stages to run."
     )
     parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch threads for training (default: the config's training.threads). "
+        "Use 1 on a busy shared machine: 2 threads contending for cores are far slower.",
+    )
+    parser.add_argument(
         "--install",
         action="store_true",
         help=f"Copy the archive and held-out set into {ASSETS_DIR}.",
@@ -70,6 +77,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_config(args.config)
+    if args.threads is not None:
+        config["training"]["threads"] = args.threads
     work = args.work_dir.absolute()
     synthesis = config["synthesis"]
     set_dirs = {name: work / "data" / name for name in SETS}

@@ -26,6 +26,7 @@ TRANSCRIPTS = "transcripts.tsv"
 CONDITIONS = "conditions.tsv"
 NOISE_KINDS = ("white", "pink")
 PEAK_LEVEL = 0.5
+TRIM_LEVEL = 0.01  # espeak-ng's leading/trailing silence: below 1% of the peak
 
 
 @dataclass(frozen=True)
@@ -99,14 +100,19 @@ def plan_set(spec: SetSpec, words: Sequence[str], num_words: tuple[int, int]) ->
 def _speak(utt: Utterance, sample_rate: int) -> np.ndarray:
     """Run espeak-ng and sox: the clean speech as float32 at ``sample_rate``."""
     wav = subprocess.run(
-        ["espeak-ng", "-v", utt.voice, "-s", str(utt.speed_wpm), "-p", str(utt.pitch)]
-        + ["--stdout", utt.text],
+        [
+            *("espeak-ng", "-v", utt.voice, "-s", str(utt.speed_wpm), "-p", str(utt.pitch)),
+            *("--stdout", utt.text),
+        ],
         capture_output=True,
         check=True,
     ).stdout
     raw = subprocess.run(
-        ["sox", "-t", "wav", "-", "-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1"]
-        + ["-r", str(sample_rate), "-", "speed", str(utt.speed_perturb)],
+        [
+            *("sox", "-t", "wav", "-"),
+            *("-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1", "-r", str(sample_rate)),
+            *("-", "speed", str(utt.speed_perturb)),
+        ],
         input=wav,
         capture_output=True,
         check=True,
@@ -125,8 +131,14 @@ def _noise(kind: str, length: int, rng: np.random.Generator) -> np.ndarray:
     return pink / (pink.std() + 1e-12)
 
 
+def _trim(speech: np.ndarray) -> np.ndarray:
+    """Cut the leading and trailing silence (samples below ``TRIM_LEVEL`` of the peak)."""
+    loud = np.flatnonzero(np.abs(speech) > TRIM_LEVEL * np.abs(speech).max())
+    return speech[loud[0] : loud[-1] + 1] if loud.size else speech
+
+
 def render(utt: Utterance, sample_rate: int) -> np.ndarray:
-    """Render one utterance: speech, padding, gain and noise.
+    """Render one utterance: trimmed speech, padding, gain and noise.
 
     Args:
         utt: The planned utterance.
@@ -135,7 +147,7 @@ def render(utt: Utterance, sample_rate: int) -> np.ndarray:
     Returns:
         np.ndarray: float32 samples in [-1, 1].
     """
-    speech = _speak(utt, sample_rate).astype(np.float64)
+    speech = _trim(_speak(utt, sample_rate).astype(np.float64))
     speech *= PEAK_LEVEL / (np.abs(speech).max() + 1e-12)
     before = np.zeros(round(utt.pad_before_s * sample_rate))
     after = np.zeros(round(utt.pad_after_s * sample_rate))

@@ -70,6 +70,10 @@ def train(
     import torch
     from espnet2.tasks.asr import ASRTask
 
+    from espnet_serve.offline import block_runtime_downloads
+
+    block_runtime_downloads()
+
     if exp_dir.exists():
         shutil.rmtree(exp_dir)
     train_config = write_train_config(config, exp_dir.parent / f"{exp_dir.name}.train.yaml")

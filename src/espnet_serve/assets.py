@@ -1,0 +1,72 @@
+"""Package data: the embedded default model and its held-out evaluation set.
+
+Both are made by ``recipes/digits`` (synthetic spoken digit strings): the
+packed bundle ``assets/digits_asr.tar.gz`` and ``assets/heldout/`` with
+``<uttid>.flac`` clips (16 kHz, mono) and ``transcripts.tsv``
+(``uttid<TAB>text``), synthesised with voices unseen in training.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+ASSETS_DIR = Path(__file__).absolute().parent / "assets"
+DEFAULT_MODEL_ARCHIVE: Path = ASSETS_DIR / "digits_asr.tar.gz"
+HELDOUT_DIR: Path = ASSETS_DIR / "heldout"
+TRANSCRIPTS_FILENAME = "transcripts.tsv"
+AUDIO_SUFFIX = ".flac"
+
+
+@dataclass(frozen=True)
+class HeldoutClip:
+    """One held-out utterance.
+
+    Attributes:
+        uttid: Utterance id (the audio file's stem).
+        path: The audio file.
+        text: Reference transcript (lower-case words, single spaces).
+    """
+
+    uttid: str
+    path: Path
+    text: str
+
+    def read_audio(self) -> tuple[np.ndarray, int]:
+        """Read the clip.
+
+        Returns:
+            tuple[np.ndarray, int]: float32 mono samples (channels averaged)
+            and the sample rate.
+        """
+        audio, sample_rate = sf.read(str(self.path), dtype="float32", always_2d=True)
+        return audio.mean(axis=1), int(sample_rate)
+
+
+def load_heldout(limit: int | None = None, *, directory: Path = HELDOUT_DIR) -> list[HeldoutClip]:
+    """List the held-out clips in ``transcripts.tsv`` order.
+
+    Args:
+        limit: Return at most this many clips (the first ones).
+        directory: A held-out set directory (default: the packaged one).
+
+    Returns:
+        list[HeldoutClip]: The clips.
+
+    Raises:
+        FileNotFoundError: If the transcripts file or a listed clip is missing.
+    """
+    with (directory / TRANSCRIPTS_FILENAME).open(encoding="utf-8", newline="") as f:
+        rows = [row for row in csv.reader(f, delimiter="\t") if row]
+    clips = [
+        HeldoutClip(uttid=uttid, path=directory / f"{uttid}{AUDIO_SUFFIX}", text=text)
+        for uttid, text in rows[:limit]
+    ]
+    for clip in clips:
+        if not clip.path.is_file():
+            raise FileNotFoundError(f"Held-out clip {clip.uttid} not found: {clip.path}")
+    return clips
