@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
+import io
 import logging
 import re
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import bentoml
 import httpx
 import pytest
+import soundfile as sf
 import yaml
 
 from espnet_serve import cli, store
 from espnet_serve.publish import pack_bundle, write_bundle
 from tests.conftest import OUTPUT_FN_SOURCE, TINY_DECODING
+from tests.server import BentoServer, start_server
 from tests.store_helpers import CRAFTED_CASES, crafted_archive, read_yaml, tree
 
 pytest_plugins = ["tests.bentoml_fixtures"]
@@ -134,19 +140,19 @@ def test_build_bento_wires_the_exact_model_tag(
     assert not (Path(bento.path) / "src" / "espnet_serve" / "assets").exists()
 
 
-@pytest.mark.slow
-def test_demo_archive_to_served_bento_transcribes_a_heldout_clip(
-    bentoml_home: Path, tmp_path: Path, capsys
-):
-    from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
-    from tests.server import start_server
+@contextmanager
+def built_and_served(
+    archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> Iterator[BentoServer]:
+    """``espnet-serve build --bento`` an archive as the default model, then serve the Bento.
 
-    if not DEFAULT_MODEL_ARCHIVE.is_file():
-        pytest.skip("the embedded default model is not built yet (recipes/digits)")
+    The server runs from an unrelated directory, offline, on CPU: everything
+    it needs comes from the Bento and the model store.
+    """
     status = cli.main(
         [
             "build",
-            str(DEFAULT_MODEL_ARCHIVE),
+            str(archive),
             "--name",
             store.DEFAULT_MODEL_NAME,
             "--trust-user-code",
@@ -156,23 +162,50 @@ def test_demo_archive_to_served_bento_transcribes_a_heldout_clip(
         ]
     )
     assert status == 0
-    bento_tag = printed(capsys, "Bento")
+    # BentoML's unix sockets live in TMPDIR: keep that path short (AF_UNIX limit).
+    with tempfile.TemporaryDirectory(prefix="es-", dir="/tmp") as short_tmp:
+        server = start_server(
+            printed(capsys, "Bento"),
+            env={"ESPNET_SERVE_GPU_COUNT": "0", "HF_HUB_OFFLINE": "1", "TMPDIR": short_tmp},
+            log_path=tmp_path / "serve.log",
+            cwd=tmp_path,
+        )
+        try:
+            yield server
+        finally:
+            server.stop()
 
-    # Served from an unrelated directory: everything comes from the Bento and the store.
-    server = start_server(
-        bento_tag,
-        env={"ESPNET_SERVE_GPU_COUNT": "0", "HF_HUB_OFFLINE": "1"},
-        log_path=tmp_path / "serve.log",
-        cwd=tmp_path,
+
+def post_audio(url: str, name: str, data: bytes, content_type: str) -> httpx.Response:
+    return httpx.post(
+        f"{url}/transcribe", files={"file": (name, data, content_type)}, timeout=120.0
     )
-    try:
+
+
+@pytest.mark.slow
+def test_served_bento_answers_like_the_stored_session(
+    bentoml_home: Path, tiny_archive: Path, tmp_path: Path, capsys, speech
+):
+    wav = io.BytesIO()
+    sf.write(wav, speech, 16000, format="WAV", subtype="FLOAT")
+    with built_and_served(tiny_archive, tmp_path, capsys) as server:
+        response = post_audio(server.url, "noise.wav", wav.getvalue(), "audio/wav")
+
+    assert response.status_code == 200, response.text
+    expected = store.load_session(f"{store.DEFAULT_MODEL_NAME}:latest")(speech)["text"]
+    assert response.json()["text"] == expected
+
+
+@pytest.mark.slow
+def test_demo_archive_to_served_bento_transcribes_heldout_clips(
+    bentoml_home: Path, tmp_path: Path, capsys
+):
+    from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
+
+    if not DEFAULT_MODEL_ARCHIVE.is_file():
+        pytest.skip("the embedded default model is not built yet (recipes/digits)")
+    with built_and_served(DEFAULT_MODEL_ARCHIVE, tmp_path, capsys) as server:
         for clip in load_heldout(3):
-            response = httpx.post(
-                f"{server.url}/transcribe",
-                files={"file": (clip.path.name, clip.path.read_bytes(), "audio/flac")},
-                timeout=120.0,
-            )
+            response = post_audio(server.url, clip.path.name, clip.path.read_bytes(), "audio/flac")
             assert response.status_code == 200, response.text
             assert response.json()["text"] == clip.text
-    finally:
-        server.stop()
