@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import weakref
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -89,7 +90,7 @@ class BundlePlan:
     """
 
     contents: dict[str, bytes | Path] = field(default_factory=dict)
-    inference_config: str = str(DEFAULT_INFERENCE_CONFIG_RELPATH.as_posix())
+    inference_config: str = DEFAULT_INFERENCE_CONFIG_RELPATH.as_posix()
     bind: list[str] = field(default_factory=list)
     task: str = "unknown"
     input_key: str = DEFAULT_INPUT_KEY
@@ -320,7 +321,7 @@ def import_bundle(
     *,
     name: str | None = None,
     trust_user_code: bool = False,
-    user_code_paths: list[str] | None = None,
+    user_code_paths: Sequence[str] | None = None,
     cachedir: Path | None = None,
 ) -> bentoml.Model:
     """Import a model into the BentoML model store as a verified, relocatable bundle.
