@@ -104,18 +104,25 @@ def test_ctc_prefix_scorer_matches_espnet_per_utterance():
     ref_states: list = [None] * len(lengths)
     ys = torch.full((len(lengths) * slots, 1), eos)
     for step in range(4):
-        ids = torch.stack([torch.randperm(vocab - 2)[:5] + 1 for _ in range(ys.size(0))])
-        local, candidates = ours.score(state, ys[:, -1], step, ids)
-        parents, tokens = [], []
+        ids = torch.stack(
+            [torch.randperm(vocab - 1)[:5] for _ in range(ys.size(0))]
+        )  # may hold blank
+        scores = ours.score(state, ys[:, -1], step, ids)
+        parents, columns, tokens = [], [], []
         for b in range(len(lengths)):
             rows = slice(b * slots, (b + 1) * slots)
             ref_local, ref_state = refs[b](ys[rows], ref_states[b], ids[rows])
-            torch.testing.assert_close(local[rows], ref_local, atol=1e-5, rtol=0)
+            expected = torch.cat([ref_local.gather(1, ids[rows]), ref_local[:, eos : eos + 1]], 1)
+            torch.testing.assert_close(scores.local[rows], expected, atol=1e-5, rtol=0)
             best = ref_local.view(-1).topk(slots)[1]
             ref_states[b] = refs[b].index_select_state(ref_state, best.view(1, -1))
-            parents += (best // vocab + b * slots).tolist()
-            tokens += (best % vocab).tolist()
-        state = ours.select(candidates, torch.tensor(parents), torch.tensor(tokens))
+            chosen = zip((best // vocab + b * slots).tolist(), (best % vocab).tolist(), strict=True)
+            for parent, token in chosen:
+                hit = (ids[parent] == token).nonzero().view(-1).tolist()
+                parents.append(parent)
+                columns.append(hit[0] if hit and token != eos else ids.size(1))
+                tokens.append(token)
+        state = ours.select(scores, torch.tensor(parents), torch.tensor(columns))
         ys = torch.cat([ys[parents], torch.tensor(tokens)[:, None]], dim=1)
 
 

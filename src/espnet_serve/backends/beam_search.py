@@ -26,13 +26,14 @@ length-normalised score), like ``BeamSearch.forward``'s n-best list.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
 
 from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer, CTCState
-from espnet_serve.backends.decoder_step import BatchDecoderStep
+from espnet_serve.backends.decoder_step import BatchDecoderStep, KVCache
 
 PRE_BEAM_RATIO = 1.5
 
@@ -100,7 +101,7 @@ class _Beams:
     yseq: torch.Tensor  # (rows, step + 1)
     score: torch.Tensor  # (rows,) running weighted score, -inf when inactive
     scores: dict[str, torch.Tensor]  # per-scorer accumulated scores (rows,)
-    decoder_cache: list[torch.Tensor] | None
+    decoder_cache: KVCache | None
     ctc_state: CTCState | None
 
 
@@ -109,18 +110,44 @@ def _rows_of(utterances: torch.Tensor, slots: int) -> torch.Tensor:
     return (utterances[:, None] * slots + torch.arange(slots, device=utterances.device)).view(-1)
 
 
-def _end_detected(ended: list[dict[str, Any]], step: int) -> bool:
-    """Run espnet's ``end_detect`` on ended hypotheses (dicts with ``yseq`` and ``score``)."""
-    from espnet.nets.e2e_asr_common import end_detect
-
-    return bool(end_detect(ended, step))
-
-
 def _hypothesis(yseq: torch.Tensor, score: torch.Tensor, scores: dict[str, torch.Tensor]) -> Any:
     """An espnet ``Hypothesis`` as ``BatchBeamSearch`` returns it (no scorer states)."""
     from espnet.nets.beam_search import Hypothesis
 
     return Hypothesis(yseq=yseq, score=score, scores=scores)
+
+
+class _EndDetector:
+    """Incremental espnet ``end_detect`` (its defaults: M = 3, D_end = log(e^-10) = -10).
+
+    ``end_detect(ended, i)`` is true when, for each of the lengths ``i``,
+    ``i - 1`` and ``i - 2``, the best ended hypothesis of that length
+    (``len(yseq)``, with ``<sos>`` and ``<eos>``) scores more than 10 below the
+    best ended hypothesis overall. Only those maxima matter, so they are kept
+    per length instead of re-sorting every ended hypothesis at every step.
+    """
+
+    M = 3
+    D_END = math.log(1 * math.exp(-10))
+
+    def __init__(self) -> None:
+        self.best = -math.inf
+        self.best_by_length: dict[int, float] = {}
+
+    def add(self, length: int, score: float) -> None:
+        """Record an ended hypothesis."""
+        self.best = max(self.best, score)
+        self.best_by_length[length] = max(self.best_by_length.get(length, -math.inf), score)
+
+    def __call__(self, step: int) -> bool:
+        """Whether decoding can stop after ``step``."""
+        if not self.best_by_length:
+            return False
+        return all(
+            step - m in self.best_by_length
+            and self.best_by_length[step - m] - self.best < self.D_END
+            for m in range(self.M)
+        )
 
 
 class BatchJointSearch:
@@ -198,16 +225,15 @@ class BatchJointSearch:
             ctc_state=ctc.initial_state() if ctc is not None else None,
         )
         ended: list[list[Any]] = [[] for _ in range(n_utt)]
-        ended_dicts: list[list[dict[str, Any]]] = [[] for _ in range(n_utt)]
+        detectors = [_EndDetector() for _ in range(n_utt)]
         step = 0
         while beams.utterances.numel() > 0:
             beams = self._step(beams, step, decoder, ctc, options)
-            done = self._collect_ended(beams, step, maxlen, minlen, ended, ended_dicts, options)
+            done = self._collect_ended(beams, step, maxlen, minlen, ended, detectors, options)
             if bool(done.any()):
                 keep = torch.nonzero(~done).view(-1)
                 beams = self._keep(beams, keep, decoder, ctc)
             step += 1
-
         return [sorted(hyps, key=self._rank_key, reverse=True) for hyps in ended]
 
     def _rank_key(self, hyp: Any) -> Any:
@@ -224,44 +250,66 @@ class BatchJointSearch:
         ctc: BatchCTCPrefixScorer | None,
         options: SearchOptions,
     ) -> _Beams:
-        """Score every slot's extensions and pick each utterance's new beam."""
+        """Score every slot's extensions and pick each utterance's new beam.
+
+        With a pre-beam, only the pre-beam tokens and ``<eos>`` of each slot are
+        candidates: ``Speech2Text`` gives every other token a CTC score of
+        ``LOGZERO`` (-1e10), so none of them can enter the beam. Candidate
+        scores are summed in ``BatchBeamSearch``'s order, so they are the same
+        numbers.
+        """
         rows, device = beams.yseq.size(0), beams.yseq.device
         n_utt, slots, vocab = rows // options.beam_size, options.beam_size, options.vocab_size
-        weighted = torch.zeros(rows, vocab, device=device)
+        full = torch.zeros(rows, vocab, device=device)  # full scorers, weighted
         local: dict[str, torch.Tensor] = {}
         new_cache = None
         if decoder is not None:
             logp, new_cache = decoder(beams.yseq, beams.decoder_cache)
             local["decoder"] = logp.float()
-            weighted += options.decoder_weight * local["decoder"]
+            full += options.decoder_weight * local["decoder"]
         if options.penalty != 0.0:
-            local["length_bonus"] = torch.ones(1, device=device).expand(rows, vocab)
-            weighted += options.penalty * local["length_bonus"]
-        candidates = None
+            full += options.penalty * torch.ones(1, device=device).expand(rows, vocab)
+        pre_beam = options.pre_beam_size
+        candidates = None  # token id of each candidate column, None: column == token
+        ctc_scores = None
+        if pre_beam is not None:
+            pre_ids = torch.topk(full, pre_beam, dim=-1)[1]
+            eos = torch.full((rows, 1), options.eos, dtype=torch.long, device=device)
+            candidates = torch.cat([pre_ids, eos], dim=1)
+            weighted = full.gather(1, candidates)
+            duplicate_eos = (pre_ids == options.eos).any(dim=1)
+            weighted[:, -1].masked_fill_(duplicate_eos, float("-inf"))
+        else:
+            weighted = full
         if ctc is not None:
-            pre_beam = options.pre_beam_size
-            scoring_ids = None if pre_beam is None else torch.topk(weighted, pre_beam, dim=-1)[1]
             assert beams.ctc_state is not None
-            local["ctc"], candidates = ctc.score(
-                beams.ctc_state, beams.yseq[:, -1], step, scoring_ids
-            )
-            weighted += options.ctc_weight * local["ctc"]
+            scoring_ids = None if candidates is None else candidates[:, :-1]
+            ctc_scores = ctc.score(beams.ctc_state, beams.yseq[:, -1], step, scoring_ids)
+            weighted += options.ctc_weight * ctc_scores.local
         weighted += beams.score.unsqueeze(1)
 
-        top_scores, top_ids = weighted.view(n_utt, slots * vocab).topk(slots, dim=1)
+        width = weighted.size(1)
+        top_scores, top_ids = weighted.view(n_utt, slots * width).topk(slots, dim=1)
         first_row = torch.arange(n_utt, device=device)[:, None] * slots
-        parents = (torch.div(top_ids, vocab, rounding_mode="floor") + first_row).view(-1)
-        tokens = (top_ids % vocab).view(-1)
+        parents = (torch.div(top_ids, width, rounding_mode="floor") + first_row).view(-1)
+        columns = (top_ids % width).view(-1)
+        tokens = columns if candidates is None else candidates[parents, columns]
+        if options.penalty != 0.0:
+            local["length_bonus"] = torch.ones(rows, vocab, device=device)
+        accumulated = {}
+        for name, acc in beams.scores.items():
+            if name == "ctc":
+                assert ctc_scores is not None
+                accumulated[name] = acc[parents] + ctc_scores.local[parents, columns]
+            else:
+                accumulated[name] = acc[parents] + local[name][parents, tokens]
         return _Beams(
             utterances=beams.utterances,
             yseq=torch.cat([beams.yseq[parents], tokens[:, None]], dim=1),
             score=top_scores.view(-1),
-            scores={
-                name: acc[parents] + local[name][parents, tokens]
-                for name, acc in beams.scores.items()
-            },
-            decoder_cache=None if new_cache is None else [c[parents] for c in new_cache],
-            ctc_state=None if candidates is None else ctc.select(candidates, parents, tokens),
+            scores=accumulated,
+            decoder_cache=None if new_cache is None else decoder.reorder(new_cache, parents),
+            ctc_state=None if ctc_scores is None else ctc.select(ctc_scores, parents, columns),
         )
 
     def _collect_ended(
@@ -271,7 +319,7 @@ class BatchJointSearch:
         maxlen: torch.Tensor,
         minlen: torch.Tensor,
         ended: list[list[Any]],
-        ended_dicts: list[list[dict[str, Any]]],
+        detectors: list[_EndDetector],
         options: SearchOptions,
     ) -> torch.Tensor:
         """Apply ``BatchBeamSearch.post_process`` and the stop checks.
@@ -296,12 +344,12 @@ class BatchJointSearch:
                 seq = torch.cat([yseq[row], eos]) if bool(last_step[position]) else yseq[row]
                 hyp = _hypothesis(seq, score[row], {k: v[row] for k, v in scores.items()})
                 ended[original].append(hyp)
-                ended_dicts[original].append({"yseq": seq.tolist(), "score": float(hyp.score)})
+                detectors[original].add(len(seq), float(hyp.score))
             beams.score.view(-1, slots)[is_eos.to(beams.score.device)] = float("-inf")
         done = last_step | is_eos.all(dim=1)
         if options.maxlenratio == 0.0:
             for position, original in enumerate(utt.tolist()):
-                if not done[position] and _end_detected(ended_dicts[original], step):
+                if not done[position] and detectors[original](step):
                     done[position] = True
         return done
 
@@ -321,13 +369,12 @@ class BatchJointSearch:
         ctc_state = beams.ctc_state
         if ctc is not None and ctc_state is not None and keep.numel() > 0:
             ctc_state = ctc.keep(keep.to(device), ctc_state)
+        cache = beams.decoder_cache
         return _Beams(
             utterances=beams.utterances[keep],
             yseq=beams.yseq[rows],
             score=beams.score[rows],
             scores={name: value[rows] for name, value in beams.scores.items()},
-            decoder_cache=None
-            if beams.decoder_cache is None
-            else [c[rows] for c in beams.decoder_cache],
+            decoder_cache=None if cache is None else BatchDecoderStep.reorder(cache, rows),
             ctc_state=ctc_state,
         )

@@ -1,11 +1,13 @@
 """One decoding step of an espnet2 transformer decoder for many utterances x beams.
 
-``TransformerDecoder.batch_score`` (what ``Speech2Text`` calls) projects the
-encoder output to source-attention keys and values again at every step and for
-every hypothesis. Here they are projected once per utterance, and each
-utterance's beam slots attend to them as extra queries: rows are laid out
-``utterance * slots + slot``. Everything else is the decoder's own modules,
-called as ``DecoderLayer.forward`` calls them with a cache.
+``TransformerDecoder.batch_score`` (what ``Speech2Text`` calls) re-runs self
+attention's key/value projections over the whole prefix at every step, and
+projects the encoder output to source-attention keys and values again at every
+step and for every hypothesis. Here each layer keeps its self-attention keys
+and values (one new position per step), source keys and values are projected
+once per utterance, and each utterance's beam slots attend to them as extra
+queries (rows are ``utterance * slots + slot``). The arithmetic per position is
+``DecoderLayer.forward``'s with a cache, using the decoder's own modules.
 """
 
 from __future__ import annotations
@@ -14,15 +16,19 @@ import math
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+# Per layer: self-attention keys and values of the prefix, (rows, heads, length, d_k) each.
+KVCache = list[tuple[torch.Tensor, torch.Tensor]]
 
 
 def check_decoder_supported(decoder: Any) -> None:
     """Raise ``NotImplementedError`` unless ``decoder`` is a plain espnet2 transformer decoder.
 
     Supported: ``BaseTransformerDecoder`` subclasses that keep its
-    ``forward_one_step`` (transformer and lightweight/dynamic convolution
-    decoders) whose layers use standard multi-head source attention.
+    ``forward_one_step`` and whose layers are ``DecoderLayer`` with standard
+    multi-head self and source attention (e.g. ``TransformerDecoder``).
     """
     from espnet.nets.pytorch_backend.transformer.attention import MultiHeadedAttention
     from espnet.nets.pytorch_backend.transformer.decoder_layer import DecoderLayer
@@ -34,16 +40,22 @@ def check_decoder_supported(decoder: Any) -> None:
         and all(
             isinstance(layer, DecoderLayer)
             and layer.sequential_attn is None
+            and type(layer.self_attn) is MultiHeadedAttention
             and type(layer.src_attn) is MultiHeadedAttention
             for layer in decoder.decoders
         )
     )
     if not supported:
         raise NotImplementedError(
-            f"BatchedSpeech2Text supports espnet2 transformer-family attention decoders; "
-            f"this model has {type(decoder).__name__}. Use ctc_weight=1.0 (CTC only) or "
+            f"BatchedSpeech2Text supports espnet2 transformer attention decoders; this model "
+            f"has {type(decoder).__name__}. Use ctc_weight=1.0 (CTC only) or "
             "espnet2.bin.asr_inference.Speech2Text."
         )
+
+
+def _heads(attn: nn.Module, x: torch.Tensor, rows: int) -> torch.Tensor:
+    """``(rows, length, dim)`` -> ``(rows, heads, length, d_k)``."""
+    return x.view(rows, -1, attn.h, attn.d_k).transpose(1, 2)
 
 
 class BatchDecoderStep:
@@ -63,15 +75,21 @@ class BatchDecoderStep:
         self.slots = slots
         frames = torch.arange(memory.size(1), device=memory.device)
         self.mask = (frames[None, :] < lengths.to(memory.device)[:, None])[:, None, None, :]
-        self.keys: list[torch.Tensor] = []
-        self.values: list[torch.Tensor] = []
+        n_utt = memory.size(0)
+        self.keys: list[
+            torch.Tensor
+        ] = []  # source keys, transposed: (utterances, heads, d_k, frames)
+        self.values: list[torch.Tensor] = []  # (utterances, heads, frames, d_k)
+        self.qkv: list[tuple[torch.Tensor, torch.Tensor]] = []  # fused self-attention projection
         for layer in decoder.decoders:
             attn = layer.src_attn
-            n_utt = memory.size(0)
-            k = attn.linear_k(memory).view(n_utt, -1, attn.h, attn.d_k).transpose(1, 2)
-            v = attn.linear_v(memory).view(n_utt, -1, attn.h, attn.d_k).transpose(1, 2)
-            self.keys.append(attn.k_norm(k))
-            self.values.append(v)
+            keys = attn.k_norm(_heads(attn, attn.linear_k(memory), n_utt))
+            self.keys.append(keys.transpose(-2, -1).contiguous())
+            self.values.append(_heads(attn, attn.linear_v(memory), n_utt))
+            own = layer.self_attn
+            weight = torch.cat([own.linear_q.weight, own.linear_k.weight, own.linear_v.weight])
+            bias = torch.cat([own.linear_q.bias, own.linear_k.bias, own.linear_v.bias])
+            self.qkv.append((weight, bias))
 
     def keep(self, utterances: torch.Tensor) -> None:
         """Drop every utterance not in ``utterances``."""
@@ -79,51 +97,68 @@ class BatchDecoderStep:
         self.keys = [k[utterances] for k in self.keys]
         self.values = [v[utterances] for v in self.values]
 
+    @staticmethod
+    def reorder(cache: KVCache, rows: torch.Tensor) -> KVCache:
+        """The cache of the prefixes in ``rows`` (new row ``i`` continues old row ``rows[i]``)."""
+        return [(k[rows], v[rows]) for k, v in cache]
+
+    def _self_attention(
+        self,
+        attn: nn.Module,
+        index: int,
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """Self attention of the newest position (``x``: rows, 1, dim) over the whole prefix."""
+        rows = x.size(0)
+        q, k, v = F.linear(x, *self.qkv[index]).chunk(3, dim=-1)
+        q = attn.q_norm(_heads(attn, q, rows))
+        k = attn.k_norm(_heads(attn, k, rows))
+        v = _heads(attn, v, rows)
+        if cache is not None:
+            k, v = torch.cat([cache[0], k], dim=2), torch.cat([cache[1], v], dim=2)
+        scores = torch.matmul(q, k.transpose(-2, -1)) / math.sqrt(attn.d_k)
+        out = torch.matmul(torch.softmax(scores, dim=-1), v)
+        return attn.linear_out(out.reshape(rows, 1, attn.h * attn.d_k)), (k, v)
+
     def _source_attention(self, attn: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Run ``MultiHeadedAttention.forward`` on cached keys and values (``x``: rows, 1, dim)."""
+        """Source attention of every row (``x``: rows, 1, dim) on its utterance's cached memory."""
         n_utt = self.mask.size(0)
         q = attn.linear_q(x).view(n_utt, self.slots, attn.h, attn.d_k).transpose(1, 2)
-        q = attn.q_norm(q)  # (utterances, heads, slots, d_k)
-        scores = torch.matmul(q, self.keys[index].transpose(-2, -1)) / math.sqrt(attn.d_k)
+        scores = torch.matmul(attn.q_norm(q), self.keys[index]) / math.sqrt(attn.d_k)
         padding = ~self.mask
         scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
         weights = torch.softmax(scores, dim=-1).masked_fill(padding, 0.0)
         out = torch.matmul(weights, self.values[index])  # (utterances, heads, slots, d_k)
-        out = out.transpose(1, 2).reshape(n_utt * self.slots, 1, attn.h * attn.d_k)
-        return attn.linear_out(out)
+        return attn.linear_out(out.transpose(1, 2).reshape(x.size(0), 1, attn.h * attn.d_k))
 
     def _layer(
         self,
         layer: nn.Module,
         index: int,
-        tgt: torch.Tensor,
-        tgt_mask: torch.Tensor,
-        cache: torch.Tensor | None,
-    ) -> torch.Tensor:
-        """``DecoderLayer.forward`` (eval mode) with the cached source attention."""
-        residual = tgt
+        x: torch.Tensor,
+        cache: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``DecoderLayer.forward`` (eval mode) for the newest position."""
+        residual = x
         if layer.normalize_before:
-            tgt = layer.norm1(tgt)
-        if cache is None:
-            tgt_q, tgt_q_mask = tgt, tgt_mask
-        else:
-            tgt_q, residual, tgt_q_mask = tgt[:, -1:, :], residual[:, -1:, :], tgt_mask[:, -1:, :]
+            x = layer.norm1(x)
+        attended, kv = self._self_attention(layer.self_attn, index, x, cache)
         if layer.concat_after:
-            tgt_concat = torch.cat((tgt_q, layer.self_attn(tgt_q, tgt, tgt, tgt_q_mask)), dim=-1)
-            x = residual + layer.concat_linear1(tgt_concat)
+            x = residual + layer.concat_linear1(torch.cat((x, attended), dim=-1))
         else:
-            x = residual + layer.self_attn(tgt_q, tgt, tgt, tgt_q_mask)
+            x = residual + attended
         if not layer.normalize_before:
             x = layer.norm1(x)
 
         residual = x
         if layer.normalize_before:
             x = layer.norm2(x)
+        attended = self._source_attention(layer.src_attn, x, index)
         if layer.concat_after:
-            x_concat = torch.cat((x, self._source_attention(layer.src_attn, x, index)), dim=-1)
-            x = residual + layer.concat_linear2(x_concat)
+            x = residual + layer.concat_linear2(torch.cat((x, attended), dim=-1))
         else:
-            x = residual + self._source_attention(layer.src_attn, x, index)
+            x = residual + attended
         if not layer.normalize_before:
             x = layer.norm2(x)
 
@@ -133,30 +168,26 @@ class BatchDecoderStep:
         x = residual + layer.feed_forward(x)
         if not layer.normalize_before:
             x = layer.norm3(x)
-        return x if cache is None else torch.cat([cache, x], dim=1)
+        return x, kv
 
-    def __call__(
-        self, ys: torch.Tensor, cache: list[torch.Tensor] | None
-    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def __call__(self, ys: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
         """Log probabilities of the next token for every row.
 
         Args:
             ys: Prefixes ``(rows, length)`` starting with ``<sos>``.
-            cache: Per-layer outputs for ``ys[:, :-1]`` from the previous step, or ``None``.
+            cache: The cache returned for ``ys[:, :-1]`` (reordered to ``ys``'s
+                rows), or ``None`` at the first step.
 
         Returns:
-            tuple[torch.Tensor, list[torch.Tensor]]: ``(rows, vocab)`` log
-            probabilities and the per-layer cache for ``ys``.
+            tuple[torch.Tensor, KVCache]: ``(rows, vocab)`` log probabilities
+            and the cache for ``ys``.
         """
-        from espnet.nets.pytorch_backend.transformer.mask import subsequent_mask
-
         decoder = self.decoder
-        tgt_mask = subsequent_mask(ys.size(-1), device=ys.device).unsqueeze(0)
-        x = decoder.embed(ys)
+        x = decoder.embed(ys)[:, -1:]  # token embedding + position encoding of the newest token
         new_cache = []
         for index, layer in enumerate(decoder.decoders):
-            x = self._layer(layer, index, x, tgt_mask, None if cache is None else cache[index])
-            new_cache.append(x)
+            x, kv = self._layer(layer, index, x, None if cache is None else cache[index])
+            new_cache.append(kv)
         y = decoder.after_norm(x[:, -1]) if decoder.normalize_before else x[:, -1]
         if decoder.output_layer is not None:
             y = torch.log_softmax(decoder.output_layer(y), dim=-1)

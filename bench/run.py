@@ -1,0 +1,527 @@
+"""Throughput benchmark of the batched ASR backend against per-sample Speech2Text.
+
+One run measures, on the same utterances and in one process:
+
+(a) ``Speech2Text`` called once per utterance;
+(b) ``InferenceSession.forward_batch`` over a ``Speech2Text`` session with
+    ``prefer_model_batch=True`` (the reference fallback: the list call fails,
+    then per-sample);
+(c) ``BatchedSpeech2Text`` called with batches of 1, 4, 16, 32 utterances;
+(d) the encoder-only floor: ``asr_model.encode`` on the same padded batches.
+
+Batches are consecutive utterances in held-out order, as a server's adaptive
+batcher would form them (no global length sort). For each: wall time,
+audio-seconds per second, real-time factor, peak RSS (and CUDA peak memory),
+and agreement of the best hypothesis with (a). Writes
+``<out>/<label>.json`` and ``<out>/<label>.png``; ``--profile`` also writes a
+cProfile listing of (c) at batch 16.
+
+Examples:
+    python bench/run.py --model default --model random-large
+    python bench/run.py --model default --device cuda --label gpu-h100
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import io
+import json
+import os
+import platform
+import pstats
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+import numpy as np
+import psutil
+import torch
+
+from espnet_serve.random_init import write_random_asr_experiment
+
+BATCH_SIZES = (1, 4, 16, 32)
+FALLBACK_BATCH = 16
+SAMPLE_RATE = 16000
+# Random-init decoders never emit <eos>, so every hypothesis runs to maxlen =
+# maxlenratio x encoder frames. 0.13 x 25 frames/s (40 ms subsampling) = 3.25
+# tokens/s: the rate of a 5000-unit BPE on read English speech (LibriSpeech:
+# ~2.7 words/s, ~1.2 BPE-5k units per word).
+RANDOM_LARGE = {
+    "encoder": "conformer",
+    "encoder_conf": {
+        "output_size": 256,
+        "attention_heads": 4,
+        "linear_units": 1024,
+        "num_blocks": 12,
+        "input_layer": "conv2d",
+        "normalize_before": True,
+        "macaron_style": True,
+        "rel_pos_type": "latest",
+        "pos_enc_layer_type": "rel_pos",
+        "selfattention_layer_type": "rel_selfattn",
+        "activation_type": "swish",
+        "use_cnn_module": True,
+        "cnn_module_kernel": 31,
+    },
+    "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6},
+    "n_mels": 80,
+    "vocab": 5000,
+    "decoding": {"beam_size": 10, "ctc_weight": 0.3, "maxlenratio": 0.13},
+}
+
+
+@dataclass
+class Run:
+    """One measured configuration."""
+
+    name: str
+    kind: str
+    batch_size: int
+    wall_s: float
+    audio_s: float
+    peak_rss_mb: float
+    rss_growth_mb: float
+    cuda_peak_mb: float | None = None
+    agreement: float | None = None
+    audio_s_per_s: float = field(init=False)
+    rtf: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.audio_s_per_s = self.audio_s / self.wall_s
+        self.rtf = self.wall_s / self.audio_s
+
+
+@dataclass
+class Model:
+    """Artifacts and decoding options of the benchmarked model."""
+
+    name: str
+    asr_train_config: Path
+    asr_model_file: Path
+    decoding: dict[str, Any]
+
+
+class PeakRss:
+    """Peak resident memory of this process while the context is open (sampled every 5 ms)."""
+
+    def __init__(self) -> None:
+        self.process = psutil.Process()
+        self.start = self.peak = self.process.memory_info().rss
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.process.memory_info().rss)
+
+    def __enter__(self) -> PeakRss:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self.process.memory_info().rss)
+
+
+def chunks(items: list[Any], size: int) -> Iterator[list[Any]]:
+    """Consecutive slices of ``items`` of ``size`` (the last may be shorter)."""
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued CUDA work so wall times are complete."""
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+
+
+def measure(
+    name: str,
+    kind: str,
+    batch_size: int,
+    fn: Callable[[], list[Any] | None],
+    audio_s: float,
+    device: str,
+) -> tuple[Run, list[Any] | None]:
+    """Time ``fn`` once (after the caller's warm-up) with memory tracking."""
+    if device.startswith("cuda"):
+        torch.cuda.reset_peak_memory_stats()
+    synchronize(device)
+    with PeakRss() as rss:
+        start = time.perf_counter()
+        outputs = fn()
+        synchronize(device)
+        wall = time.perf_counter() - start
+    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
+    run = Run(
+        name=name,
+        kind=kind,
+        batch_size=batch_size,
+        wall_s=wall,
+        audio_s=audio_s,
+        peak_rss_mb=rss.peak / 2**20,
+        rss_growth_mb=(rss.peak - rss.start) / 2**20,
+        cuda_peak_mb=cuda_peak,
+    )
+    print(
+        f"  {name:<28} {wall:8.2f} s  {run.audio_s_per_s:8.1f} audio-s/s  RTF {run.rtf:.4f}",
+        flush=True,
+    )
+    return run, outputs
+
+
+def best_tokens(nbest: Any) -> list[int] | None:
+    """Token ids of the best hypothesis of an n-best list (``None`` for an error or no result)."""
+    if not isinstance(nbest, list) or not nbest:
+        return None
+    return list(nbest[0][2])
+
+
+def agreement(outputs: list[Any], reference: list[Any]) -> float:
+    """Fraction of utterances whose best hypothesis equals the reference's."""
+    same = sum(best_tokens(a) == best_tokens(b) for a, b in zip(outputs, reference, strict=True))
+    return same / len(reference)
+
+
+def load_clips(source: str, limit: int) -> list[np.ndarray]:
+    """Held-out clips of the default model (``heldout``), or quiet noise (``noise``)."""
+    if source == "heldout":
+        from espnet_serve.assets import load_heldout
+
+        clips = []
+        for clip in load_heldout(limit):
+            audio, rate = clip.read_audio()
+            if rate != SAMPLE_RATE:
+                raise ValueError(f"{clip.path}: {rate} Hz, expected {SAMPLE_RATE}")
+            clips.append(audio)
+        return clips
+    rng = np.random.default_rng(0)
+    lengths = rng.integers(SAMPLE_RATE // 2, 4 * SAMPLE_RATE, size=limit)
+    return [(rng.standard_normal(int(n)) * 0.05).astype(np.float32) for n in lengths]
+
+
+def default_model(workdir: Path) -> Model:
+    """The embedded default model, unpacked; decoding options from its inference config."""
+    import yaml
+
+    from espnet_serve.archive import safe_extract
+    from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE
+    from espnet_serve.bundle import artifacts_from_directory
+
+    root = safe_extract(DEFAULT_MODEL_ARCHIVE, workdir / "default")
+    artifacts = artifacts_from_directory(root)
+    inference = yaml.safe_load(Path(artifacts["inference_config"]).read_text(encoding="utf-8"))
+    decoding = {
+        key: value
+        for key, value in inference["model"].items()
+        if key in ("beam_size", "ctc_weight", "penalty", "maxlenratio", "minlenratio", "nbest")
+    }
+    return Model(
+        "default",
+        Path(artifacts["asr_train_config"]),
+        Path(artifacts["asr_model_file"]),
+        decoding,
+    )
+
+
+def random_large_model(workdir: Path) -> Model:
+    """A random-init 12-block conformer / 6-block decoder with a 5000-token vocabulary."""
+    conf = RANDOM_LARGE
+    tokens = ["<blank>", "<unk>", *(f"t{i}" for i in range(conf["vocab"] - 3)), "<sos/eos>"]
+    experiment = write_random_asr_experiment(
+        workdir / "random-large",
+        token_list=tokens,
+        encoder=conf["encoder"],
+        encoder_conf=conf["encoder_conf"],
+        decoder_conf=conf["decoder_conf"],
+        n_mels=conf["n_mels"],
+        ctc_weight=conf["decoding"]["ctc_weight"],
+    )
+    return Model(
+        "random-large",
+        experiment.asr_train_config,
+        experiment.asr_model_file,
+        dict(conf["decoding"]),
+    )
+
+
+def profile_batched(backend: Any, clips: list[np.ndarray], batch_size: int, path: Path) -> dict:
+    """cProfile the batched backend at ``batch_size``; write the listing, return a summary."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    for chunk in chunks(clips, batch_size):
+        backend(chunk)
+    profiler.disable()
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream)
+    stats.sort_stats("cumulative").print_stats(45)
+    stats.sort_stats("tottime").print_stats(25)
+    path.write_text(stream.getvalue(), encoding="utf-8")
+    cumulative = {
+        f"{Path(file).name}:{func}": entry[3]
+        for (file, _, func), entry in stats.stats.items()  # type: ignore[attr-defined]
+    }
+    total = cumulative.get("speech2text.py:batch", 0.0)
+    parts = {
+        "frontend (per utterance)": cumulative.get("speech2text.py:_features", 0.0),
+        "encoder (padded)": cumulative.get("encoding.py:encode_padded", 0.0),
+        "beam search": cumulative.get("beam_search.py:__call__", 0.0),
+        "  decoder steps": cumulative.get("decoder_step.py:__call__", 0.0),
+        "  CTC prefix scoring": cumulative.get("ctc_prefix.py:score", 0.0),
+        "  hypothesis bookkeeping": cumulative.get("beam_search.py:_collect_ended", 0.0),
+    }
+    return {"total_s": total, "parts_s": parts}
+
+
+def model_facts(asr_model: Any) -> dict[str, Any]:
+    """Size and shape of the model, for the results file."""
+    return {
+        "parameters_m": sum(p.numel() for p in asr_model.parameters()) / 1e6,
+        "vocab": len(asr_model.token_list),
+        "encoder": type(asr_model.encoder).__name__,
+        "encoder_blocks": len(getattr(asr_model.encoder, "encoders", [])),
+        "encoder_dim": asr_model.encoder.output_size(),
+        "decoder": type(asr_model.decoder).__name__,
+        "decoder_blocks": len(getattr(asr_model.decoder, "decoders", [])),
+    }
+
+
+def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace) -> dict:
+    """Measure (a)-(d) for one model; return the results document."""
+    from espnet2.bin.asr_inference import Speech2Text
+
+    from espnet_serve import InferenceSession
+    from espnet_serve.backends import BatchedSpeech2Text
+
+    device = args.device
+    audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
+    decoding = {**model.decoding, "device": device}
+    s2t = Speech2Text(model.asr_train_config, model.asr_model_file, **decoding)
+    runs: list[Run] = []
+    print(f"{model.name}: {len(clips)} utterances, {audio_s:.1f} s of audio", flush=True)
+
+    s2t(clips[0])  # warm-up
+    run, reference = measure(
+        "speech2text per-sample", "speech2text", 1, lambda: [s2t(c) for c in clips], audio_s, device
+    )
+    assert reference is not None
+    runs.append(run)
+
+    session = InferenceSession(s2t, prefer_model_batch=True)
+    with contextlib.redirect_stderr(io.StringIO()):
+        session.forward_batch(clips[:2])
+
+        def fallback() -> list[Any]:
+            return [o for c in chunks(clips, FALLBACK_BATCH) for o in session.forward_batch(c)]
+
+        run, outputs = measure(
+            f"session fallback b{FALLBACK_BATCH}",
+            "fallback",
+            FALLBACK_BATCH,
+            fallback,
+            audio_s,
+            device,
+        )
+    run.agreement = agreement(outputs or [], reference)
+    runs.append(run)
+
+    backend_options = {**decoding, "dtype": args.dtype}
+    backends = {}
+    for size in args.batch_sizes:
+        backend = BatchedSpeech2Text(
+            model.asr_train_config, model.asr_model_file, max_batch_size=size, **backend_options
+        )
+        backends[size] = backend
+        backend(clips[:size])  # warm-up
+        run, outputs = measure(
+            f"batched b{size}",
+            "batched",
+            size,
+            lambda b=backend, s=size: [o for c in chunks(clips, s) for o in b(c)],
+            audio_s,
+            device,
+        )
+        run.agreement = agreement(outputs or [], reference)
+        runs.append(run)
+
+    asr_model = s2t.asr_model
+    for size in args.batch_sizes:
+
+        def encode_only(size: int = size) -> None:
+            with torch.inference_mode():
+                for chunk in chunks(clips, size):
+                    waves = [torch.from_numpy(c) for c in chunk]
+                    lengths = torch.tensor([len(w) for w in waves])
+                    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+                    asr_model.encode(padded.to(device), lengths.to(device))
+
+        encode_only()  # warm-up
+        run, _ = measure(f"encoder-only b{size}", "encoder", size, encode_only, audio_s, device)
+        runs.append(run)
+
+    by_name = {r.name: r for r in runs}
+    per_sample = by_name["speech2text per-sample"]
+    ratios = {
+        f"batched_b{s}_throughput_vs_speech2text": by_name[f"batched b{s}"].audio_s_per_s
+        / per_sample.audio_s_per_s
+        for s in args.batch_sizes
+    }
+    ratios |= {
+        f"batched_b{s}_overhead_above_encoder_floor": by_name[f"batched b{s}"].wall_s
+        / by_name[f"encoder-only b{s}"].wall_s
+        - 1.0
+        for s in args.batch_sizes
+    }
+    document: dict[str, Any] = {
+        "label": args.label,
+        "model": model.name,
+        "model_facts": model_facts(asr_model),
+        "decoding": model.decoding,
+        "dtype": args.dtype,
+        "device": device,
+        "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name(),
+        "threads": torch.get_num_threads(),
+        "clips": args.clips,
+        "utterances": len(clips),
+        "audio_s": audio_s,
+        "versions": versions(),
+        "runs": [asdict(r) for r in runs],
+        "ratios": ratios,
+    }
+    if args.profile and 16 in backends:
+        path = args.out / f"{args.label}-{model.name}-profile-b16.txt"
+        document["profile_b16"] = profile_batched(backends[16], clips, 16, path)
+        document["profile_b16"]["listing"] = path.name
+    return document
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (or the platform string)."""
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def versions() -> dict[str, str]:
+    """Library versions of the run."""
+    import espnet
+
+    return {
+        "python": sys.version.split()[0],
+        "torch": torch.__version__,
+        "espnet": espnet.__version__,
+    }
+
+
+def plot(document: dict, path: Path) -> None:
+    """Bar charts of throughput and peak memory per configuration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = document["runs"]
+    names = [r["name"] for r in runs]
+    colors = {
+        "speech2text": "#888888",
+        "fallback": "#bbbbbb",
+        "batched": "#1f77b4",
+        "encoder": "#2ca02c",
+    }
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(runs) + 1.8), sharey=True)
+    ax1.barh(names, [r["audio_s_per_s"] for r in runs], color=[colors[r["kind"]] for r in runs])
+    for y, r in enumerate(runs):
+        ax1.text(
+            r["audio_s_per_s"],
+            y,
+            f" {r['audio_s_per_s']:.0f} (RTF {r['rtf']:.4f})",
+            va="center",
+            fontsize=8,
+        )
+    ax1.set_xlabel("audio seconds per second (higher is better)")
+    memory = [
+        r["cuda_peak_mb"] if r["cuda_peak_mb"] is not None else r["peak_rss_mb"] for r in runs
+    ]
+    ax2.barh(names, memory, color=[colors[r["kind"]] for r in runs])
+    ax2.set_xlabel(
+        "peak CUDA allocated (MB)" if runs[0]["cuda_peak_mb"] is not None else "peak RSS (MB)"
+    )
+    ax1.invert_yaxis()
+    facts = document["model_facts"]
+    fig.suptitle(
+        f"{document['label']} / {document['model']}: {facts['parameters_m']:.1f} M params, "
+        f"{facts['encoder_blocks']}x{facts['encoder_dim']} {facts['encoder']}, vocab {facts['vocab']}, "
+        f"{document['decoding']} — {document['utterances']} utts, {document['audio_s']:.0f} s audio, "
+        f"{document['device_name']}, {document['threads']} threads",
+        fontsize=8,
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """Command-line options."""
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument(
+        "--model",
+        action="append",
+        choices=["default", "random-large"],
+        help="model(s) to benchmark (repeatable; default: both)",
+    )
+    parser.add_argument("--clips", choices=["heldout", "noise"], default="heldout")
+    parser.add_argument("--utterances", type=int, default=128, help="number of clips")
+    parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: all cores)"
+    )
+    parser.add_argument(
+        "--label", default=None, help="results name prefix (default: the device kind)"
+    )
+    parser.add_argument("--out", type=Path, default=Path(__file__).parent / "results")
+    parser.add_argument(
+        "--profile", action="store_true", help="also cProfile the batched backend at b16"
+    )
+    args = parser.parse_args(argv)
+    args.model = args.model or ["default", "random-large"]
+    args.label = args.label or ("gpu" if args.device.startswith("cuda") else "cpu")
+    return args
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the benchmark and write JSON + PNG results."""
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.out.mkdir(parents=True, exist_ok=True)
+    clips = load_clips(args.clips, args.utterances)
+    with tempfile.TemporaryDirectory() as tmp:
+        for name in args.model:
+            model = default_model(Path(tmp)) if name == "default" else random_large_model(Path(tmp))
+            document = bench_model(model, clips, args)
+            stem = args.out / f"{args.label}-{model.name}"
+            stem.with_suffix(".json").write_text(
+                json.dumps(document, indent=2) + "\n", encoding="utf-8"
+            )
+            plot(document, stem.with_suffix(".png"))
+            print(json.dumps(document["ratios"], indent=2), flush=True)
+
+
+if __name__ == "__main__":
+    main()
