@@ -1,0 +1,66 @@
+"""The embedded default model transcribes held-out clips exactly."""
+
+from __future__ import annotations
+
+import pytest
+import soundfile as sf
+
+from espnet_serve import InferenceSession
+from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HELDOUT_DIR, load_heldout
+
+NUM_CLIPS = 20
+
+
+@pytest.fixture(scope="module")
+def session(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
+    return InferenceSession.from_pretrained(
+        str(DEFAULT_MODEL_ARCHIVE),
+        trust_user_code=True,
+        downloader_kwargs={"cachedir": str(tmp_path_factory.mktemp("cache"))},
+    )
+
+
+def test_heldout_set_is_packaged() -> None:
+    clips = load_heldout()
+    assert len(clips) >= 100
+    assert len({clip.uttid for clip in clips}) == len(clips)
+    info = sf.info(str(clips[0].path))
+    assert (info.samplerate, info.channels) == (16000, 1)
+    assert (HELDOUT_DIR / "transcripts.tsv").is_file()
+
+
+def test_load_heldout_limit() -> None:
+    clips = load_heldout(3)
+    assert [clip.uttid for clip in clips] == [clip.uttid for clip in load_heldout()[:3]]
+    audio, sample_rate = clips[0].read_audio()
+    assert sample_rate == 16000
+    assert audio.ndim == 1
+    assert audio.dtype.name == "float32"
+
+
+@pytest.mark.slow
+def test_heldout_transcripts_are_exact(session: InferenceSession) -> None:
+    for clip in load_heldout(NUM_CLIPS):
+        audio, _ = clip.read_audio()
+        assert session(audio, idx=clip.uttid) == {"uttid": clip.uttid, "text": clip.text}
+
+
+@pytest.mark.slow
+def test_forward_batch_keeps_order(session: InferenceSession) -> None:
+    clips = load_heldout(4)[::-1]
+    results = session.forward_batch(
+        [clip.read_audio()[0] for clip in clips], indices=[clip.uttid for clip in clips]
+    )
+    assert results == [{"uttid": clip.uttid, "text": clip.text} for clip in clips]
+
+
+@pytest.mark.slow
+def test_output_fn_batched_form(session: InferenceSession) -> None:
+    nbest_a = [("one two", ["o"], [1], None)]
+    nbest_b = [("nine", ["n"], [2], None), ("five", ["f"], [3], None)]
+    assert session.output_fn is not None
+    assert session.output_fn(data=[{}, {}], model_output=[nbest_a, nbest_b], idx=["a", "b"]) == [
+        {"uttid": "a", "text": "one two"},
+        {"uttid": "b", "text": "nine"},
+    ]
+    assert session.output_fn(data={}, model_output=[], idx="c") == {"uttid": "c", "text": ""}
