@@ -460,11 +460,15 @@ def plot(document: dict, path: Path) -> None:
     )
     ax1.invert_yaxis()
     facts = document["model_facts"]
+    model = (
+        f"{facts['parameters_m']:.1f} M params, {facts['encoder_blocks']}x{facts['encoder_dim']} "
+        f"{facts['encoder']}, vocab {facts['vocab']}"
+    )
+    data = f"{document['utterances']} utts, {document['audio_s']:.0f} s audio"
+    where = f"{document['device_name']}, {document['threads']} threads"
     fig.suptitle(
-        f"{document['label']} / {document['model']}: {facts['parameters_m']:.1f} M params, "
-        f"{facts['encoder_blocks']}x{facts['encoder_dim']} {facts['encoder']}, vocab {facts['vocab']}, "
-        f"{document['decoding']} — {document['utterances']} utts, {document['audio_s']:.0f} s audio, "
-        f"{document['device_name']}, {document['threads']} threads",
+        f"{document['label']} / {document['model']}: {model}, {document['decoding']}\n"
+        f"{data}, {where}",
         fontsize=8,
     )
     fig.tight_layout()

@@ -95,8 +95,9 @@ def test_ctc_prefix_scorer_matches_espnet_per_utterance():
     torch.manual_seed(0)
     vocab, slots, eos, lengths = 12, 3, 11, [9, 14, 6]
     logp = torch.randn(len(lengths), max(lengths), vocab).log_softmax(-1)
-    ours = BatchCTCPrefixScorer(logp, torch.tensor(lengths), slots, blank=0, eos=eos)
-    state = ours.initial_state()
+    ours = BatchCTCPrefixScorer(logp, torch.tensor(lengths), blank=0, eos=eos)
+    row_utt = torch.arange(len(lengths)).repeat_interleave(slots)
+    state = ours.initial_state(row_utt)
     refs = [
         CTCPrefixScoreTH(logp[b : b + 1, :n].clone(), torch.tensor([n]), 0, eos)
         for b, n in enumerate(lengths)
@@ -107,7 +108,7 @@ def test_ctc_prefix_scorer_matches_espnet_per_utterance():
         ids = torch.stack(
             [torch.randperm(vocab - 1)[:5] for _ in range(ys.size(0))]
         )  # may hold blank
-        scores = ours.score(state, ys[:, -1], step, ids)
+        scores = ours.score(state, ys[:, -1], step, ids, row_utt)
         parents, columns, tokens = [], [], []
         for b in range(len(lengths)):
             rows = slice(b * slots, (b + 1) * slots)

@@ -3,22 +3,24 @@
 Reproduces ``espnet.nets.batch_beam_search.BatchBeamSearch`` as
 ``Speech2Text`` configures it (scorers ``decoder``, ``ctc`` as a partial
 scorer, ``length_bonus``; ``pre_beam_score_key="full"`` unless CTC only), for
-every utterance of a bucket at once. Each utterance owns ``beam_size`` slots;
-a slot whose hypothesis ended (or, at the first step, was never filled) is
-inactive: its running score is ``-inf`` so it never wins a place in the beam.
-Per utterance and step, as in ``BatchBeamSearch``:
+every utterance of a bucket at once. The running hypotheses of all utterances
+are rows of one batch (an utterance has one row at the first step, then at most
+``beam_size``); each row knows its utterance and its rank (slot) in that
+utterance's beam. Per utterance and step, as in ``BatchBeamSearch``:
 
 - weighted scores = ``(1 - ctc_weight) * decoder + penalty`` (full scorers),
-  pre-beam = top ``int(1.5 * beam_size)`` of those per slot, then
+  pre-beam = top ``int(1.5 * beam_size)`` of those per hypothesis, then
   ``+ ctc_weight * ctc`` (CTC prefix scores of the pre-beam tokens and
-  ``<eos>``), then ``+`` the slot's running score;
-- the best ``beam_size`` (slot, token) pairs over all slots become the new slots,
-  in score order;
+  ``<eos>``), then ``+`` the hypothesis' running score;
+- the best ``beam_size`` (hypothesis, token) pairs over the utterance's
+  hypotheses (ranked in slot order, as ``BatchBeamSearch`` flattens them)
+  become its new hypotheses, in score order;
 - at the utterance's last step (``maxlen - 1``) ``<eos>`` is appended to every
-  hypothesis; hypotheses ending in ``<eos>`` end, and are kept if the step is
-  at least ``minlen``;
+  hypothesis; hypotheses ending in ``<eos>`` end (kept if the step is at least
+  ``minlen``) and leave the batch;
 - with ``maxlenratio == 0`` espnet's ``end_detect`` may stop the utterance;
-  it also stops when no slot is active. Finished utterances leave the batch.
+  it also stops when none of its hypotheses runs. Finished utterances leave
+  the batch.
 
 Hypotheses come back as espnet ``Hypothesis`` objects sorted by score (or by
 length-normalised score), like ``BeamSearch.forward``'s n-best list.
@@ -30,9 +32,10 @@ import math
 from dataclasses import dataclass, replace
 from typing import Any
 
+import numpy as np
 import torch
 
-from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer, CTCState
+from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer, CTCScores, CTCState
 from espnet_serve.backends.decoder_step import BatchDecoderStep, KVCache
 
 PRE_BEAM_RATIO = 1.5
@@ -50,6 +53,7 @@ class SearchOptions:
             (0: encoder frames, with end detection; < 0: absolute length).
         minlenratio: Minimum output length, likewise (< 0: absolute).
         normalize_length: Rank ended hypotheses by score per token.
+        nbest: Hypotheses returned per utterance.
         sos: Start-of-sentence id.
         eos: End-of-sentence id.
         vocab_size: Output vocabulary size.
@@ -61,6 +65,7 @@ class SearchOptions:
     maxlenratio: float
     minlenratio: float
     normalize_length: bool
+    nbest: int
     sos: int
     eos: int
     vocab_size: int
@@ -95,26 +100,46 @@ class SearchOptions:
 
 @dataclass
 class _Beams:
-    """Running state of every slot of the utterances still being decoded."""
+    """Running hypotheses (rows) of the utterances still being decoded."""
 
-    utterances: torch.Tensor  # (n_utt,) index of each utterance in the bucket
+    utterances: torch.Tensor  # (n_utt,) bucket index of each running utterance (CPU)
+    row_utt: torch.Tensor  # (rows,) position of each row's utterance in ``utterances``
+    row_slot: torch.Tensor  # (rows,) rank of each row in its utterance's beam
     yseq: torch.Tensor  # (rows, step + 1)
-    score: torch.Tensor  # (rows,) running weighted score, -inf when inactive
+    score: torch.Tensor  # (rows,) weighted score
     scores: dict[str, torch.Tensor]  # per-scorer accumulated scores (rows,)
     decoder_cache: KVCache | None
     ctc_state: CTCState | None
 
 
-def _rows_of(utterances: torch.Tensor, slots: int) -> torch.Tensor:
-    """Row indices of the given utterance positions."""
-    return (utterances[:, None] * slots + torch.arange(slots, device=utterances.device)).view(-1)
+@dataclass(frozen=True)
+class _Selection:
+    """The new beam of every running utterance: ``n_utt x beam_size`` entries, rank order."""
+
+    parents: torch.Tensor  # row each entry extends
+    columns: torch.Tensor  # candidate column of each entry's token
+    tokens: torch.Tensor
+    score: torch.Tensor
+    scores: dict[str, torch.Tensor]
 
 
-def _hypothesis(yseq: torch.Tensor, score: torch.Tensor, scores: dict[str, torch.Tensor]) -> Any:
-    """An espnet ``Hypothesis`` as ``BatchBeamSearch`` returns it (no scorer states)."""
-    from espnet.nets.beam_search import Hypothesis
+@dataclass(frozen=True)
+class _Ended:
+    """An ended hypothesis, kept as plain numbers until it makes the n-best list."""
 
-    return Hypothesis(yseq=yseq, score=score, scores=scores)
+    yseq: list[int]
+    score: float  # a float32 value
+    scores: dict[str, float]
+
+    def hypothesis(self) -> Any:
+        """The espnet ``Hypothesis`` ``BatchBeamSearch`` would return (no scorer states)."""
+        from espnet.nets.beam_search import Hypothesis
+
+        return Hypothesis(
+            yseq=torch.tensor(self.yseq),
+            score=torch.tensor(self.score),
+            scores={name: torch.tensor(value) for name, value in self.scores.items()},
+        )
 
 
 class _EndDetector:
@@ -170,8 +195,8 @@ class BatchJointSearch:
             lengths: Valid frames per utterance ``(utterances,)``.
 
         Returns:
-            list[list[Hypothesis]]: Ended hypotheses per utterance, best first
-            (empty when none ended, as with ``Speech2Text``).
+            list[list[Hypothesis]]: The ``nbest`` best ended hypotheses per
+            utterance, best first (empty when none ended, as with ``Speech2Text``).
         """
         results = self._search(enc, lengths, self.options)
         # BeamSearch.forward: no ended hypothesis -> retry with a smaller minlenratio.
@@ -192,18 +217,19 @@ class BatchJointSearch:
     ) -> list[list[Any]]:
         """One beam search pass over all utterances (see the module docstring)."""
         device = enc.device
-        n_utt, slots = enc.size(0), options.beam_size
+        n_utt = enc.size(0)
         bounds = [options.length_bounds(int(n)) for n in lengths.tolist()]
         maxlen = torch.tensor([b[0] for b in bounds])
         minlen = torch.tensor([b[1] for b in bounds])
 
         decoder = None
         if options.decoder_weight != 0.0:
-            decoder = BatchDecoderStep(self.asr_model.decoder, enc, lengths, slots)
+            decoder = BatchDecoderStep(self.asr_model.decoder, enc, lengths, options.beam_size)
         ctc = None
+        row_utt = torch.arange(n_utt, device=device)
         if options.ctc_weight != 0.0:
             logp = self.asr_model.ctc.log_softmax(enc).float()
-            ctc = BatchCTCPrefixScorer(logp, lengths, slots, blank=0, eos=options.eos)
+            ctc = BatchCTCPrefixScorer(logp, lengths, blank=0, eos=options.eos)
         names = [
             name
             for name, used in (
@@ -213,67 +239,77 @@ class BatchJointSearch:
             )
             if used
         ]
-        rows = n_utt * slots
-        score = torch.full((n_utt, slots), float("-inf"), device=device)
-        score[:, 0] = 0.0
         beams = _Beams(
             utterances=torch.arange(n_utt),
-            yseq=torch.full((rows, 1), options.sos, dtype=torch.long, device=device),
-            score=score.view(-1),
-            scores={name: torch.zeros(rows, device=device) for name in names},
+            row_utt=row_utt,
+            row_slot=torch.zeros_like(row_utt),
+            yseq=torch.full((n_utt, 1), options.sos, dtype=torch.long, device=device),
+            score=torch.zeros(n_utt, device=device),
+            scores={name: torch.zeros(n_utt, device=device) for name in names},
             decoder_cache=None,
-            ctc_state=ctc.initial_state() if ctc is not None else None,
+            ctc_state=ctc.initial_state(row_utt) if ctc is not None else None,
         )
-        ended: list[list[Any]] = [[] for _ in range(n_utt)]
+        ended: list[list[_Ended]] = [[] for _ in range(n_utt)]
         detectors = [_EndDetector() for _ in range(n_utt)]
         step = 0
         while beams.utterances.numel() > 0:
-            beams = self._step(beams, step, decoder, ctc, options)
-            done = self._collect_ended(beams, step, maxlen, minlen, ended, detectors, options)
-            if bool(done.any()):
-                keep = torch.nonzero(~done).view(-1)
-                beams = self._keep(beams, keep, decoder, ctc)
+            new_cache, ctc_scores, selection = self._select(beams, step, decoder, ctc)
+            done, survivors = self._post_process(
+                beams, selection, step, maxlen, minlen, ended, detectors
+            )
+            beams = self._advance(
+                beams, selection, survivors, done, new_cache, ctc_scores, decoder, ctc
+            )
             step += 1
-        return [sorted(hyps, key=self._rank_key, reverse=True) for hyps in ended]
+        return [
+            [
+                h.hypothesis()
+                for h in sorted(hyps, key=self._rank_key, reverse=True)[: options.nbest]
+            ]
+            for hyps in ended
+        ]
 
-    def _rank_key(self, hyp: Any) -> Any:
-        """Ranking of ended hypotheses: score, or score per token with ``normalize_length``."""
+    def _rank_key(self, hyp: _Ended) -> float:
+        """Ranking of ended hypotheses: score, or score per token with ``normalize_length``.
+
+        In float32, as ``BeamSearch`` ranks its tensor scores.
+        """
         if self.options.normalize_length:
-            return hyp.score / (len(hyp.yseq) - 1)
+            return float(np.float32(hyp.score) / np.float32(len(hyp.yseq) - 1))
         return hyp.score
 
-    def _step(
+    def _select(
         self,
         beams: _Beams,
         step: int,
         decoder: BatchDecoderStep | None,
         ctc: BatchCTCPrefixScorer | None,
-        options: SearchOptions,
-    ) -> _Beams:
-        """Score every slot's extensions and pick each utterance's new beam.
+    ) -> tuple[KVCache | None, CTCScores | None, _Selection]:
+        """Score every row's extensions and pick each utterance's new beam.
 
-        With a pre-beam, only the pre-beam tokens and ``<eos>`` of each slot are
+        With a pre-beam, only the pre-beam tokens and ``<eos>`` of each row are
         candidates: ``Speech2Text`` gives every other token a CTC score of
         ``LOGZERO`` (-1e10), so none of them can enter the beam. Candidate
         scores are summed in ``BatchBeamSearch``'s order, so they are the same
         numbers.
         """
+        options = self.options
         rows, device = beams.yseq.size(0), beams.yseq.device
-        n_utt, slots, vocab = rows // options.beam_size, options.beam_size, options.vocab_size
+        n_utt, slots, vocab = beams.utterances.numel(), options.beam_size, options.vocab_size
+        slot_of_row = beams.row_utt * slots + beams.row_slot
         full = torch.zeros(rows, vocab, device=device)  # full scorers, weighted
         local: dict[str, torch.Tensor] = {}
         new_cache = None
         if decoder is not None:
-            logp, new_cache = decoder(beams.yseq, beams.decoder_cache)
+            logp, new_cache = decoder(beams.yseq, beams.decoder_cache, slot_of_row)
             local["decoder"] = logp.float()
             full += options.decoder_weight * local["decoder"]
         if options.penalty != 0.0:
-            full += options.penalty * torch.ones(1, device=device).expand(rows, vocab)
-        pre_beam = options.pre_beam_size
-        candidates = None  # token id of each candidate column, None: column == token
-        ctc_scores = None
-        if pre_beam is not None:
-            pre_ids = torch.topk(full, pre_beam, dim=-1)[1]
+            local["length_bonus"] = torch.ones(1, device=device).expand(rows, vocab)
+            full += options.penalty * local["length_bonus"]
+        candidates = None  # token id of each candidate column; None: column == token
+        if options.pre_beam_size is not None:
+            pre_ids = torch.topk(full, options.pre_beam_size, dim=-1)[1]
             eos = torch.full((rows, 1), options.eos, dtype=torch.long, device=device)
             candidates = torch.cat([pre_ids, eos], dim=1)
             weighted = full.gather(1, candidates)
@@ -281,100 +317,119 @@ class BatchJointSearch:
             weighted[:, -1].masked_fill_(duplicate_eos, float("-inf"))
         else:
             weighted = full
+        ctc_scores = None
         if ctc is not None:
             assert beams.ctc_state is not None
             scoring_ids = None if candidates is None else candidates[:, :-1]
-            ctc_scores = ctc.score(beams.ctc_state, beams.yseq[:, -1], step, scoring_ids)
+            ctc_scores = ctc.score(
+                beams.ctc_state, beams.yseq[:, -1], step, scoring_ids, beams.row_utt
+            )
+            local["ctc"] = ctc_scores.local
             weighted += options.ctc_weight * ctc_scores.local
         weighted += beams.score.unsqueeze(1)
 
+        # Each utterance's rows in slot order, padded with -inf to beam_size slots.
         width = weighted.size(1)
-        top_scores, top_ids = weighted.view(n_utt, slots * width).topk(slots, dim=1)
-        first_row = torch.arange(n_utt, device=device)[:, None] * slots
-        parents = (torch.div(top_ids, width, rounding_mode="floor") + first_row).view(-1)
-        columns = (top_ids % width).view(-1)
+        padded = weighted.new_full((n_utt * slots, width), float("-inf"))
+        padded[slot_of_row] = weighted
+        row_of_slot = torch.zeros(n_utt * slots, dtype=torch.long, device=device)
+        row_of_slot[slot_of_row] = torch.arange(rows, device=device)
+        top_scores, top_ids = padded.view(n_utt, slots * width).topk(slots, dim=1)
+        first_slot = torch.arange(n_utt, device=device)[:, None] * slots
+        parents = row_of_slot[torch.div(top_ids, width, rounding_mode="floor") + first_slot]
+        parents, columns = parents.view(-1), (top_ids % width).view(-1)
         tokens = columns if candidates is None else candidates[parents, columns]
-        if options.penalty != 0.0:
-            local["length_bonus"] = torch.ones(rows, vocab, device=device)
-        accumulated = {}
+        scores = {}
         for name, acc in beams.scores.items():
-            if name == "ctc":
-                assert ctc_scores is not None
-                accumulated[name] = acc[parents] + ctc_scores.local[parents, columns]
-            else:
-                accumulated[name] = acc[parents] + local[name][parents, tokens]
-        return _Beams(
-            utterances=beams.utterances,
-            yseq=torch.cat([beams.yseq[parents], tokens[:, None]], dim=1),
-            score=top_scores.view(-1),
-            scores=accumulated,
-            decoder_cache=None if new_cache is None else decoder.reorder(new_cache, parents),
-            ctc_state=None if ctc_scores is None else ctc.select(ctc_scores, parents, columns),
-        )
+            picked = columns if name == "ctc" else tokens
+            scores[name] = acc[parents] + local[name][parents, picked]
+        selection = _Selection(parents, columns, tokens, top_scores.view(-1), scores)
+        return new_cache, ctc_scores, selection
 
-    def _collect_ended(
+    def _post_process(
         self,
         beams: _Beams,
+        selection: _Selection,
         step: int,
         maxlen: torch.Tensor,
         minlen: torch.Tensor,
-        ended: list[list[Any]],
+        ended: list[list[_Ended]],
         detectors: list[_EndDetector],
-        options: SearchOptions,
-    ) -> torch.Tensor:
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Apply ``BatchBeamSearch.post_process`` and the stop checks.
 
         Returns:
-            torch.Tensor: Which of the running utterances are done ``(n_utt,)``.
+            tuple[torch.Tensor, torch.Tensor]: Which running utterances are done
+            ``(n_utt,)``, and the indices of the selection entries that keep running.
         """
-        slots = options.beam_size
-        utt = beams.utterances
+        options = self.options
+        slots, utt = options.beam_size, beams.utterances
         last_step = (maxlen[utt] - 1) == step  # (n_utt,)
-        is_eos = (beams.yseq[:, -1] == options.eos).cpu().view(-1, slots) | last_step[:, None]
+        tokens = selection.tokens.cpu()
+        is_eos = (tokens == options.eos).view(-1, slots) | last_step[:, None]
         finished = torch.nonzero(is_eos).tolist()
         if finished:
-            yseq, score = beams.yseq.cpu(), beams.score.to("cpu", copy=True)
-            scores = {name: value.cpu() for name, value in beams.scores.items()}
-            eos = torch.tensor([options.eos])
+            parents, yseq = selection.parents.tolist(), beams.yseq.tolist()
+            token_list, score = tokens.tolist(), selection.score.tolist()
+            scores = {name: value.tolist() for name, value in selection.scores.items()}
             for position, slot in finished:
                 original = int(utt[position])
                 if step < int(minlen[original]):
                     continue
-                row = position * slots + slot
-                seq = torch.cat([yseq[row], eos]) if bool(last_step[position]) else yseq[row]
-                hyp = _hypothesis(seq, score[row], {k: v[row] for k, v in scores.items()})
+                entry = position * slots + slot
+                seq = [*yseq[parents[entry]], token_list[entry]]
+                if bool(last_step[position]):
+                    seq.append(options.eos)
+                hyp = _Ended(seq, score[entry], {k: v[entry] for k, v in scores.items()})
                 ended[original].append(hyp)
-                detectors[original].add(len(seq), float(hyp.score))
-            beams.score.view(-1, slots)[is_eos.to(beams.score.device)] = float("-inf")
+                detectors[original].add(len(seq), hyp.score)
         done = last_step | is_eos.all(dim=1)
         if options.maxlenratio == 0.0:
             for position, original in enumerate(utt.tolist()):
                 if not done[position] and detectors[original](step):
                     done[position] = True
-        return done
+        survivors = torch.nonzero((~is_eos & ~done[:, None]).view(-1)).view(-1)
+        return done, survivors
 
-    @staticmethod
-    def _keep(
+    def _advance(
+        self,
         beams: _Beams,
-        keep: torch.Tensor,
+        selection: _Selection,
+        survivors: torch.Tensor,
+        done: torch.Tensor,
+        new_cache: KVCache | None,
+        ctc_scores: CTCScores | None,
         decoder: BatchDecoderStep | None,
         ctc: BatchCTCPrefixScorer | None,
     ) -> _Beams:
-        """Drop finished utterances from the running state, the decoder and the CTC scorer."""
-        device = beams.yseq.device
-        slots = beams.yseq.size(0) // beams.utterances.numel()
-        rows = _rows_of(keep.to(device), slots)
-        if decoder is not None:
-            decoder.keep(keep.to(device))
-        ctc_state = beams.ctc_state
-        if ctc is not None and ctc_state is not None and keep.numel() > 0:
-            ctc_state = ctc.keep(keep.to(device), ctc_state)
-        cache = beams.decoder_cache
+        """The next step's rows: the surviving selection entries; finished utterances dropped."""
+        slots, device = self.options.beam_size, beams.yseq.device
+        keep = survivors.to(device)
+        parents, tokens = selection.parents[keep], selection.tokens[keep]
+        row_utt = torch.div(keep, slots, rounding_mode="floor")
+        utterances = beams.utterances
+        ctc_state = (
+            None if ctc_scores is None else ctc.select(ctc_scores, parents, selection.columns[keep])
+        )
+        if bool(done.any()):
+            kept = torch.nonzero(~done).view(-1)
+            position = torch.cumsum(~done, 0) - 1  # old utterance position -> new one
+            row_utt = position.to(device)[row_utt]
+            utterances = utterances[kept]
+            if kept.numel() > 0:
+                if decoder is not None:
+                    decoder.keep(kept.to(device))
+                if ctc is not None and ctc_state is not None:
+                    ctc_state = ctc.keep(kept.to(device), ctc_state)
         return _Beams(
-            utterances=beams.utterances[keep],
-            yseq=beams.yseq[rows],
-            score=beams.score[rows],
-            scores={name: value[rows] for name, value in beams.scores.items()},
-            decoder_cache=None if cache is None else BatchDecoderStep.reorder(cache, rows),
+            utterances=utterances,
+            row_utt=row_utt,
+            row_slot=keep % slots,
+            yseq=torch.cat([beams.yseq[parents], tokens[:, None]], dim=1),
+            score=selection.score[keep],
+            scores={name: value[keep] for name, value in selection.scores.items()},
+            decoder_cache=None
+            if new_cache is None
+            else BatchDecoderStep.reorder(new_cache, parents),
             ctc_state=ctc_state,
         )

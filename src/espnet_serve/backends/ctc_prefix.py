@@ -7,8 +7,9 @@ rounding, ~1e-7). What changes is bookkeeping: the per-hypothesis Python loops
 of ``CTCPrefixScoreTH`` are vectorised; every utterance has a fixed number of
 beam slots (rows ``utterance * slots + slot``); scores come back for the scored
 tokens only (plus ``<eos>``) instead of as a ``(rows, vocab)`` matrix that is
-``LOGZERO`` elsewhere; and finished utterances (and the frames past the longest
-remaining one) are dropped.
+``LOGZERO`` elsewhere; rows (running hypotheses) name their utterance, so
+utterances can have different numbers of them; and finished utterances (and
+the frames past the longest remaining one) are dropped.
 """
 
 from __future__ import annotations
@@ -54,22 +55,18 @@ class CTCScores:
 
 
 class BatchCTCPrefixScorer:
-    """Vectorised CTC prefix scoring over ``utterances x slots`` rows.
+    """Vectorised CTC prefix scoring of running hypotheses (rows) of many utterances.
 
     Args:
         logp: CTC log posteriors ``(utterances, frames, vocab)`` (padded).
         lengths: Valid frames per utterance ``(utterances,)``.
-        slots: Beam slots per utterance.
         blank: Blank token id.
         eos: End-of-sentence token id.
     """
 
-    def __init__(
-        self, logp: torch.Tensor, lengths: torch.Tensor, slots: int, blank: int, eos: int
-    ) -> None:
+    def __init__(self, logp: torch.Tensor, lengths: torch.Tensor, blank: int, eos: int) -> None:
         self.blank = blank
         self.eos = eos
-        self.slots = slots
         self.vocab = logp.size(2)
         self.lengths = lengths.to(logp.device)
         x = logp.clone()
@@ -78,19 +75,13 @@ class BatchCTCPrefixScorer:
         x[..., blank].masked_fill_(padded, 0.0)
         self.x = x.transpose(0, 1).contiguous()  # (frames, utterances, vocab)
 
-    @property
-    def rows(self) -> int:
-        """Number of rows (utterances x slots)."""
-        return self.x.size(1) * self.slots
-
-    def initial_state(self) -> CTCState:
-        """State of the empty prefix (``<sos>``) in every row."""
-        frames, n_utt = self.x.size(0), self.x.size(1)
+    def initial_state(self, row_utt: torch.Tensor) -> CTCState:
+        """State of the empty prefix (``<sos>``) in rows of the given utterances."""
         r = torch.full(
-            (frames, 2, n_utt, self.slots), LOGZERO, dtype=self.x.dtype, device=self.x.device
+            (self.x.size(0), 2, row_utt.numel()), LOGZERO, dtype=self.x.dtype, device=self.x.device
         )
-        r[:, 1] = torch.cumsum(self.x[:, :, self.blank], 0).unsqueeze(2)
-        return CTCState(r=r.view(-1, 2, n_utt * self.slots), s=0.0)
+        r[:, 1] = torch.cumsum(self.x[:, :, self.blank], 0)[:, row_utt]
+        return CTCState(r=r, s=0.0)
 
     def score(
         self,
@@ -98,6 +89,7 @@ class BatchCTCPrefixScorer:
         last_tokens: torch.Tensor,
         output_length: int,
         scoring_ids: torch.Tensor | None,
+        row_utt: torch.Tensor,
     ) -> CTCScores:
         """Score every row's prefix extended by each scored token and by ``<eos>``.
 
@@ -107,15 +99,16 @@ class BatchCTCPrefixScorer:
             output_length: Prefix length without ``<sos>`` (same in every row).
             scoring_ids: Tokens to score per row ``(rows, scored)`` (the
                 pre-beam), or ``None`` for the whole vocabulary.
+            row_utt: Utterance of each row ``(rows,)``.
 
         Returns:
             CTCScores: The step's scores (``<eos>`` scored at the end of the
             utterance, blank at ``LOGZERO``, as ``CTCPrefixScoreTH`` does).
         """
-        frames, rows = self.x.size(0), self.rows
+        frames, rows = self.x.size(0), row_utt.numel()
         device, dtype = self.x.device, self.x.dtype
         row_ids = torch.arange(rows, device=device)
-        utt_of_row = torch.div(row_ids, self.slots, rounding_mode="floor")
+        utt_of_row = row_utt
         r_prev, s_prev = state.r, state.s
         if scoring_ids is not None:
             snum = scoring_ids.size(-1)
@@ -158,7 +151,7 @@ class BatchCTCPrefixScorer:
         psi = torch.logsumexp(
             torch.cat((log_phi_x[start:frames], forward[start - 1, 1].unsqueeze(0)), dim=0), dim=0
         )
-        end_frames = (self.lengths - 1).repeat_interleave(self.slots)
+        end_frames = self.lengths[row_utt] - 1
         psi_eos = r_sum[end_frames, row_ids]
         if scoring_ids is not None:
             psi = torch.where(scoring_ids == self.eos, psi_eos[:, None], psi)
@@ -189,19 +182,17 @@ class BatchCTCPrefixScorer:
         return CTCState(r=r_new, s=scores.psi[parents, columns].unsqueeze(1))
 
     def keep(self, utterances: torch.Tensor, state: CTCState) -> CTCState:
-        """Drop every utterance not in ``utterances`` (and frames past the longest kept one).
+        """Drop every utterance not in ``utterances`` and the frames past the longest kept one.
 
         Args:
-            utterances: Indices of the utterances to keep, in order.
-            state: The current state.
+            utterances: Indices of the utterances to keep, in order (their rows
+                are the caller's to select).
+            state: The current state, rows already restricted to those utterances.
 
         Returns:
-            CTCState: ``state`` restricted to the kept utterances' rows.
+            CTCState: ``state`` without the dropped frames.
         """
         self.lengths = self.lengths[utterances]
         frames = int(self.lengths.max())
         self.x = self.x[:frames, utterances]
-        slot_ids = torch.arange(self.slots, device=utterances.device)
-        rows = (utterances[:, None] * self.slots + slot_ids).view(-1)
-        s = state.s[rows] if isinstance(state.s, torch.Tensor) else state.s
-        return CTCState(r=state.r[:frames, :, rows], s=s)
+        return CTCState(r=state.r[:frames], s=state.s)

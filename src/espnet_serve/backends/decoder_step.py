@@ -5,8 +5,8 @@ attention's key/value projections over the whole prefix at every step, and
 projects the encoder output to source-attention keys and values again at every
 step and for every hypothesis. Here each layer keeps its self-attention keys
 and values (one new position per step), source keys and values are projected
-once per utterance, and each utterance's beam slots attend to them as extra
-queries (rows are ``utterance * slots + slot``). The arithmetic per position is
+once per utterance, and the hypotheses (rows) of an utterance attend to them
+together, as extra queries in its beam slots. The arithmetic per position is
 ``DecoderLayer.forward``'s with a cache, using the decoder's own modules.
 """
 
@@ -74,7 +74,10 @@ class BatchDecoderStep:
         self.decoder = decoder
         self.slots = slots
         frames = torch.arange(memory.size(1), device=memory.device)
-        self.mask = (frames[None, :] < lengths.to(memory.device)[:, None])[:, None, None, :]
+        padded = frames[None, :] >= lengths.to(memory.device)[:, None]
+        self.padding_bias = torch.zeros(padded.shape, dtype=memory.dtype, device=memory.device)
+        self.padding_bias.masked_fill_(padded, torch.finfo(memory.dtype).min)
+        self.padding_bias = self.padding_bias[:, None, None, :]  # (utterances, 1, 1, frames)
         n_utt = memory.size(0)
         self.keys: list[
             torch.Tensor
@@ -93,7 +96,7 @@ class BatchDecoderStep:
 
     def keep(self, utterances: torch.Tensor) -> None:
         """Drop every utterance not in ``utterances``."""
-        self.mask = self.mask[utterances]
+        self.padding_bias = self.padding_bias[utterances]
         self.keys = [k[utterances] for k in self.keys]
         self.values = [v[utterances] for v in self.values]
 
@@ -121,16 +124,24 @@ class BatchDecoderStep:
         out = torch.matmul(torch.softmax(scores, dim=-1), v)
         return attn.linear_out(out.reshape(rows, 1, attn.h * attn.d_k)), (k, v)
 
-    def _source_attention(self, attn: nn.Module, x: torch.Tensor, index: int) -> torch.Tensor:
-        """Source attention of every row (``x``: rows, 1, dim) on its utterance's cached memory."""
-        n_utt = self.mask.size(0)
-        q = attn.linear_q(x).view(n_utt, self.slots, attn.h, attn.d_k).transpose(1, 2)
+    def _source_attention(
+        self, attn: nn.Module, x: torch.Tensor, index: int, slot_of_row: torch.Tensor
+    ) -> torch.Tensor:
+        """Source attention of every row (``x``: rows, 1, dim) on its utterance's cached memory.
+
+        Rows are scattered into ``utterances x slots`` query positions
+        (``slot_of_row``), so each utterance's keys serve all its rows in one matmul.
+        """
+        n_utt, dim = self.padding_bias.size(0), attn.h * attn.d_k
+        q = x.new_zeros(n_utt * self.slots, dim).index_copy_(0, slot_of_row, attn.linear_q(x)[:, 0])
+        q = q.view(n_utt, self.slots, attn.h, attn.d_k).transpose(1, 2)
         scores = torch.matmul(attn.q_norm(q), self.keys[index]) / math.sqrt(attn.d_k)
-        padding = ~self.mask
-        scores = scores.masked_fill(padding, torch.finfo(scores.dtype).min)
-        weights = torch.softmax(scores, dim=-1).masked_fill(padding, 0.0)
+        # MultiHeadedAttention fills padded frames with the dtype's minimum before the
+        # softmax and zeros them after it; adding that minimum gives the same weights.
+        weights = torch.softmax(scores + self.padding_bias, dim=-1)
         out = torch.matmul(weights, self.values[index])  # (utterances, heads, slots, d_k)
-        return attn.linear_out(out.transpose(1, 2).reshape(x.size(0), 1, attn.h * attn.d_k))
+        out = out.transpose(1, 2).reshape(n_utt * self.slots, dim)[slot_of_row]
+        return attn.linear_out(out.unsqueeze(1))
 
     def _layer(
         self,
@@ -138,6 +149,7 @@ class BatchDecoderStep:
         index: int,
         x: torch.Tensor,
         cache: tuple[torch.Tensor, torch.Tensor] | None,
+        slot_of_row: torch.Tensor,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """``DecoderLayer.forward`` (eval mode) for the newest position."""
         residual = x
@@ -154,7 +166,7 @@ class BatchDecoderStep:
         residual = x
         if layer.normalize_before:
             x = layer.norm2(x)
-        attended = self._source_attention(layer.src_attn, x, index)
+        attended = self._source_attention(layer.src_attn, x, index, slot_of_row)
         if layer.concat_after:
             x = residual + layer.concat_linear2(torch.cat((x, attended), dim=-1))
         else:
@@ -170,13 +182,16 @@ class BatchDecoderStep:
             x = layer.norm3(x)
         return x, kv
 
-    def __call__(self, ys: torch.Tensor, cache: KVCache | None) -> tuple[torch.Tensor, KVCache]:
+    def __call__(
+        self, ys: torch.Tensor, cache: KVCache | None, slot_of_row: torch.Tensor
+    ) -> tuple[torch.Tensor, KVCache]:
         """Log probabilities of the next token for every row.
 
         Args:
             ys: Prefixes ``(rows, length)`` starting with ``<sos>``.
             cache: The cache returned for ``ys[:, :-1]`` (reordered to ``ys``'s
                 rows), or ``None`` at the first step.
+            slot_of_row: ``utterance * slots + slot`` of each row (distinct).
 
         Returns:
             tuple[torch.Tensor, KVCache]: ``(rows, vocab)`` log probabilities
@@ -186,7 +201,8 @@ class BatchDecoderStep:
         x = decoder.embed(ys)[:, -1:]  # token embedding + position encoding of the newest token
         new_cache = []
         for index, layer in enumerate(decoder.decoders):
-            x, kv = self._layer(layer, index, x, None if cache is None else cache[index])
+            layer_cache = None if cache is None else cache[index]
+            x, kv = self._layer(layer, index, x, layer_cache, slot_of_row)
             new_cache.append(kv)
         y = decoder.after_norm(x[:, -1]) if decoder.normalize_before else x[:, -1]
         if decoder.output_layer is not None:

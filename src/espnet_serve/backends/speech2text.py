@@ -159,6 +159,7 @@ class BatchedSpeech2Text:
             maxlenratio=maxlenratio,
             minlenratio=minlenratio,
             normalize_length=normalize_length,
+            nbest=nbest,
             sos=self.asr_model.sos,
             eos=self.asr_model.eos,
             vocab_size=len(self.asr_model.token_list),
@@ -287,7 +288,7 @@ class BatchedSpeech2Text:
                 hyps = greedy_ctc(self.asr_model, enc, lengths, self.options.sos, self.options.eos)
             else:
                 hyps = self.search(enc, lengths)
-        return [self._nbest(h[: self.nbest]) for h in hyps]
+        return [self._nbest(h) for h in hyps]
 
     def _nbest(self, hyps: list[Any]) -> NBest:
         """Token ids, tokens and text of each hypothesis, as ``Speech2Text`` formats them."""
