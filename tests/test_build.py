@@ -133,7 +133,10 @@ def test_build_bento_wires_the_exact_model_tag(
     served = {m["tag"] for s in info["services"] for m in s["models"]}
     assert served == {model_tag}
     assert dockerfile == Path(bento.path) / "env" / "docker" / "Dockerfile"
-    assert "FROM nvidia/cuda:" in dockerfile.read_text()
+    docker_text = dockerfile.read_text()
+    assert "FROM nvidia/cuda:" in docker_text
+    # uv is on PATH before BentoML's install step, which would otherwise need pip.
+    assert docker_text.index("COPY --from=ghcr.io/astral-sh/uv:") < docker_text.index("uv venv")
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
     assert "espnet==202511" in requirements
     assert (Path(bento.path) / "src" / "espnet_serve" / "store.py").is_file()
