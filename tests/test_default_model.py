@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import pytest
 import soundfile as sf
 
-from espnet_serve import InferenceSession
+from espnet_serve import InferenceSession, cli
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HELDOUT_DIR, load_heldout
 
 NUM_CLIPS = 20
@@ -64,3 +67,13 @@ def test_output_fn_batched_form(session: InferenceSession) -> None:
         {"uttid": "b", "text": "nine"},
     ]
     assert session.output_fn(data={}, model_output=[], idx="c") == {"uttid": "c", "text": ""}
+
+
+@pytest.mark.slow
+def test_eval_command_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    status = cli.main(["eval", "--limit", "5", "--json", "--cachedir", str(tmp_path)])
+    report = json.loads(capsys.readouterr().out)
+    assert status == 0
+    assert (report["count"], report["wer"], report["errors"]) == (5, 0.0, [])
+    assert report["decoding_overrides"] == {}
+    assert report["rtf"] > 0
