@@ -267,18 +267,19 @@ def profile_batched(backend: Any, clips: list[np.ndarray], batch_size: int, path
     stats.sort_stats("cumulative").print_stats(45)
     stats.sort_stats("tottime").print_stats(25)
     path.write_text(stream.getvalue(), encoding="utf-8")
-    cumulative = {
-        f"{Path(file).name}:{func}": entry[3]
-        for (file, _, func), entry in stats.stats.items()  # type: ignore[attr-defined]
-    }
+    cumulative: dict[str, float] = {}
+    for (file, _, func), entry in stats.stats.items():  # type: ignore[attr-defined]
+        key = f"{Path(file).name}:{func}"
+        cumulative[key] = max(cumulative.get(key, 0.0), entry[3])
     total = cumulative.get("speech2text.py:batch", 0.0)
     parts = {
-        "frontend (per utterance)": cumulative.get("speech2text.py:_features", 0.0),
-        "encoder (padded)": cumulative.get("encoding.py:encode_padded", 0.0),
-        "beam search": cumulative.get("beam_search.py:__call__", 0.0),
+        "front end (per utterance)": cumulative.get("speech2text.py:_features", 0.0),
+        "encoder (padded batch)": cumulative.get("encoding.py:encode_padded", 0.0),
+        "beam search": cumulative.get("beam_search.py:_search", 0.0),
         "  decoder steps": cumulative.get("decoder_step.py:__call__", 0.0),
         "  CTC prefix scoring": cumulative.get("ctc_prefix.py:score", 0.0),
-        "  hypothesis bookkeeping": cumulative.get("beam_search.py:_collect_ended", 0.0),
+        "  end handling and state selection": cumulative.get("beam_search.py:_post_process", 0.0)
+        + cumulative.get("beam_search.py:_advance", 0.0),
     }
     return {"total_s": total, "parts_s": parts}
 
@@ -451,6 +452,7 @@ def plot(document: dict, path: Path) -> None:
             fontsize=8,
         )
     ax1.set_xlabel("audio seconds per second (higher is better)")
+    ax1.set_xlim(0, 1.3 * max(r["audio_s_per_s"] for r in runs))
     memory = [
         r["cuda_peak_mb"] if r["cuda_peak_mb"] is not None else r["peak_rss_mb"] for r in runs
     ]

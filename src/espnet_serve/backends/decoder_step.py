@@ -133,7 +133,8 @@ class BatchDecoderStep:
         (``slot_of_row``), so each utterance's keys serve all its rows in one matmul.
         """
         n_utt, dim = self.padding_bias.size(0), attn.h * attn.d_k
-        q = x.new_zeros(n_utt * self.slots, dim).index_copy_(0, slot_of_row, attn.linear_q(x)[:, 0])
+        q_rows = attn.linear_q(x)[:, 0]
+        q = q_rows.new_zeros(n_utt * self.slots, dim).index_copy_(0, slot_of_row, q_rows)
         q = q.view(n_utt, self.slots, attn.h, attn.d_k).transpose(1, 2)
         scores = torch.matmul(attn.q_norm(q), self.keys[index]) / math.sqrt(attn.d_k)
         # MultiHeadedAttention fills padded frames with the dtype's minimum before the
