@@ -336,19 +336,19 @@ def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace)
     run.agreement = agreement(outputs or [], reference)
     runs.append(run)
 
-    backend_options = {**decoding, "dtype": args.dtype}
-    backends = {}
+    # One backend (one copy of the model) for every batch size: calls of `size`
+    # utterances, each one bucket.
+    backend = BatchedSpeech2Text(
+        model.asr_train_config, model.asr_model_file, dtype=args.dtype, **decoding
+    )
     for size in args.batch_sizes:
-        backend = BatchedSpeech2Text(
-            model.asr_train_config, model.asr_model_file, max_batch_size=size, **backend_options
-        )
-        backends[size] = backend
+        backend.max_batch_size = size
         backend(clips[:size])  # warm-up
         run, outputs = measure(
             f"batched b{size}",
             "batched",
             size,
-            lambda b=backend, s=size: [o for c in chunks(clips, s) for o in b(c)],
+            lambda s=size: [o for c in chunks(clips, s) for o in backend(c)],
             audio_s,
             device,
         )
@@ -399,9 +399,10 @@ def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace)
         "runs": [asdict(r) for r in runs],
         "ratios": ratios,
     }
-    if args.profile and 16 in backends:
+    if args.profile:
         path = args.out / f"{args.label}-{model.name}-profile-b16.txt"
-        document["profile_b16"] = profile_batched(backends[16], clips, 16, path)
+        backend.max_batch_size = 16
+        document["profile_b16"] = profile_batched(backend, clips, 16, path)
         document["profile_b16"]["listing"] = path.name
     return document
 

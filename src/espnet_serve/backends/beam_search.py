@@ -367,20 +367,22 @@ class BatchJointSearch:
         last_step = (maxlen[utt] - 1) == step  # (n_utt,)
         tokens = selection.tokens.cpu()
         is_eos = (tokens == options.eos).view(-1, slots) | last_step[:, None]
-        finished = torch.nonzero(is_eos).tolist()
-        if finished:
-            parents, yseq = selection.parents.tolist(), beams.yseq.tolist()
-            token_list, score = tokens.tolist(), selection.score.tolist()
-            scores = {name: value.tolist() for name, value in selection.scores.items()}
-            for position, slot in finished:
+        kept = [
+            (position, position * slots + slot)
+            for position, slot in torch.nonzero(is_eos).tolist()
+            if step >= int(minlen[utt[position]])
+        ]
+        if kept:
+            entries = torch.tensor([entry for _, entry in kept])
+            prefixes = beams.yseq[selection.parents[entries.to(beams.yseq.device)]].tolist()
+            appended = tokens[entries].tolist()
+            score = selection.score[entries.to(beams.yseq.device)].tolist()
+            scores = {k: v[entries.to(v.device)].tolist() for k, v in selection.scores.items()}
+            ends = last_step.tolist()
+            for i, (position, _) in enumerate(kept):
+                seq = [*prefixes[i], appended[i], *([options.eos] if ends[position] else [])]
+                hyp = _Ended(seq, score[i], {k: v[i] for k, v in scores.items()})
                 original = int(utt[position])
-                if step < int(minlen[original]):
-                    continue
-                entry = position * slots + slot
-                seq = [*yseq[parents[entry]], token_list[entry]]
-                if bool(last_step[position]):
-                    seq.append(options.eos)
-                hyp = _Ended(seq, score[entry], {k: v[entry] for k, v in scores.items()})
                 ended[original].append(hyp)
                 detectors[original].add(len(seq), hyp.score)
         done = last_step | is_eos.all(dim=1)
