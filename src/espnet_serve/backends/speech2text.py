@@ -53,6 +53,9 @@ class BatchedSpeech2Text:
     language models / n-grams (shallow fusion), transducer models, and
     attention decoders other than espnet2's transformer family.
 
+    One call at a time per instance: during a call, hooks on the shared
+    encoder make padded batches exact (see :mod:`espnet_serve.backends.encoding`).
+
     Args:
         asr_train_config: espnet2 ASR training config (``config.yaml``).
         asr_model_file: Model weights.
