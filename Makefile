@@ -6,8 +6,10 @@ STAMP  := $(VENV)/.installed
 HOST   ?= 127.0.0.1
 PORT   ?= 3000
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
+# OpenMP threads sleep instead of spinning while idle: spinning stalls a busy 2-core machine.
+export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock eval clean
+.PHONY: setup sysdeps serve test lint format lock eval recipe bench clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
@@ -52,6 +54,14 @@ lock:
 ## eval: word error rate and real-time factor of the default model on the held-out set
 eval: setup
 	$(BIN)/espnet-serve eval
+
+## recipe: re-train the embedded default model from scratch (synthetic speech; ~20 min on 2 cores)
+recipe: setup sysdeps
+	cd recipes/digits && ../../.venv/bin/python -m digits_recipe.run --install
+
+## bench: throughput of the batched backend vs Speech2Text (JSON + PNG under bench/results/)
+bench: setup
+	$(BIN)/python bench/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

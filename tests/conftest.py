@@ -9,6 +9,8 @@ from pathlib import Path
 # Everything under test is offline: no hub lookups, no nltk downloads.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Idle OpenMP threads sleep rather than spin (spinning stalls a busy 2-core machine).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import numpy as np
 import pytest
