@@ -38,3 +38,14 @@ class TwoInputBackend:
         if isinstance(speech, list):
             return [f"{s}|{t}" for s, t in zip(speech, text, strict=True)]
         return f"{speech}|{text}"
+
+
+class SlotErrorBackend:
+    """Batches lists, but reports a ``ValueError`` in the slot of each ``"bad"`` sample."""
+
+    def __call__(self, *, speech: Any) -> Any:
+        if not isinstance(speech, list):
+            if speech == "bad":
+                raise ValueError("cannot decode 'bad'")
+            return f"out:{speech}"
+        return [ValueError(f"cannot decode {s!r}") if s == "bad" else f"out:{s}" for s in speech]

@@ -321,6 +321,18 @@ def test_session_batches_in_one_backend_call(batched_bundle, clips):
     assert all(o["made_by"] == "bundled-user-code" for o in out)
 
 
+def test_session_output_fn_sees_only_decoded_samples(batched_bundle, clips):
+    session = InferenceSession.from_pretrained(
+        str(batched_bundle), trust_user_code=True, prefer_model_batch=True
+    )
+    samples = [clips[0], np.zeros(0, np.float32), clips[1]]
+    out = session.forward_batch(samples, indices=["a", "b", "c"], return_exceptions=True)
+    assert isinstance(out[1], SampleError) and out[1].reason == "empty"
+    assert [out[0]["uttid"], out[2]["uttid"]] == ["a", "c"]
+    assert out[2]["text"] == session.model(clips[1])[0][0]
+    assert out[0]["made_by"] == out[2]["made_by"] == "bundled-user-code"
+
+
 def test_session_from_config_passes_sample_errors_through(tiny_experiment, clips):
     config = {
         "model": {
@@ -331,7 +343,10 @@ def test_session_from_config_passes_sample_errors_through(tiny_experiment, clips
         }
     }
     session = InferenceSession.from_config(config, prefer_model_batch=True)
-    out = session.forward_batch([clips[0], np.zeros(0, np.float32), clips[1]])
+    samples = [clips[0], np.zeros(0, np.float32), clips[1]]
+    out = session.forward_batch(samples, return_exceptions=True)
     assert isinstance(out[1], SampleError) and out[1].index == 1
     assert token_ids(out[0]) == token_ids(session.model(clips[0]))
     assert token_ids(out[2]) == token_ids(session.model(clips[1]))
+    with pytest.raises(SampleError, match="empty"):
+        session.forward_batch(samples)

@@ -11,7 +11,7 @@ import pytest
 
 from espnet_serve import InferenceSession
 from espnet_serve.errors import InferenceConfigError
-from tests.fakes import RecordingBackend, TwoInputBackend
+from tests.fakes import RecordingBackend, SlotErrorBackend, TwoInputBackend
 
 
 def record_output_fn(calls: list[dict[str, Any]]):
@@ -170,6 +170,37 @@ def test_forward_batch_return_exceptions_keeps_other_samples():
     assert isinstance(results[1], ValueError)
     with pytest.raises(ValueError, match="bad sample"):
         session.forward_batch(["a", "bad"])
+
+
+def test_model_batch_slot_errors_skip_output_fn_and_stay_in_place():
+    calls: list[dict[str, Any]] = []
+    session = InferenceSession(
+        SlotErrorBackend(), output_fn=record_output_fn(calls), prefer_model_batch=True
+    )
+    results = session.forward_batch(
+        ["a", "bad", "c"], indices=["u1", "u2", "u3"], return_exceptions=True
+    )
+    assert results[0] == "u1=out:a" and results[2] == "u3=out:c"
+    assert isinstance(results[1], ValueError) and "'bad'" in str(results[1])
+    assert calls == [
+        {
+            "data": [{"speech": "a"}, {"speech": "c"}],
+            "model_output": ["out:a", "out:c"],
+            "idx": ["u1", "u3"],
+        }
+    ]
+
+
+def test_model_batch_slot_error_is_raised_without_return_exceptions():
+    calls: list[dict[str, Any]] = []
+    session = InferenceSession(
+        SlotErrorBackend(), output_fn=record_output_fn(calls), prefer_model_batch=True
+    )
+    with pytest.raises(ValueError, match="cannot decode 'bad'"):
+        session.forward_batch(["a", "bad"])
+    all_failed = session.forward_batch(["bad", "bad"], return_exceptions=True)
+    assert all(isinstance(r, ValueError) for r in all_failed)
+    assert calls == [{"data": [{"speech": "a"}], "model_output": ["out:a"], "idx": [0]}]
 
 
 def test_get_model_unwraps_known_attributes():

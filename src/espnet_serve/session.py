@@ -493,9 +493,10 @@ class InferenceSession:
             fallback_to_single_on_error: Whether to fall back to per-sample
                 execution after a failed batched call. When ``None``, uses the
                 session default.
-            return_exceptions: In per-sample execution, put a failing sample's
-                exception in its slot instead of raising, so the other samples
-                still get results.
+            return_exceptions: Put a failing sample's exception in its slot
+                instead of raising it, so the other samples still get results.
+                Covers samples that fail in per-sample execution and samples a
+                batching backend reports as failed in their slot.
 
         Returns:
             list[Any]: One output per sample, in input order.
@@ -521,11 +522,16 @@ class InferenceSession:
         if batch:
             inputs, data = self._batch_inputs(sample_list)
             try:
-                return self._run_model_batch(inputs, data, index_list)
+                outputs = self._run_model_batch(inputs, data, index_list)
             except Exception as exc:
                 if not fallback:
                     raise RuntimeError(f"Batched inference failed: {exc}") from exc
                 logger.info("Batched inference failed (%s); running samples one by one.", exc)
+            else:
+                failure = next((o for o in outputs if isinstance(o, Exception)), None)
+                if failure is not None and not return_exceptions:
+                    raise failure
+                return outputs
         return [
             self._forward_or_exception(sample, idx, return_exceptions)
             for sample, idx in zip(sample_list, index_list, strict=True)
@@ -534,14 +540,29 @@ class InferenceSession:
     def _run_model_batch(
         self, inputs: dict[str, list[Any]], data: list[Any], indices: list[Any]
     ) -> list[Any]:
-        """One batched backend call; the result must hold one output per sample."""
-        result = self._apply_output_fn(data=data, model_output=self.model(**inputs), idx=indices)
-        outputs = result if isinstance(result, list) else [result]
-        if len(outputs) != len(data):
-            raise RuntimeError(
-                "Batched inference returned the wrong number of outputs: "
-                f"expected {len(data)}, got {len(outputs)}."
+        """One batched backend call; the result must hold one output per sample.
+
+        A batching backend may put an exception in a sample's slot (a sample it
+        could not decode); ``output_fn`` then sees only the other samples and
+        the exception stays in its slot.
+        """
+        model_output = self.model(**inputs)
+        failed = _exception_slots(model_output, len(data))
+        if not failed:
+            result = self._apply_output_fn(data=data, model_output=model_output, idx=indices)
+            return _one_output_per_sample(result, len(data))
+        outputs = list(model_output)
+        decoded = [slot for slot in range(len(data)) if slot not in failed]
+        if decoded:
+            result = self._apply_output_fn(
+                data=[data[slot] for slot in decoded],
+                model_output=[model_output[slot] for slot in decoded],
+                idx=[indices[slot] for slot in decoded],
             )
+            for slot, output in zip(
+                decoded, _one_output_per_sample(result, len(decoded)), strict=True
+            ):
+                outputs[slot] = output
         return outputs
 
     def _forward_or_exception(self, sample: Any, idx: Any, return_exceptions: bool) -> Any:
@@ -591,6 +612,24 @@ def _require(sample: Mapping[str, Any], key: str) -> Any:
     if key not in sample:
         raise KeyError(f"Input key {key!r} not found in sample (keys: {sorted(sample)}).")
     return sample[key]
+
+
+def _exception_slots(model_output: Any, count: int) -> set[int]:
+    """Slots of a batched backend result that hold a per-sample exception."""
+    if not isinstance(model_output, list) or len(model_output) != count:
+        return set()
+    return {slot for slot, output in enumerate(model_output) if isinstance(output, Exception)}
+
+
+def _one_output_per_sample(result: Any, count: int) -> list[Any]:
+    """Check that a batched result holds ``count`` outputs (a non-list is one output)."""
+    outputs = result if isinstance(result, list) else [result]
+    if len(outputs) != count:
+        raise RuntimeError(
+            "Batched inference returned the wrong number of outputs: "
+            f"expected {count}, got {len(outputs)}."
+        )
+    return outputs
 
 
 def _load_output_fn(path: str | None) -> OutputFn | None:
