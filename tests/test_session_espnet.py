@@ -60,6 +60,28 @@ def test_from_pretrained_refuses_untrusted_user_code(tiny_archive, tmp_path):
         )
 
 
+def test_backend_kwargs_replace_the_config_model_options(tiny_bundle_dir):
+    session = InferenceSession.from_pretrained(
+        str(tiny_bundle_dir), trust_user_code=True, beam_size=3, nbest=2
+    )
+    assert isinstance(session.model, Speech2Text)
+    assert session.model.nbest == 2
+    assert session.model.beam_search.beam_size == 3
+
+
+def test_batched_backend_swaps_speech2text_for_its_batched_equivalent(tiny_bundle_dir, speech):
+    from espnet_serve.backends import BatchedSpeech2Text
+
+    plain = InferenceSession.from_pretrained(str(tiny_bundle_dir), trust_user_code=True)
+    batched = InferenceSession.from_pretrained(
+        str(tiny_bundle_dir), trust_user_code=True, batched_backend=True, prefer_model_batch=True
+    )
+    assert isinstance(batched.model, BatchedSpeech2Text)
+    assert batched.model.options.beam_size == plain.model.beam_search.beam_size
+    clips = [speech, speech[: len(speech) // 2]]
+    assert batched.forward_batch(clips) == plain.forward_batch(clips)
+
+
 def test_from_pretrained_unpacked_directory(tiny_bundle_dir, speech):
     session = InferenceSession.from_pretrained(str(tiny_bundle_dir), trust_user_code=True)
     assert session.bundle_root == tiny_bundle_dir

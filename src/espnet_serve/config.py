@@ -23,6 +23,10 @@ from espnet_serve.imports import import_object
 
 AUTO_DEVICE = "auto"
 _MAX_DEFAULTS_DEPTH = 8
+# Per-utterance espnet2 backends and their batched equivalents (same options, same hypotheses).
+BATCHED_EQUIVALENTS = {
+    "espnet2.bin.asr_inference.Speech2Text": "espnet_serve.backends.BatchedSpeech2Text",
+}
 
 
 def _load_lines(path: str) -> list[str]:
@@ -139,6 +143,33 @@ def _accepts_keyword(target: Any, name: str) -> bool:
     except (TypeError, ValueError):
         return False
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
+
+
+def override_model(
+    config: DictConfig, overrides: Mapping[str, Any], *, batched: bool = False
+) -> DictConfig:
+    """Return a copy of ``config`` with entries of its ``model`` node replaced.
+
+    Args:
+        config: A loaded inference config.
+        overrides: Model constructor options that replace the config's
+            (e.g. ``{"beam_size": 8}``); ``_target_`` may be replaced too.
+        batched: Swap a per-utterance target for its entry in
+            :data:`BATCHED_EQUIVALENTS` (other targets are kept).
+
+    Returns:
+        DictConfig: The new config; ``config`` itself is left unchanged.
+    """
+    config = to_dict_config(config)
+    model_node = config.get("model")
+    if not isinstance(model_node, DictConfig):
+        return config
+    for key, value in overrides.items():
+        model_node[key] = value
+    target = str(model_node.get("_target_", ""))
+    if batched and target in BATCHED_EQUIVALENTS:
+        model_node._target_ = BATCHED_EQUIVALENTS[target]
+    return config
 
 
 def build_backend(config: DictConfig) -> Any:

@@ -24,7 +24,12 @@ from espnet_serve.bundle import (
     inference_config_path,
     load_bundle_metadata,
 )
-from espnet_serve.config import build_backend, load_inference_config, to_dict_config
+from espnet_serve.config import (
+    build_backend,
+    load_inference_config,
+    override_model,
+    to_dict_config,
+)
 from espnet_serve.errors import BackendResolutionError
 from espnet_serve.imports import import_object, resolve_object
 from espnet_serve.usercode import (
@@ -243,6 +248,7 @@ class InferenceSession:
         user_code_paths: Sequence[str] | None = None,
         prefer_model_batch: bool = False,
         fallback_to_single_on_batch_error: bool = True,
+        batched_backend: bool = False,
         **backend_kwargs: Any,
     ) -> InferenceSession:
         """Build a session from already resolved model artifact paths.
@@ -262,7 +268,13 @@ class InferenceSession:
                 backend call first.
             fallback_to_single_on_batch_error: Whether failed batched calls fall
                 back to per-sample execution.
-            **backend_kwargs: Extra constructor kwargs for ``backend_class``.
+            batched_backend: Build the batched equivalent of a per-utterance
+                config target (``Speech2Text`` becomes
+                ``espnet_serve.backends.BatchedSpeech2Text``, same options and
+                hypotheses). Other targets, and ``backend_class``, are kept.
+            **backend_kwargs: Extra constructor kwargs for ``backend_class``;
+                with an inference config, they replace the ``model`` node's
+                options (e.g. ``beam_size=8``).
 
         Returns:
             InferenceSession: Artifact-backed inference session.
@@ -279,7 +291,11 @@ class InferenceSession:
         metadata = load_bundle_metadata(bundle_root)
         config_path = inference_config_path(artifacts, bundle_root, metadata)
         config = (
-            load_inference_config(config_path, bundle_root=bundle_root)
+            override_model(
+                load_inference_config(config_path, bundle_root=bundle_root),
+                backend_kwargs,
+                batched=batched_backend,
+            )
             if config_path is not None and backend_class is None
             else None
         )
@@ -341,6 +357,7 @@ class InferenceSession:
         prefer_model_batch: bool = False,
         fallback_to_single_on_batch_error: bool = True,
         downloader_kwargs: Mapping[str, Any] | None = None,
+        batched_backend: bool = False,
         **backend_kwargs: Any,
     ) -> InferenceSession:
         """Fetch a packaged model and build an inference session from it.
@@ -365,7 +382,10 @@ class InferenceSession:
                 back to per-sample execution.
             downloader_kwargs: Constructor kwargs for the downloader, e.g.
                 ``{"cachedir": "/models"}`` for a pre-filled offline cache.
-            **backend_kwargs: Extra constructor kwargs for ``backend_class``.
+            batched_backend: Build the batched equivalent of the config's
+                per-utterance target (see :meth:`from_artifacts`).
+            **backend_kwargs: Extra constructor kwargs for ``backend_class``;
+                with an inference config, they replace the ``model`` node's options.
 
         Returns:
             InferenceSession: The loaded session.
@@ -383,6 +403,7 @@ class InferenceSession:
             "user_code_paths": user_code_paths,
             "prefer_model_batch": prefer_model_batch,
             "fallback_to_single_on_batch_error": fallback_to_single_on_batch_error,
+            "batched_backend": batched_backend,
         }
         backend_cls = resolve_object(backend_class)
         if backend_cls is not None and enable_user_code is False:

@@ -28,6 +28,15 @@ DEFAULT_SAMPLE_RATE = 16000
 WARMUP_SECONDS = 1.0
 
 
+def served_model_tag() -> str:
+    """The model to serve: the Bento argument ``model_tag``, else the setting.
+
+    ``espnet-serve build --bento`` stores the imported model's exact tag as that
+    argument, so a built Bento serves the version it was built with.
+    """
+    return getattr(bentoml.use_arguments(), "model_tag", None) or settings.model_tag
+
+
 def _file_sha256(path: Path) -> str:
     with path.open("rb") as stream:
         return hashlib.file_digest(stream, "sha256").hexdigest()
@@ -42,7 +51,7 @@ def _file_sha256(path: Path) -> str:
 class AsrModel:
     """Decodes batches of clips with the bundle's ``InferenceSession``."""
 
-    bento_model = bentoml.models.BentoModel(settings.model_tag)
+    bento_model = bentoml.models.BentoModel(served_model_tag())
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
@@ -55,7 +64,11 @@ class AsrModel:
         from espnet_serve.store import load_session
 
         try:
-            self.session = load_session(self.bento_model, prefer_model_batch=True)
+            self.session = load_session(
+                self.bento_model,
+                prefer_model_batch=True,
+                batched_backend=settings.batched_backend,
+            )
             metadata = self.bento_model.info.metadata
             weights = self.session.artifacts.get("asr_model_file")
             self.info = ModelInfo(

@@ -14,7 +14,11 @@ class ServeSettings(BaseSettings):
     """Every knob of the service; each field is the env var ``ESPNET_SERVE_<NAME>``.
 
     Attributes:
-        model_tag: BentoML model-store tag of the bundle to serve.
+        model_tag: BentoML model-store tag of the bundle to serve (a built
+            Bento's ``model_tag`` argument takes precedence).
+        batched_backend: Serve a bundle whose model is espnet2's per-utterance
+            ``Speech2Text`` with ``BatchedSpeech2Text`` (same options, same
+            hypotheses, one padded pass per batch); false serves the bundle's own.
         max_batch_size: Largest adaptive batch the model service forms.
         max_latency_ms: Latency budget BentoML's adaptive batcher works to.
         max_audio_bytes: Largest accepted upload, in bytes (413 above).
@@ -31,6 +35,7 @@ class ServeSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="ESPNET_SERVE_", extra="ignore")
 
     model_tag: str = DEFAULT_MODEL_TAG
+    batched_backend: bool = True
     max_batch_size: int = Field(default=32, ge=1)
     max_latency_ms: int = Field(default=1000, ge=1)
     max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
