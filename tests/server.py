@@ -90,3 +90,21 @@ def start_server(
             time.sleep(0.25)
     server.stop()
     raise TimeoutError(f"bentoml serve not ready after {timeout} s:\n{server.log()}")
+
+
+def serve_default_model(home: Path, **settings: str) -> BentoServer:
+    """Import the embedded model into a fresh ``BENTOML_HOME`` and serve it on CPU.
+
+    Args:
+        home: An empty directory used as ``BENTOML_HOME``.
+        **settings: ``ESPNET_SERVE_*`` settings, by lower-case name (e.g. ``api_workers="2"``).
+    """
+    env = {
+        "BENTOML_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "ESPNET_SERVE_GPU_COUNT": "0",
+        **{f"ESPNET_SERVE_{name.upper()}": value for name, value in settings.items()},
+    }
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    subprocess.run([cli, "import-default"], env={**os.environ, **env}, check=True)
+    return start_server("service:Transcriber", env=env, log_path=home / "serve.log")

@@ -6,12 +6,8 @@ Started once per module (two API workers, CPU), in a temporary BENTOML_HOME.
 from __future__ import annotations
 
 import io
-import os
 import re
-import subprocess
-import sys
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -21,7 +17,7 @@ import soundfile as sf
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
-from tests.server import BentoServer, start_server
+from tests.server import BentoServer, serve_default_model
 
 pytestmark = pytest.mark.slow
 
@@ -52,19 +48,13 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[HeldoutClip]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
-    home = tmp_path_factory.mktemp("bentoml_home")
-    env = {
-        "BENTOML_HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "ESPNET_SERVE_GPU_COUNT": "0",
-        "ESPNET_SERVE_API_WORKERS": "2",
-        "ESPNET_SERVE_MAX_AUDIO_BYTES": str(MAX_AUDIO_BYTES),
-        "ESPNET_SERVE_MAX_AUDIO_SECONDS": str(MAX_AUDIO_SECONDS),
-        "ESPNET_SERVE_MAX_LATENCY_MS": "5000",
-    }
-    cli = str(Path(sys.executable).with_name("espnet-serve"))
-    subprocess.run([cli, "import-default"], env={**os.environ, **env}, check=True)
-    server = start_server("service:Transcriber", env=env, log_path=home / "serve.log")
+    server = serve_default_model(
+        tmp_path_factory.mktemp("bentoml_home"),
+        api_workers="2",
+        max_audio_bytes=str(MAX_AUDIO_BYTES),
+        max_audio_seconds=str(MAX_AUDIO_SECONDS),
+        max_latency_ms="5000",
+    )
     yield server
     server.stop()
 
