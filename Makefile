@@ -21,10 +21,10 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(BIN)/python -c "import espnet2, bentoml, torch, torchaudio, espnet_serve"
 	touch $@
 
-## sysdeps: Debian packages the recipe and tests use (espeak-ng, sox, libsndfile)
+## sysdeps: Debian packages the recipe and tests use (espeak-ng, sox, libsndfile, curl)
 sysdeps:
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1; }
+	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v curl >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1 curl; }
 
 ## serve: serve the embedded default model on $(HOST):$(PORT), offline
 serve: setup

@@ -7,7 +7,11 @@ from __future__ import annotations
 
 import io
 import re
+import shutil
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -248,3 +252,23 @@ def test_metrics_expose_our_series(server: BentoServer, clips: list[HeldoutClip]
     info = re.search(r"espnet_serve_model_info\{([^}]*)\} 1\.0", metrics)
     assert info and 'name="espnet-digits-asr"' in info.group(1)
     assert re.search(r'sha256="[0-9a-f]{64}"', info.group(1))
+
+
+def readme_service_examples() -> list[tuple[str, str]]:
+    """The (language, code) blocks of the README's HTTP service section."""
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    section = readme[readme.index("## The HTTP service") : readme.index("### Settings")]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
+
+
+def test_readme_examples_work_as_written(server: BentoServer, clips, tmp_path: Path):
+    clip = clips[1]
+    shutil.copyfile(clip.path, tmp_path / "clip.flac")
+    examples = readme_service_examples()
+    assert [language for language, _ in examples] == ["bash", "python", "python"]
+    for language, code in examples:
+        code = code.replace("http://127.0.0.1:3000", server.url)
+        command = ["bash", "-ec", code] if language == "bash" else [sys.executable, "-c", code]
+        run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
+        assert run.returncode == 0, run.stderr
+        assert clip.text in run.stdout, (code, run.stdout)
