@@ -127,4 +127,17 @@ def crafted_archive(path: Path, case: str, outside: Path) -> Path:
     return path
 
 
+def stage_crafted_archive(tmp_path: Path, case: str) -> tuple[Path, Path]:
+    """Write a crafted archive under ``tmp_path/work``, aimed at ``tmp_path/outside``.
+
+    Returns:
+        The archive, and the outside path it tries to write (absent afterwards).
+    """
+    outside = tmp_path / "outside" / f"evil-{case}.txt"
+    outside.parent.mkdir()
+    work = tmp_path / "work"
+    work.mkdir()
+    return crafted_archive(work / f"{case}.tar.gz", case, outside), outside
+
+
 CRAFTED_CASES = ("dotdot", "absolute", "symlink_out", "hardlink_out", "huge", "no_meta")

@@ -20,7 +20,7 @@ from espnet_serve import cli, store
 from espnet_serve.publish import pack_bundle, write_bundle
 from tests.conftest import OUTPUT_FN_SOURCE, TINY_DECODING
 from tests.server import BentoServer, start_server
-from tests.store_helpers import CRAFTED_CASES, crafted_archive, read_yaml, tree
+from tests.store_helpers import CRAFTED_CASES, read_yaml, stage_crafted_archive, tree
 
 pytest_plugins = ["tests.bentoml_fixtures"]
 
@@ -54,11 +54,7 @@ def test_build_refuses_untrusted_user_code(bentoml_home: Path, tiny_archive: Pat
 
 @pytest.mark.parametrize("case", CRAFTED_CASES)
 def test_build_rejects_crafted_archives(case: str, bentoml_home: Path, tmp_path: Path, caplog):
-    outside = tmp_path / "outside" / f"evil-{case}.txt"
-    outside.parent.mkdir()
-    work = tmp_path / "work"
-    work.mkdir()
-    archive = crafted_archive(work / f"{case}.tar.gz", case, outside)
+    archive, outside = stage_crafted_archive(tmp_path, case)
     before = tree(tmp_path.parent)
 
     with caplog.at_level(logging.ERROR):

@@ -69,6 +69,16 @@ def post_file(
     return httpx.post(url, files={"file": (name, data, content_type)}, data=form, timeout=120)
 
 
+def post_clip(server: BentoServer, clip: HeldoutClip) -> httpx.Response:
+    """POST a held-out clip's FLAC file to ``/transcribe``."""
+    return post_file(
+        f"{server.url}/transcribe",
+        clip.path.read_bytes(),
+        name=clip.path.name,
+        content_type="audio/flac",
+    )
+
+
 def encoded(clip: HeldoutClip, fmt: str, *, rate: int | None = None, stereo: bool = False) -> bytes:
     audio, source_rate = clip.read_audio()
     if rate is not None and rate != source_rate:
@@ -94,12 +104,7 @@ def test_readyz_is_503_until_the_model_is_ready(server: BentoServer):
 
 def test_transcribe_flac_clips(server: BentoServer, clips: list[HeldoutClip]):
     for clip in clips[:6]:
-        response = post_file(
-            f"{server.url}/transcribe",
-            clip.path.read_bytes(),
-            name=clip.path.name,
-            content_type="audio/flac",
-        )
+        response = post_clip(server, clip)
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["text"] == clip.text
@@ -149,12 +154,7 @@ def test_openai_sdk(server: BentoServer, clips: list[HeldoutClip]):
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server, clips):
     def transcribe(clip: HeldoutClip) -> str:
-        response = post_file(
-            f"{server.url}/transcribe",
-            clip.path.read_bytes(),
-            name=clip.path.name,
-            content_type="audio/flac",
-        )
+        response = post_clip(server, clip)
         assert response.status_code == 200, response.text
         return response.json()["text"]
 

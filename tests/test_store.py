@@ -22,9 +22,9 @@ from tests.conftest import TINY_DECODING
 from tests.store_helpers import (
     CRAFTED_CASES,
     copy_bundle,
-    crafted_archive,
     hf_cache_from_bundle,
     read_yaml,
+    stage_crafted_archive,
     tree,
     with_token_list_file,
     write_yaml,
@@ -232,11 +232,7 @@ def test_meta_yaml_pointing_outside_the_bundle_is_refused(
 def test_crafted_archive_is_refused_and_nothing_lands_outside(
     case: str, bentoml_home: Path, tmp_path: Path
 ):
-    outside = tmp_path / "outside" / f"evil-{case}.txt"
-    outside.parent.mkdir()
-    work = tmp_path / "work"
-    work.mkdir()
-    archive = crafted_archive(work / f"{case}.tar.gz", case, outside)
+    archive, outside = stage_crafted_archive(tmp_path, case)
     before = tree(tmp_path.parent)
 
     expected = BundleMetadataError if case == "no_meta" else UnsafeArchiveError
