@@ -721,14 +721,18 @@ def test_service_account(case: Case) -> None:
 
 
 def readme_values_examples() -> dict[str, dict[str, Any]]:
-    """The ```yaml blocks under the "Values example" headings of deploy/README.md."""
-    text = (CHART_DIR.parents[1] / "README.md").read_text()
+    """The ```yaml blocks under the "Values example" headings of deploy/README.md and README.md."""
     pattern = r"^### (Values example[^\n]*)\n.*?^```yaml\n(.*?)^```"
-    return {title: yaml.safe_load(body) for title, body in re.findall(pattern, text, re.M | re.S)}
+    examples = {}
+    for readme in (CHART_DIR.parents[1] / "README.md", CHART_DIR.parents[2] / "README.md"):
+        for title, body in re.findall(pattern, readme.read_text(), re.M | re.S):
+            examples[f"{readme}: {title}"] = yaml.safe_load(body)
+    return examples
 
 
 def test_readme_values_examples_render_and_validate(chart: helm_python.Chart) -> None:
     examples = readme_values_examples()
+    assert len(examples) == 3, list(examples)
     assert {v["mode"] for v in examples.values()} == {"combined", "split"}
     for title, values in examples.items():
         objects = render(chart, values)
