@@ -23,6 +23,7 @@ from espnet_serve.errors import (
     UntrustedUserCodeError,
     UserCodePathError,
 )
+from tests.store_helpers import hf_cache_from_bundle
 
 
 def assert_user_code_result(result: dict, uttid: object) -> None:
@@ -88,27 +89,9 @@ def test_from_pretrained_unpacked_directory(tiny_bundle_dir, speech):
     assert_user_code_result(session(speech), 0)
 
 
-def _fill_hf_cache(cache: Path, repo_id: str, bundle: Path) -> Path:
-    """Lay a bundle out as huggingface_hub caches a snapshot: files symlinked into blobs/."""
-    repo_dir = cache / f"models--{repo_id.replace('/', '--')}"
-    revision = "0123456789abcdef0123456789abcdef01234567"
-    snapshot = repo_dir / "snapshots" / revision
-    for index, path in enumerate(sorted(p for p in bundle.rglob("*") if p.is_file())):
-        blob = repo_dir / "blobs" / f"blob{index:04d}"
-        blob.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(path, blob)
-        link = snapshot / path.relative_to(bundle)
-        link.parent.mkdir(parents=True, exist_ok=True)
-        up = Path(*[".."] * (len(link.relative_to(repo_dir).parts) - 1))
-        link.symlink_to(up / "blobs" / blob.name)
-    (repo_dir / "refs").mkdir()
-    (repo_dir / "refs" / "main").write_text(revision)
-    return snapshot
-
-
 def test_from_pretrained_hugging_face_cache_offline(tiny_bundle_dir, tmp_path, speech, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    snapshot = _fill_hf_cache(tmp_path, "espnet/tiny_digits", tiny_bundle_dir)
+    snapshot = hf_cache_from_bundle(tiny_bundle_dir, tmp_path, "espnet/tiny_digits")
     assert (snapshot / "meta.yaml").is_symlink()
     session = InferenceSession.from_pretrained(
         "espnet/tiny_digits", trust_user_code=True, downloader_kwargs={"cachedir": tmp_path}
