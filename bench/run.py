@@ -392,6 +392,7 @@ def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace)
         "device": device,
         "device_name": torch.cuda.get_device_name() if device.startswith("cuda") else cpu_name(),
         "threads": torch.get_num_threads(),
+        "omp_wait_policy": os.environ.get("OMP_WAIT_POLICY", "default"),
         "clips": args.clips,
         "utterances": len(clips),
         "audio_s": audio_s,
