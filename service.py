@@ -1,5 +1,12 @@
 """BentoML entry point: ``bentoml serve service:Transcriber``."""
 
+import os
+
+# The API service reaches the model service over loopback TCP, not a unix socket:
+# on SIGTERM, `bentoml serve` deletes the unix socket's file before its workers stop,
+# so the API could not reach the model while it drains the requests it accepted.
+os.environ.setdefault("BENTOML_NO_UDS", "1")
+
 from espnet_serve.serving.api_service import Transcriber
 from espnet_serve.serving.model_service import AsrModel
 

@@ -115,6 +115,33 @@ def too_short_for_subsampling(asr_model: Any, n_frames: int) -> int | None:
     return n_frames + 1 if int(lengths[0]) < 1 else None
 
 
+def min_input_samples(asr_model: Any, *, upper: int = 1 << 16) -> int:
+    """The fewest waveform samples that the model's front end and subsampling accept.
+
+    Found by bisection over real front-end calls (the front end's own padding
+    rules decide, whatever they are); ``upper`` is returned if even that fails.
+    """
+
+    def accepted(n_samples: int) -> bool:
+        speech = torch.zeros(n_samples, device=next(asr_model.parameters()).device)
+        try:
+            feats = extract_features(asr_model, speech)
+        except RuntimeError:
+            return False
+        return too_short_for_subsampling(asr_model, feats.size(0)) is None
+
+    low, high = 1, upper
+    if not accepted(high):
+        return upper
+    while low < high:
+        middle = (low + high) // 2
+        if accepted(middle):
+            high = middle
+        else:
+            low = middle + 1
+    return low
+
+
 def encode_padded(
     asr_model: Any, feats: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,4 +1,4 @@
-"""The per-sample error result of the batched backend."""
+"""The per-sample error results of the batched backend."""
 
 from __future__ import annotations
 
@@ -8,7 +8,9 @@ class SampleError(ValueError):
 
     ``BatchedSpeech2Text`` returns it *in the sample's slot* of a batch result
     (the other samples are decoded), and raises it for a single-array call.
-    When the cause was an exception, it is chained as ``__cause__``.
+    When the cause was an exception, it is chained as ``__cause__``. The two
+    subclasses tell whose fault it was: :class:`InvalidSampleError` (the input)
+    and :class:`SampleDecodeError` (the model or the machine).
 
     Attributes:
         index: Position of the sample in the batch it came in.
@@ -19,3 +21,11 @@ class SampleError(ValueError):
         self.index = index
         self.reason = reason
         super().__init__(f"sample {index}: {reason}" + (f" ({detail})" if detail else ""))
+
+
+class InvalidSampleError(SampleError):
+    """The input cannot be decoded by this model: empty, not a waveform, too short, NaN."""
+
+
+class SampleDecodeError(SampleError):
+    """Decoding a valid input raised: a model bug, out of memory, a device failure."""

@@ -15,9 +15,10 @@ from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
     encode_padded,
     extract_features,
+    min_input_samples,
     too_short_for_subsampling,
 )
-from espnet_serve.backends.errors import SampleError
+from espnet_serve.backends.errors import InvalidSampleError, SampleDecodeError, SampleError
 from espnet_serve.backends.greedy import greedy_ctc
 
 DECODING_MODES = ("auto", "beam", "greedy_ctc")
@@ -169,6 +170,8 @@ class BatchedSpeech2Text:
         )
         self._check_model()
         self.search = BatchJointSearch(self.asr_model, self.options)
+        with torch.inference_mode():
+            self.min_samples = min_input_samples(self.asr_model)
 
     def _check_model(self) -> None:
         """Refuse models this backend cannot decode exactly."""
@@ -238,21 +241,27 @@ class BatchedSpeech2Text:
             try:
                 wave = torch.as_tensor(np.asarray(sample))
             except (TypeError, ValueError, RuntimeError) as error:
-                raise SampleError(index, "not a numeric array", str(error)) from error
+                raise InvalidSampleError(index, "not a numeric array", str(error)) from error
         if wave.dtype == torch.bool or wave.is_complex() or wave.ndim != 1:
-            raise SampleError(
+            raise InvalidSampleError(
                 index, "not a 1-D real waveform", f"dtype {wave.dtype}, shape {tuple(wave.shape)}"
             )
         if wave.numel() == 0:
-            raise SampleError(index, "empty")
+            raise InvalidSampleError(index, "empty")
+        if wave.numel() < self.min_samples:
+            raise InvalidSampleError(
+                index,
+                "too short",
+                f"{wave.numel()} samples; the model needs at least {self.min_samples}",
+            )
         wave = wave.to(device=self.device, dtype=torch.float32)
         if not bool(torch.isfinite(wave).all()):
-            raise SampleError(index, "non-finite", "the waveform holds NaN or inf")
+            raise InvalidSampleError(index, "non-finite", "the waveform holds NaN or inf")
         with self._autocast():
             feats = extract_features(self.asr_model, wave)
         needed = too_short_for_subsampling(self.asr_model, feats.size(0))
         if needed is not None:
-            raise SampleError(
+            raise InvalidSampleError(
                 index,
                 "too short",
                 f"{wave.numel()} samples give {feats.size(0)} frames; the encoder needs "
@@ -304,8 +313,8 @@ class BatchedSpeech2Text:
         return results
 
 
-def _failure(index: int, error: Exception) -> SampleError:
+def _failure(index: int, error: Exception) -> SampleDecodeError:
     """A ``SampleError`` for a sample whose decoding raised ``error`` (chained as its cause)."""
-    failure = SampleError(index, "decoding failed", f"{type(error).__name__}: {error}")
+    failure = SampleDecodeError(index, "decoding failed", f"{type(error).__name__}: {error}")
     failure.__cause__ = error
     return failure

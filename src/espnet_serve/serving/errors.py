@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import uuid
+
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -10,18 +13,41 @@ from starlette.exceptions import HTTPException
 from espnet_serve.serving.audio import AudioInputError
 from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
 
+logger = logging.getLogger(__name__)
+
 
 class ServiceError(Exception):
     """An error with an HTTP status, an error code and optional response headers."""
 
     def __init__(
-        self, status_code: int, code: str, message: str, headers: dict[str, str] | None = None
+        self,
+        status_code: int,
+        code: str,
+        message: str,
+        headers: dict[str, str] | None = None,
+        *,
+        error_id: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
         self.code = code
         self.message = message
         self.headers = headers or {}
+        self.error_id = error_id
+
+
+def internal_error(
+    what: str, cause: BaseException | None = None, *, code: str = "internal_error"
+) -> ServiceError:
+    """500: a fault of ours; logged with its traceback under an id the client also gets."""
+    error_id = uuid.uuid4().hex[:16]
+    logger.error("Internal error %s (%s): %s", error_id, code, what, exc_info=cause)
+    return ServiceError(
+        500,
+        code,
+        f"Internal server error: {what}. Quote error id {error_id} when reporting it.",
+        error_id=error_id,
+    )
 
 
 def overloaded(retry_after_seconds: int) -> ServiceError:
@@ -52,8 +78,9 @@ def _error_json(
     code: str | None,
     param: str | None = None,
     headers: dict[str, str] | None = None,
+    error_id: str | None = None,
 ) -> JSONResponse:
-    detail = ErrorDetail(message=message, type=kind, param=param, code=code)
+    detail = ErrorDetail(message=message, type=kind, param=param, code=code, error_id=error_id)
     return JSONResponse(
         ErrorResponse(error=detail).model_dump(), status_code=status_code, headers=headers
     )
@@ -78,7 +105,14 @@ async def _service_error(_: Request, exc: Exception) -> JSONResponse:
         kind=_error_type(exc.status_code),
         code=exc.code,
         headers=exc.headers,
+        error_id=exc.error_id,
     )
+
+
+async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:
+    """Any exception nothing else handled: 500 JSON, never a plain-text page."""
+    error = internal_error(f"unexpected {type(exc).__name__} on {request.url.path}", exc)
+    return await _service_error(request, error)
 
 
 async def _validation_error(_: Request, exc: Exception) -> JSONResponse:
@@ -115,3 +149,4 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(HTTPException, _http_error)
+    app.add_exception_handler(Exception, _unexpected_error)

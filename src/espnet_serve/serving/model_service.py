@@ -1,7 +1,11 @@
 """The model service: one InferenceSession, fed by BentoML's adaptive batcher.
 
 Runs on a GPU when the pod has one (``resources={"gpu": N}``), else on CPU.
-One bad clip never fails its batch: every clip gets its own ``ClipResult``.
+One bad clip never fails its batch: every clip gets its own ``ClipResult``,
+which says whether the clip was bad (the client's fault) or decoding it failed
+(ours). Requests are shed only by the API service's admission limit: the
+batcher's drop deadline is the request timeout, so it never cancels a request
+that could still be answered in time.
 """
 
 from __future__ import annotations
@@ -16,16 +20,24 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
+from espnet_serve.backends.errors import InvalidSampleError
+from espnet_serve.serving.drain import InFlight, SigtermDrain
+from espnet_serve.serving.inflight import InFlightMiddleware
 from espnet_serve.serving.metrics import get_metrics
-from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo
+from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
 from espnet_serve.serving.settings import get_settings
 from espnet_serve.serving.transcripts import transcript_text
+from espnet_serve.serving.warmup import WarmupError, warm_up
 
 logger = logging.getLogger(__name__)
 settings = get_settings()
 
 DEFAULT_SAMPLE_RATE = 16000
-WARMUP_SECONDS = 1.0
+# BentoML's dependency client replaces its HTTP session every 100 calls or 300 s and
+# closes the old one with calls still in flight on it (``_bentoml_impl/client/proxy2.py``,
+# ``SessionManager.get_session``): those calls fail. Never recycle it.
+NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
+MODEL_IN_FLIGHT = InFlight()
 
 
 def served_model_tag() -> str:
@@ -46,6 +58,7 @@ def _file_sha256(path: Path) -> str:
     name="AsrModel",
     resources={"gpu": settings.gpu_count} if settings.gpu_count else {"cpu": "1"},
     traffic={"timeout": settings.request_timeout_seconds},
+    runner_connection=NEVER_RECYCLE,
     workers=1,
 )
 class AsrModel:
@@ -56,6 +69,14 @@ class AsrModel:
     def __init__(self) -> None:
         self.metrics = get_metrics()
         self._loaded = threading.Event()
+        self.unready_reason = "the model is loading"
+        self.drain = SigtermDrain(
+            "AsrModel",
+            MODEL_IN_FLIGHT,
+            timeout_seconds=settings.drain_timeout_seconds,
+            quiet_seconds=settings.drain_quiet_seconds,
+        )
+        self.drain.install()
         # Load in the background so /readyz answers 503 (not nothing) while it runs.
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
@@ -63,24 +84,32 @@ class AsrModel:
         """Load and verify the bundle, warm it up, then report ready."""
         from espnet_serve.store import load_session
 
+        backend_options = {"max_batch_size": settings.max_batch_size}
         try:
             self.session = load_session(
                 self.bento_model,
                 prefer_model_batch=True,
                 batched_backend=settings.batched_backend,
+                **(backend_options if settings.batched_backend else {}),
             )
             metadata = self.bento_model.info.metadata
             weights = self.session.artifacts.get("asr_model_file")
+            sample_rate = int(metadata.get("sample_rate", DEFAULT_SAMPLE_RATE))
             self.info = ModelInfo(
                 name=self.bento_model.tag.name,
                 version=str(self.bento_model.tag.version),
                 sha256=_file_sha256(Path(weights)) if weights else "",
-                sample_rate=int(metadata.get("sample_rate", DEFAULT_SAMPLE_RATE)),
+                sample_rate=sample_rate,
+                min_samples=int(getattr(self.session.model, "min_samples", 0)),
             )
             if settings.warmup:
-                silence = np.zeros(int(self.info.sample_rate * WARMUP_SECONDS), np.float32)
-                self.session.forward_batch([silence, silence], return_exceptions=True)
-        except Exception:
+                warm_up(self.session, sample_rate)
+        except WarmupError as exc:
+            self.unready_reason = f"warm-up failed: {exc}"
+            logger.error("Model %s: %s; the service stays unready.", self.bento_model.tag, exc)
+            return
+        except Exception as exc:
+            self.unready_reason = f"loading failed: {type(exc).__name__}: {exc}"
             logger.exception(
                 "Loading model %s failed; the service stays unready.", self.bento_model.tag
             )
@@ -90,23 +119,30 @@ class AsrModel:
         logger.info("Model %s ready (sha256 %s).", self.bento_model.tag, self.info.sha256[:12])
 
     def __is_ready__(self) -> bool:
-        """Ready once the model is loaded, verified and warmed up."""
-        return self._loaded.is_set()
+        """Ready once the model is loaded, verified and warmed up, until SIGTERM."""
+        return self._loaded.is_set() and not self.drain.draining
 
     def _require_loaded(self) -> None:
         if not self._loaded.is_set():
-            raise ServiceUnavailable("The model is still loading.")
+            raise ServiceUnavailable(f"The model is not ready: {self.unready_reason}.")
 
     @bentoml.api
     def model_info(self) -> ModelInfo:
-        """Name, version, weights sha256 and sample rate of the served model."""
+        """Name, version, weights sha256, sample rate and shortest input of the served model."""
         self._require_loaded()
         return self.info
+
+    @bentoml.api
+    def readiness(self) -> Readiness:
+        """Whether the model is ready and, if not, why."""
+        if self._loaded.is_set():
+            return Readiness(ready=True)
+        return Readiness(ready=False, reason=self.unready_reason)
 
     @bentoml.api(
         batchable=True,
         max_batch_size=settings.max_batch_size,
-        max_latency_ms=settings.max_latency_ms,
+        max_latency_ms=int(settings.request_timeout_seconds * 1000),
     )
     def transcribe(self, clips: list[ClipRequest]) -> list[ClipResult]:
         """Transcribe a batch; each clip gets a transcript or its own error."""
@@ -114,10 +150,11 @@ class AsrModel:
         started = time.time()
         for clip in clips:
             self.metrics.queue_wait_seconds.observe(max(0.0, started - clip.sent_at))
-        outputs = self.session.forward_batch([clip.audio for clip in clips], return_exceptions=True)
+        waves = [np.asarray(clip.audio, dtype=np.float32) for clip in clips]
+        outputs = self.session.forward_batch(waves, return_exceptions=True)
         results = [self._result(output) for output in outputs]
         elapsed = time.time() - started
-        audio_seconds = sum(len(clip.audio) for clip in clips) / self.info.sample_rate
+        audio_seconds = sum(len(wave) for wave in waves) / self.info.sample_rate
         self.metrics.decode_seconds.observe(elapsed)
         self.metrics.batch_size.observe(len(clips))
         self.metrics.audio_seconds.inc(audio_seconds)
@@ -127,13 +164,18 @@ class AsrModel:
 
     def _result(self, output: object) -> ClipResult:
         """Turn one session output (or its exception) into a ``ClipResult``."""
+        if isinstance(output, InvalidSampleError):
+            return ClipResult(error_kind="invalid_audio", error=str(output), client_error=True)
         if isinstance(output, BaseException):
-            self.metrics.errors.labels("decode_failed").inc()
+            logger.error("Decoding a clip failed.", exc_info=output)
             return ClipResult(
                 error_kind="decode_failed", error=str(output) or type(output).__name__
             )
         try:
             return ClipResult(text=transcript_text(output))
         except TypeError as exc:
-            self.metrics.errors.labels("bad_model_output").inc()
+            logger.error("The model's output has no transcript: %s", exc)
             return ClipResult(error_kind="bad_model_output", error=str(exc))
+
+
+AsrModel.add_asgi_middleware(InFlightMiddleware, in_flight=MODEL_IN_FLIGHT)

@@ -31,6 +31,9 @@ class ClipResult(BaseModel):
     text: str | None = None
     error_kind: str | None = None
     error: str | None = None
+    client_error: bool = Field(
+        default=False, description="True when the clip itself was bad (4xx), else a fault (5xx)."
+    )
 
 
 class ModelInfo(BaseModel):
@@ -40,6 +43,14 @@ class ModelInfo(BaseModel):
     version: str
     sha256: str
     sample_rate: int
+    min_samples: int = Field(default=0, description="Shortest input the model decodes.")
+
+
+class Readiness(BaseModel):
+    """Whether the model service is ready, and why not."""
+
+    ready: bool
+    reason: str = ""
 
 
 class TranscribeResponse(BaseModel):
@@ -88,6 +99,9 @@ class ErrorDetail(BaseModel):
     type: str
     param: str | None = None
     code: str | None = None
+    error_id: str | None = Field(
+        default=None, description="For a 500: the id of the server log line with the details."
+    )
 
 
 class ErrorResponse(BaseModel):

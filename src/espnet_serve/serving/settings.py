@@ -20,13 +20,19 @@ class ServeSettings(BaseSettings):
             ``Speech2Text`` with ``BatchedSpeech2Text`` (same options, same
             hypotheses, one padded pass per batch); false serves the bundle's own.
         max_batch_size: Largest adaptive batch the model service forms.
-        max_latency_ms: Latency budget BentoML's adaptive batcher works to.
         max_audio_bytes: Largest accepted upload, in bytes (413 above).
         max_audio_seconds: Longest accepted audio, in seconds (413 above).
-        max_pending_requests: Transcriptions one API worker lets wait or run at
-            once; more are refused with 503 and ``Retry-After`` instead of queueing.
+        max_pending_requests: The admission limit: transcriptions one API worker
+            lets wait or run at once; more are refused at once with 503 and
+            ``Retry-After``, before their body is decoded. It is the only place
+            requests are shed (the model service's batcher never drops one).
         retry_after_seconds: The ``Retry-After`` value sent with a 503.
         request_timeout_seconds: BentoML traffic timeout of each service (504 above).
+        drain_timeout_seconds: After SIGTERM, the longest a worker keeps serving
+            the requests it accepted before it exits anyway.
+        drain_quiet_seconds: After SIGTERM, the model service exits once it has had
+            no request in flight for this long (the API service may still be
+            sending what it accepted).
         api_workers: Worker processes of the HTTP API service.
         gpu_count: GPUs the model service asks for (0 runs it on CPU).
         warmup: Decode a short silent clip before reporting ready.
@@ -37,12 +43,13 @@ class ServeSettings(BaseSettings):
     model_tag: str = DEFAULT_MODEL_TAG
     batched_backend: bool = True
     max_batch_size: int = Field(default=32, ge=1)
-    max_latency_ms: int = Field(default=1000, ge=1)
     max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=120.0, gt=0)
-    max_pending_requests: int = Field(default=256, ge=1)
+    max_pending_requests: int = Field(default=128, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
     request_timeout_seconds: float = Field(default=120.0, gt=0)
+    drain_timeout_seconds: float = Field(default=30.0, gt=0)
+    drain_quiet_seconds: float = Field(default=2.0, ge=0)
     api_workers: int = Field(default=1, ge=1)
     gpu_count: int = Field(default=1, ge=0)
     warmup: bool = True

@@ -1,0 +1,74 @@
+"""The API service's calls to the model service, with the failures told apart.
+
+BentoML's dependency client raises aiohttp's connection errors as they are
+(``ServerDisconnectedError``, ``Connector is closed``, ...) and BentoML
+exceptions for HTTP errors of the model service. Here each becomes the
+response it deserves: a transcription is idempotent, so a call that failed at
+the connection level is retried once (never one that timed out); what still
+fails is 503 (the model service is unreachable or not ready), 500 (it failed)
+or 504 (it took longer than the request timeout).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import aiohttp
+from bentoml.exceptions import BentoMLException, ServiceUnavailable
+
+from espnet_serve.serving.errors import ServiceError, internal_error, model_unavailable
+
+logger = logging.getLogger(__name__)
+T = TypeVar("T")
+CONNECTION_RETRIES = 1
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    """Whether ``exc`` is a connection-level failure (worth one retry), not a timeout."""
+    return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, TimeoutError)
+
+
+async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after_seconds: int) -> T:
+    """Run one model-service call, retrying once on a connection error.
+
+    Args:
+        call: Makes the call (called again for the retry).
+        what: What the call does, for messages and logs.
+        retry_after_seconds: ``Retry-After`` of a 503.
+
+    Returns:
+        The call's result.
+
+    Raises:
+        ServiceError: 503 when the model service is unreachable or not ready, 504 on a
+            timeout, 500 when it failed.
+    """
+    for attempt in range(CONNECTION_RETRIES + 1):
+        try:
+            return await call()
+        except ServiceUnavailable as exc:
+            raise model_unavailable(_first_line(exc), retry_after_seconds) from exc
+        except TimeoutError as exc:
+            raise ServiceError(
+                504, "timeout", f"The model service did not answer in time ({what})."
+            ) from exc
+        except BentoMLException as exc:
+            raise internal_error(f"the model service failed ({what})", exc) from exc
+        except aiohttp.ClientError as exc:
+            if is_connection_error(exc) and attempt < CONNECTION_RETRIES:
+                logger.warning("Model service connection failed (%s), retrying: %r", what, exc)
+                continue
+            if is_connection_error(exc):
+                raise model_unavailable(
+                    f"the model service cannot be reached ({type(exc).__name__})",
+                    retry_after_seconds,
+                ) from exc
+            raise internal_error(f"the model service call failed ({what})", exc) from exc
+    raise AssertionError("unreachable")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return text.splitlines()[0] if text else type(exc).__name__
