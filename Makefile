@@ -9,9 +9,9 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Where processes share the cores (the server's API and model workers, test clients),
 # OpenMP threads must sleep instead of spinning: spinning stalls a busy 2-core machine.
 # A lone process (eval, bench) decodes faster with the default policy.
-serve test: export OMP_WAIT_POLICY ?= PASSIVE
+serve test bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock eval recipe bench clean
+.PHONY: setup sysdeps serve test lint format lock eval recipe bench bench-serve clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
@@ -64,6 +64,10 @@ recipe: setup sysdeps
 ## bench: throughput of the batched backend vs Speech2Text (JSON + PNG under bench/results/)
 bench: setup
 	$(BIN)/python bench/run.py
+
+## bench-serve: the served path under load vs in-process batching and a naive peer (JSON + PNG)
+bench-serve: setup
+	$(BIN)/python bench/serve.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

@@ -194,17 +194,11 @@ def agreement(outputs: list[Any], reference: list[Any]) -> float:
 
 
 def load_clips(source: str, limit: int) -> list[np.ndarray]:
-    """Held-out clips of the default model (``heldout``), or quiet noise (``noise``)."""
+    """Held-out clips of the default model at 16 kHz, any file rate (``heldout``), or noise."""
     if source == "heldout":
         from espnet_serve.assets import load_heldout
 
-        clips = []
-        for clip in load_heldout(limit):
-            audio, rate = clip.read_audio()
-            if rate != SAMPLE_RATE:
-                raise ValueError(f"{clip.path}: {rate} Hz, expected {SAMPLE_RATE}")
-            clips.append(audio)
-        return clips
+        return [clip.read_audio(SAMPLE_RATE) for clip in load_heldout(limit)]
     rng = np.random.default_rng(0)
     lengths = rng.integers(SAMPLE_RATE // 2, 4 * SAMPLE_RATE, size=limit)
     return [(rng.standard_normal(int(n)) * 0.05).astype(np.float32) for n in lengths]

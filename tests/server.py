@@ -8,7 +8,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -58,15 +58,18 @@ def start_server(
     extra_args: Sequence[str] = (),
     timeout: float = 300.0,
     cwd: Path = REPO_ROOT,
+    command: Sequence[str] = (BENTOML, "serve"),
+    wait_ready: bool = True,
 ) -> BentoServer:
-    """Start ``bentoml serve <target>`` and wait until ``/readyz`` answers 200.
+    """Start ``bentoml serve <target>`` (or ``command``) and wait until ``/readyz`` answers 200.
 
     Every ``/readyz`` status seen before that is recorded (503 while the model loads).
+    With ``wait_ready=False`` it returns as soon as the process is started.
     """
     port = free_port()
     log = log_path.open("wb")
     process = subprocess.Popen(
-        [BENTOML, "serve", target, "--host", "127.0.0.1", "--port", str(port), *extra_args],
+        [*command, target, "--host", "127.0.0.1", "--port", str(port), *extra_args],
         cwd=cwd,
         env={**os.environ, **env},
         stdout=log,
@@ -74,22 +77,49 @@ def start_server(
         start_new_session=True,
     )
     server = BentoServer(process=process, port=port, log_path=log_path)
+    if not wait_ready:
+        return server
+    if wait_for(server, lambda response: response.status_code == 200, timeout) is None:
+        server.stop()
+        raise TimeoutError(f"bentoml serve not ready after {timeout} s:\n{server.log()}")
+    return server
+
+
+def wait_for(
+    server: BentoServer, done: Callable[[httpx.Response], bool], timeout: float
+) -> httpx.Response | None:
+    """Poll ``/readyz`` (recording each status) until ``done`` holds for its response."""
     deadline = time.monotonic() + timeout
     with httpx.Client(timeout=5.0) as client:
         while time.monotonic() < deadline:
-            if process.poll() is not None:
+            if server.process.poll() is not None:
                 raise RuntimeError(f"bentoml serve exited early:\n{server.log()}")
             try:
-                status = client.get(f"{server.url}/readyz").status_code
+                response = client.get(f"{server.url}/readyz")
             except httpx.TransportError:
-                status = None
-            if status is not None:
-                server.readyz_statuses.append(status)
-                if status == 200:
-                    return server
+                response = None
+            if response is not None:
+                server.readyz_statuses.append(response.status_code)
+                if done(response):
+                    return response
             time.sleep(0.25)
-    server.stop()
-    raise TimeoutError(f"bentoml serve not ready after {timeout} s:\n{server.log()}")
+    return None
+
+
+def serve_env(home: Path, **settings: str) -> dict[str, str]:
+    """Environment of a CPU, offline server on ``home`` with ``ESPNET_SERVE_*`` settings."""
+    return {
+        "BENTOML_HOME": str(home),
+        "HF_HUB_OFFLINE": "1",
+        "ESPNET_SERVE_GPU_COUNT": "0",
+        **{f"ESPNET_SERVE_{name.upper()}": value for name, value in settings.items()},
+    }
+
+
+def import_default_model(home: Path) -> None:
+    """Import the embedded model into the model store of ``home``."""
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    subprocess.run([cli, "import-default"], env={**os.environ, **serve_env(home)}, check=True)
 
 
 def serve_default_model(home: Path, **settings: str) -> BentoServer:
@@ -99,12 +129,36 @@ def serve_default_model(home: Path, **settings: str) -> BentoServer:
         home: An empty directory used as ``BENTOML_HOME``.
         **settings: ``ESPNET_SERVE_*`` settings, by lower-case name (e.g. ``api_workers="2"``).
     """
-    env = {
-        "BENTOML_HOME": str(home),
-        "HF_HUB_OFFLINE": "1",
-        "ESPNET_SERVE_GPU_COUNT": "0",
-        **{f"ESPNET_SERVE_{name.upper()}": value for name, value in settings.items()},
-    }
-    cli = str(Path(sys.executable).with_name("espnet-serve"))
-    subprocess.run([cli, "import-default"], env={**os.environ, **env}, check=True)
-    return start_server("service:Transcriber", env=env, log_path=home / "serve.log")
+    import_default_model(home)
+    return start_server(
+        "service:Transcriber", env=serve_env(home, **settings), log_path=home / "serve.log"
+    )
+
+
+def serve_split(home: Path, **settings: str) -> tuple[BentoServer, BentoServer]:
+    """Serve the stored model as the chart's split mode does: model and API processes apart.
+
+    Both run ``start-http-server`` (one service each); the API reaches the model at its
+    loopback URL through ``--depends``. Returns ``(model, api)``.
+    """
+    env = serve_env(home, **settings)
+    start = (sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server")
+    model = start_server(
+        "service:Transcriber",
+        env=env,
+        log_path=home / "model.log",
+        command=start,
+        extra_args=("--service-name", "AsrModel"),
+    )
+    try:
+        api = start_server(
+            "service:Transcriber",
+            env=env,
+            log_path=home / "api.log",
+            command=start,
+            extra_args=("--service-name", "Transcriber", "--depends", f"AsrModel={model.url}"),
+        )
+    except BaseException:
+        model.stop()
+        raise
+    return model, api

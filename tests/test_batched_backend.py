@@ -152,7 +152,7 @@ def digits(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
 
 @pytest.fixture(scope="module")
 def heldout() -> list[np.ndarray]:
-    return [clip.read_audio()[0] for clip in load_heldout(HELDOUT_CLIPS)]
+    return [clip.read_audio(16000) for clip in load_heldout(HELDOUT_CLIPS)]
 
 
 @pytest.fixture(scope="module")

@@ -35,8 +35,8 @@ def test_heldout_set_is_packaged() -> None:
 def test_load_heldout_limit() -> None:
     clips = load_heldout(3)
     assert [clip.uttid for clip in clips] == [clip.uttid for clip in load_heldout()[:3]]
-    audio, sample_rate = clips[0].read_audio()
-    assert sample_rate == 16000
+    audio = clips[0].read_audio(16000)
+    assert audio.size == sf.info(str(clips[0].path)).frames
     assert audio.ndim == 1
     assert audio.dtype.name == "float32"
 
@@ -44,7 +44,7 @@ def test_load_heldout_limit() -> None:
 @pytest.mark.slow
 def test_heldout_transcripts_are_exact(session: InferenceSession) -> None:
     for clip in load_heldout(NUM_CLIPS):
-        audio, _ = clip.read_audio()
+        audio = clip.read_audio(16000)
         assert session(audio, idx=clip.uttid) == {"uttid": clip.uttid, "text": clip.text}
 
 
@@ -52,7 +52,7 @@ def test_heldout_transcripts_are_exact(session: InferenceSession) -> None:
 def test_forward_batch_keeps_order(session: InferenceSession) -> None:
     clips = load_heldout(4)[::-1]
     results = session.forward_batch(
-        [clip.read_audio()[0] for clip in clips], indices=[clip.uttid for clip in clips]
+        [clip.read_audio(16000) for clip in clips], indices=[clip.uttid for clip in clips]
     )
     assert results == [{"uttid": clip.uttid, "text": clip.text} for clip in clips]
 
@@ -70,10 +70,14 @@ def test_output_fn_batched_form(session: InferenceSession) -> None:
 
 
 @pytest.mark.slow
-def test_eval_command_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    status = cli.main(["eval", "--limit", "5", "--json", "--cachedir", str(tmp_path)])
+@pytest.mark.parametrize(("flags", "mode"), [([], "batched"), (["--reference"], "reference")])
+def test_eval_command_json(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flags: list[str], mode: str
+) -> None:
+    status = cli.main(["eval", "--limit", "5", "--json", "--cachedir", str(tmp_path), *flags])
     report = json.loads(capsys.readouterr().out)
     assert status == 0
     assert (report["count"], report["wer"], report["errors"]) == (5, 0.0, [])
+    assert (report["mode"], report["sample_rate"]) == (mode, 16000)
     assert report["decoding_overrides"] == {}
     assert report["rtf"] > 0

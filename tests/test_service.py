@@ -16,16 +16,19 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
+import psutil
 import pytest
 import soundfile as sf
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
 from tests.server import BentoServer, serve_default_model
+from tests.test_ingest import wav_bytes
 
 pytestmark = pytest.mark.slow
 
 MAX_AUDIO_BYTES = 1_000_000
+SAMPLE_RATE = 16000
 MAX_AUDIO_SECONDS = 15
 
 
@@ -43,7 +46,7 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[HeldoutClip]:
     )
     chosen: dict[str, HeldoutClip] = {}
     for clip in load_heldout(limit=60):
-        audio, _ = clip.read_audio()
+        audio = clip.read_audio(SAMPLE_RATE)
         if clip.text not in chosen and session(audio)["text"] == clip.text:
             chosen[clip.text] = clip
     assert len(chosen) >= 32, "the default model should get most held-out clips right"
@@ -57,7 +60,6 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
         api_workers="2",
         max_audio_bytes=str(MAX_AUDIO_BYTES),
         max_audio_seconds=str(MAX_AUDIO_SECONDS),
-        max_latency_ms="5000",
     )
     yield server
     server.stop()
@@ -80,14 +82,11 @@ def post_clip(server: BentoServer, clip: HeldoutClip) -> httpx.Response:
 
 
 def encoded(clip: HeldoutClip, fmt: str, *, rate: int | None = None, stereo: bool = False) -> bytes:
-    audio, source_rate = clip.read_audio()
-    if rate is not None and rate != source_rate:
-        from scipy.signal import resample_poly
-
-        audio = resample_poly(audio, rate, source_rate).astype(np.float32)
+    rate = rate or SAMPLE_RATE
+    audio = clip.read_audio(rate)
     samples = np.stack([audio, audio * 0.8], axis=1) if stereo else audio
     buffer = io.BytesIO()
-    sf.write(buffer, samples, rate or source_rate, format=fmt)
+    sf.write(buffer, samples, rate, format=fmt)
     return buffer.getvalue()
 
 
@@ -184,7 +183,7 @@ def test_corrupt_file_fails_alone(server: BentoServer, clips: list[HeldoutClip])
         responses = list(pool.map(send, payloads))
     bad = responses.pop(4)
     assert bad.status_code == 400, bad.text
-    assert bad.json()["error"]["code"] == "invalid_audio"
+    assert bad.json()["error"]["code"] == "truncated_audio"  # a cut-off FLAC stream
     assert [r.status_code for r in responses] == [200] * len(good)
     assert [r.json()["text"] for r in responses] == [clip.text for clip in good]
 
@@ -273,3 +272,44 @@ def test_readme_examples_work_as_written(server: BentoServer, clips, tmp_path: P
         run = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=120)
         assert run.returncode == 0, run.stderr
         assert clip.text in run.stdout, (code, run.stdout)
+
+
+def api_worker(server: BentoServer) -> psutil.Process:
+    """The API service's worker process (not the model service's)."""
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "--service-name" in command and "Transcriber" in command:
+            return child
+    raise AssertionError("no API worker found")
+
+
+CRAFTED = {
+    "rate 2**31-1 Hz": (wav_bytes(rate=2**31 - 1, frames=16000), 400, "unsupported_sample_rate"),
+    "rate 1,000,003 Hz": (wav_bytes(rate=1_000_003, frames=16000), 400, "unsupported_sample_rate"),
+    "one sample": (wav_bytes(frames=1), 400, "audio_too_short"),
+    "1024 channels x 160 frames": (
+        wav_bytes(channels=1024, frames=160),
+        400,
+        "too_many_channels",
+    ),
+    "declares 1 GB of data": (wav_bytes(frames=16000, data_size=10**9), 400, "truncated_audio"),
+}
+
+
+def test_crafted_headers_are_refused_cheaply_and_the_server_keeps_serving(
+    server: BentoServer, clips: list[HeldoutClip]
+):
+    url = f"{server.url}/v1/audio/transcriptions"
+    workers = [api_worker(server)]
+    before = sum(worker.memory_info().rss for worker in workers)
+    for name, (data, status, code) in CRAFTED.items():
+        response = post_file(url, data, name="crafted.wav", content_type="audio/wav", model="m")
+        assert response.status_code == status, (name, response.text)
+        error = response.json()["error"]
+        assert error["type"] == "invalid_request_error", (name, error)
+        assert error["code"] == code, (name, error)
+        assert "Argument #" not in error["message"] and "Traceback" not in error["message"]
+    grown = sum(worker.memory_info().rss for worker in workers) - before
+    assert grown < 50 * 2**20, f"API worker RSS grew {grown / 2**20:.0f} MiB"
+    ok = post_clip(server, clips[0])
+    assert ok.status_code == 200 and ok.json()["text"] == clips[0].text

@@ -13,7 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import soundfile as sf
+
+from espnet_serve.ingest import IngestLimits, read_audio_file
 
 ASSETS_DIR = Path(__file__).absolute().parent / "assets"
 DEFAULT_MODEL_ARCHIVE: Path = ASSETS_DIR / "digits_asr.tar.gz"
@@ -36,15 +37,20 @@ class HeldoutClip:
     path: Path
     text: str
 
-    def read_audio(self) -> tuple[np.ndarray, int]:
-        """Read the clip.
+    def read_audio(self, target_rate: int, limits: IngestLimits | None = None) -> np.ndarray:
+        """Read the clip through :mod:`espnet_serve.ingest`.
+
+        Args:
+            target_rate: Sample rate the model expects.
+            limits: What to accept (default: :class:`IngestLimits` defaults).
 
         Returns:
-            tuple[np.ndarray, int]: float32 mono samples (channels averaged)
-            and the sample rate.
+            np.ndarray: Mono float32 samples at ``target_rate``.
+
+        Raises:
+            AudioInputError: If the clip is not acceptable audio.
         """
-        audio, sample_rate = sf.read(str(self.path), dtype="float32", always_2d=True)
-        return audio.mean(axis=1), int(sample_rate)
+        return read_audio_file(self.path, target_rate=target_rate, limits=limits)
 
 
 def load_heldout(limit: int | None = None, *, directory: Path = HELDOUT_DIR) -> list[HeldoutClip]:

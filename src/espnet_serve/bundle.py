@@ -20,6 +20,10 @@ from espnet_serve.errors import BundleMetadataError
 META_FILENAME = "meta.yaml"
 DEFAULT_INFERENCE_CONFIG_KEY = "inference_config"
 DEFAULT_INFERENCE_CONFIG_RELPATH = Path("conf") / "inference.yaml"
+DEFAULT_SAMPLE_RATE = 16000
+TRAIN_CONFIG_SUFFIX = "_train_config"
+# Train configs of auxiliary models (language models), not of the model that takes audio.
+AUXILIARY_TASKS = ("lm",)
 
 
 class BundleMetadata(BaseModel):
@@ -179,3 +183,38 @@ def inference_config_path(
         if candidate.is_file():
             return candidate
     return None
+
+
+def train_config_sample_rate(train_config: Any) -> int:
+    """``frontend_conf.fs`` of an espnet2 training config (``16k`` style allowed; default 16000)."""
+    frontend_conf = train_config.get("frontend_conf") if isinstance(train_config, dict) else None
+    fs = (frontend_conf or {}).get("fs", DEFAULT_SAMPLE_RATE)
+    if isinstance(fs, str):
+        import humanfriendly
+
+        return int(humanfriendly.parse_size(fs))
+    return int(fs)
+
+
+def model_sample_rate(artifacts: Mapping[str, Any]) -> int:
+    """The sample rate a model expects, from its ``<task>_train_config`` artifact.
+
+    Args:
+        artifacts: Artifact key to path mapping (``asr_train_config``, ...).
+
+    Returns:
+        int: ``frontend_conf.fs`` of the first non-auxiliary train config, or
+        ``DEFAULT_SAMPLE_RATE`` when there is none.
+
+    Raises:
+        BundleMetadataError: If the train config is not valid YAML.
+    """
+    for key, value in artifacts.items():
+        task = key.removesuffix(TRAIN_CONFIG_SUFFIX)
+        if task != key and task not in AUXILIARY_TASKS and isinstance(value, str | os.PathLike):
+            path = Path(value)
+            try:
+                return train_config_sample_rate(yaml.safe_load(path.read_text(encoding="utf-8")))
+            except yaml.YAMLError as exc:
+                raise BundleMetadataError(f"{path} is not valid YAML: {exc}") from exc
+    return DEFAULT_SAMPLE_RATE

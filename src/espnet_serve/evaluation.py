@@ -1,10 +1,18 @@
 """``espnet-serve eval``: word error rate and real-time factor on the held-out set.
 
-Decodes every held-out clip one by one through
-``InferenceSession.from_pretrained`` with the bundle's own decoding settings
-(unless ``--beam-size`` / ``--ctc-weight`` override them) and reports word
-error rate (word-level edit distance over reference words), sentence error
-rate and real-time factor (decoding time over audio duration).
+Every clip goes through :func:`espnet_serve.ingest.read_audio_file`, which
+mixes it down to mono and resamples it to the model's rate (its
+``frontend_conf.fs``), so a held-out set at any sample rate scores like one at
+the model's own. Clips are decoded in batches through the batched backend
+(``BatchedSpeech2Text``, same hypotheses as ``Speech2Text``), or with
+``--reference`` one by one through espnet2's ``Speech2Text``, with the
+bundle's own decoding settings unless ``--beam-size`` / ``--ctc-weight``
+override them. Reported: word error rate (word-level edit distance over
+reference words), sentence error rate and real-time factor (decoding time
+over audio duration).
+
+Only the embedded default model's code is trusted without asking: any other
+``--model`` whose bundle ships code needs ``--trust-user-code``.
 """
 
 from __future__ import annotations
@@ -24,9 +32,13 @@ from typing import Any
 import editdistance
 
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HELDOUT_DIR, HeldoutClip, load_heldout
-from espnet_serve.bundle import BundleMetadata, inference_config_path
-from espnet_serve.config import build_backend, load_inference_config
+from espnet_serve.bundle import DEFAULT_SAMPLE_RATE, model_sample_rate
+from espnet_serve.errors import UntrustedUserCodeError
+from espnet_serve.ingest import AudioInputError
 from espnet_serve.session import InferenceSession
+
+DEFAULT_BATCH_SIZE = 16
+TRUST_FLAG = "--trust-user-code"
 
 
 @dataclass
@@ -44,8 +56,12 @@ class EvalReport:
         audio_seconds: Total audio duration.
         decode_seconds: Total decoding time (model call and ``output_fn``).
         load_seconds: Time to unpack and load the model.
+        mode: ``batched`` (the batched backend) or ``reference`` (``Speech2Text``).
+        batch_size: Clips per backend call (1 for ``reference``).
+        sample_rate: The model's rate, which every clip was resampled to.
         decoding_overrides: Decoding options that replaced the bundle's.
-        errors: ``{"uttid", "ref", "hyp"}`` for each wrong utterance.
+        errors: ``{"uttid", "ref", "hyp"}`` for each wrong utterance, plus
+            ``"error"`` for one the model failed on (its ``hyp`` is empty).
     """
 
     model: str
@@ -58,6 +74,9 @@ class EvalReport:
     audio_seconds: float
     decode_seconds: float
     load_seconds: float
+    mode: str = "batched"
+    batch_size: int = DEFAULT_BATCH_SIZE
+    sample_rate: int = DEFAULT_SAMPLE_RATE
     decoding_overrides: dict[str, Any] = field(default_factory=dict)
     errors: list[dict[str, str]] = field(default_factory=list)
 
@@ -90,6 +109,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=None,
         help="Override the CTC weight (1.0 with --beam-size 1: greedy CTC).",
     )
+    parser.add_argument(
+        TRUST_FLAG,
+        action="store_true",
+        help="Let code shipped inside the model bundle (its src/, e.g. an output_fn) run; "
+        "needed for any --model but the embedded default.",
+    )
+    parser.add_argument(
+        "--reference",
+        action="store_true",
+        help="Decode one clip per call with espnet2's Speech2Text (default: the batched backend).",
+    )
+    parser.add_argument(
+        "--batch-size",
+        type=_positive_int,
+        default=DEFAULT_BATCH_SIZE,
+        help=f"Clips per call of the batched backend (default: {DEFAULT_BATCH_SIZE}).",
+    )
     parser.add_argument("--json", action="store_true", help="Print the report as JSON.")
     parser.add_argument(
         "--max-wer",
@@ -99,33 +135,61 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def is_default_model(model: str) -> bool:
+    """Whether ``model`` is the embedded default archive (whose code is ours)."""
+    path = Path(model).expanduser()
+    return path.is_file() and path.resolve() == DEFAULT_MODEL_ARCHIVE.resolve()
+
+
 def load_session(
-    model: str, cachedir: Path, overrides: Mapping[str, Any] | None = None
+    model: str,
+    cachedir: Path,
+    overrides: Mapping[str, Any] | None = None,
+    *,
+    trust_user_code: bool = False,
+    batched: bool = True,
 ) -> InferenceSession:
-    """Load a model with trusted user code, optionally replacing decoding options.
+    """Load a model for evaluation, optionally replacing decoding options.
 
     Args:
         model: Archive, bundle directory or tag for ``InferenceSession.from_pretrained``.
         cachedir: The downloader's cache directory.
         overrides: ``model`` options of the inference config to replace
-            (e.g. ``beam_size``); the backend is then rebuilt from the
-            bundle's inference config with them.
+            (e.g. ``beam_size``).
+        trust_user_code: Let the bundle's own code run (always allowed for
+            the embedded default model).
+        batched: Build the batched backend and batch ``forward_batch`` calls;
+            else the config's per-utterance backend, one call per clip.
 
     Returns:
         InferenceSession: The session.
+
+    Raises:
+        UntrustedUserCodeError: If the bundle ships code and
+            ``trust_user_code`` is false for a model other than the default.
     """
-    session = InferenceSession.from_pretrained(
-        model, trust_user_code=True, downloader_kwargs={"cachedir": str(cachedir)}
-    )
-    if overrides:
-        metadata = BundleMetadata.model_validate(session.bundle_metadata)
-        config_path = inference_config_path(session.artifacts, session.bundle_root, metadata)
-        if config_path is None:
-            raise ValueError(f"{model} has no inference config to override.")
-        config = load_inference_config(config_path, bundle_root=session.bundle_root)
-        config.model.update(overrides)
-        session.model = build_backend(config)
-    return session
+    trusted = trust_user_code or is_default_model(model)
+    try:
+        return InferenceSession.from_pretrained(
+            model,
+            trust_user_code=trusted,
+            batched_backend=batched,
+            prefer_model_batch=batched,
+            downloader_kwargs={"cachedir": str(cachedir)},
+            **dict(overrides or {}),
+        )
+    except UntrustedUserCodeError as exc:
+        raise UntrustedUserCodeError(
+            f"{model} ships code that would run while decoding (e.g. its output_fn); "
+            f"pass {TRUST_FLAG} to allow it, if you trust where the model comes from."
+        ) from exc
 
 
 def _hypothesis(result: Any) -> str:
@@ -135,34 +199,69 @@ def _hypothesis(result: Any) -> str:
     return str(result[0][0]) if result else ""
 
 
+def _read_clips(clips: Sequence[HeldoutClip], sample_rate: int) -> list[Any]:
+    """Each clip's audio at ``sample_rate``; a refused clip's error names its file."""
+    audio = []
+    for clip in clips:
+        try:
+            audio.append(clip.read_audio(sample_rate))
+        except AudioInputError as exc:
+            raise type(exc)(f"{clip.path}: {exc}") from exc
+    return audio
+
+
 def evaluate(
-    session: InferenceSession, clips: Sequence[HeldoutClip], *, model: str, load_seconds: float
+    session: InferenceSession,
+    clips: Sequence[HeldoutClip],
+    *,
+    model: str,
+    load_seconds: float,
+    sample_rate: int,
+    batch_size: int = DEFAULT_BATCH_SIZE,
 ) -> EvalReport:
-    """Decode ``clips`` one by one and score them.
+    """Decode ``clips`` in chunks of ``batch_size`` and score them.
+
+    A session built with ``prefer_model_batch`` decodes each chunk in one
+    backend call; otherwise ``forward_batch`` makes one call per clip. A clip
+    the model fails on counts as an empty hypothesis.
 
     Args:
         session: The loaded model.
         clips: Held-out clips.
         model: Model name for the report.
         load_seconds: Model load time for the report.
+        sample_rate: The model's rate; clips are resampled to it.
+        batch_size: Clips per ``forward_batch`` call.
 
     Returns:
         EvalReport: The scores.
+
+    Raises:
+        AudioInputError: If a clip is not acceptable audio.
     """
     ref_words = word_errors = 0
     audio_seconds = decode_seconds = 0.0
     errors: list[dict[str, str]] = []
-    for clip in clips:
-        audio, sample_rate = clip.read_audio()
-        start = time.perf_counter()
-        hyp = _hypothesis(session(audio, idx=clip.uttid))
-        decode_seconds += time.perf_counter() - start
-        audio_seconds += audio.size / sample_rate
-        ref = clip.text.split()
-        ref_words += len(ref)
-        word_errors += editdistance.eval(ref, hyp.split())
-        if hyp.split() != ref:
-            errors.append({"uttid": clip.uttid, "ref": clip.text, "hyp": hyp})
+    for start in range(0, len(clips), batch_size):
+        chunk = clips[start : start + batch_size]
+        audio = _read_clips(chunk, sample_rate)
+        begin = time.perf_counter()
+        results = session.forward_batch(
+            audio, indices=[clip.uttid for clip in chunk], return_exceptions=True
+        )
+        decode_seconds += time.perf_counter() - begin
+        audio_seconds += sum(samples.size for samples in audio) / sample_rate
+        for clip, result in zip(chunk, results, strict=True):
+            failed = isinstance(result, Exception)
+            hyp = "" if failed else _hypothesis(result)
+            ref = clip.text.split()
+            ref_words += len(ref)
+            word_errors += editdistance.eval(ref, hyp.split())
+            if failed or hyp.split() != ref:
+                error = {"uttid": clip.uttid, "ref": clip.text, "hyp": hyp}
+                if failed:
+                    error["error"] = f"{type(result).__name__}: {result}"
+                errors.append(error)
     count = len(clips)
     return EvalReport(
         model=model,
@@ -175,6 +274,9 @@ def evaluate(
         audio_seconds=audio_seconds,
         decode_seconds=decode_seconds,
         load_seconds=load_seconds,
+        mode="batched" if session.prefer_model_batch else "reference",
+        batch_size=batch_size if session.prefer_model_batch else 1,
+        sample_rate=sample_rate,
         errors=errors,
     )
 
@@ -183,6 +285,7 @@ def format_report(report: EvalReport) -> str:
     """Human-readable report: the scores, then one line per wrong utterance."""
     lines = [
         f"model: {report.model}",
+        f"decoding: {_mode_line(report)}; sample rate {report.sample_rate} Hz",
         f"decoding overrides: {report.decoding_overrides or 'none (bundle defaults)'}",
         f"utterances: {report.count}  reference words: {report.ref_words}",
         f"WER: {100 * report.wer:.2f}% ({report.word_errors}/{report.ref_words})",
@@ -190,8 +293,18 @@ def format_report(report: EvalReport) -> str:
         f"RTF: {report.rtf:.4f} ({report.decode_seconds:.1f} s for {report.audio_seconds:.1f} s"
         f" of audio; model load {report.load_seconds:.1f} s)",
     ]
-    lines += [f"  {e['uttid']}: ref={e['ref']!r} hyp={e['hyp']!r}" for e in report.errors]
+    lines += [
+        f"  {e['uttid']}: ref={e['ref']!r} hyp={e['hyp']!r}"
+        + (f" ({e['error']})" if "error" in e else "")
+        for e in report.errors
+    ]
     return "\n".join(lines)
+
+
+def _mode_line(report: EvalReport) -> str:
+    if report.mode == "reference":
+        return "reference Speech2Text, one clip per call"
+    return f"batched backend, up to {report.batch_size} clips per call"
 
 
 @contextlib.contextmanager
@@ -230,9 +343,22 @@ def main(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="espnet-serve-eval-") as tmp,
     ):
         start = time.perf_counter()
-        session = load_session(args.model, args.cachedir or Path(tmp), overrides)
+        session = load_session(
+            args.model,
+            args.cachedir or Path(tmp),
+            overrides,
+            trust_user_code=args.trust_user_code,
+            batched=not args.reference,
+        )
         load_seconds = time.perf_counter() - start
-        report = evaluate(session, clips, model=args.model, load_seconds=load_seconds)
+        report = evaluate(
+            session,
+            clips,
+            model=args.model,
+            load_seconds=load_seconds,
+            sample_rate=model_sample_rate(session.artifacts),
+            batch_size=args.batch_size,
+        )
     report.decoding_overrides = overrides
     print(json.dumps(asdict(report), indent=2) if args.json else format_report(report))
     return int(args.max_wer is not None and report.wer > args.max_wer)

@@ -30,10 +30,14 @@ import yaml
 from bentoml.exceptions import NotFound
 
 from espnet_serve.bundle import (
+    AUXILIARY_TASKS,
     DEFAULT_INFERENCE_CONFIG_KEY,
     DEFAULT_INFERENCE_CONFIG_RELPATH,
+    DEFAULT_SAMPLE_RATE,
     META_FILENAME,
+    TRAIN_CONFIG_SUFFIX,
     load_bundle_metadata,
+    train_config_sample_rate,
 )
 from espnet_serve.errors import (
     BundleIntegrityError,
@@ -62,12 +66,9 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = 1
 BUNDLE_DIRNAME = "bundle"
 DEFAULT_MODEL_NAME = "espnet-digits-asr"
-DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_INPUT_KEY = "speech"
 SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
 TRUST_FLAG = "--trust-user-code"
-_TRAIN_CONFIG_SUFFIX = "_train_config"
-_AUXILIARY_TASKS = ("lm",)
 _INVALID_TAG_CHARS = re.compile(r"[^a-z0-9._-]+")
 _MAX_TAG_LENGTH = 63
 
@@ -137,20 +138,9 @@ def _files_below(directory: Path, root: Path) -> list[str]:
 
 def _task(yaml_keys: list[str]) -> str:
     """The model's task from its ``<task>_train_config`` key (``asr``, ``st``, ...)."""
-    tasks = [k.removesuffix(_TRAIN_CONFIG_SUFFIX) for k in yaml_keys if k.endswith("_train_config")]
-    main = [t for t in tasks if t not in _AUXILIARY_TASKS]
+    tasks = [k.removesuffix(TRAIN_CONFIG_SUFFIX) for k in yaml_keys if k.endswith("_train_config")]
+    main = [t for t in tasks if t not in AUXILIARY_TASKS]
     return (main or ["unknown"])[0]
-
-
-def _sample_rate(train_config: Any) -> int:
-    """``frontend_conf.fs`` of an espnet2 training config (``16k`` style allowed)."""
-    frontend_conf = train_config.get("frontend_conf") if isinstance(train_config, dict) else None
-    fs = (frontend_conf or {}).get("fs", DEFAULT_SAMPLE_RATE)
-    if isinstance(fs, str):
-        import humanfriendly
-
-        return int(humanfriendly.parse_size(fs))
-    return int(fs)
 
 
 def _generated_inference_config(members: dict[str, str], task: str) -> dict[str, Any]:
@@ -281,9 +271,9 @@ def plan_bundle(
         referenced |= referenced_files(
             _rewrite_yaml(plan, root, relpath, inference_config=False), root
         )
-    train_config = yaml_files.get(f"{plan.task}{_TRAIN_CONFIG_SUFFIX}")
+    train_config = yaml_files.get(f"{plan.task}{TRAIN_CONFIG_SUFFIX}")
     if train_config is not None:
-        plan.sample_rate = _sample_rate(_read_yaml(root / train_config))
+        plan.sample_rate = train_config_sample_rate(_read_yaml(root / train_config))
 
     config_dir = Path(plan.inference_config).parent
     companions = _files_below(root / config_dir, root) if config_dir != Path(".") else []

@@ -473,7 +473,14 @@ def test_settings_configmap_holds_espnet_serve_settings(case: Case) -> None:
         else:
             assert data[key] == str(value)
     assert data["ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS"] == str(vals["requestTimeoutSeconds"])
+    drain = int(data["ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS"])
+    assert drain == vals["requestTimeoutSeconds"] + 5
+    quiet = 2  # ServeSettings.drain_quiet_seconds: a model pod's idle wait after draining
     for deployment in of_kind(objects, "Deployment").values():
+        pod = deployment["spec"]["template"]["spec"]
+        pre_stop = vals["gracefulShutdown"]["preStopSleepSeconds"]
+        # SIGTERM comes after preStop; the kubelet must not kill a pod that is still draining.
+        assert pod["terminationGracePeriodSeconds"] > pre_stop + drain + quiet
         sources = the_container(deployment)["envFrom"]
         assert {"configMapRef": {"name": f"{FULLNAME}-env"}} in sources
 
@@ -815,6 +822,11 @@ TEMPLATE_REJECTS = [
     (
         {"settings": {"ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS": 5}},
         r"settings.ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS is set by the chart from "
+        r"requestTimeoutSeconds",
+    ),
+    (
+        {"settings": {"ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS": 5}},
+        r"settings.ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS is set by the chart from "
         r"requestTimeoutSeconds",
     ),
     (

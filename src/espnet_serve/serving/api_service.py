@@ -20,10 +20,15 @@ import bentoml
 from fastapi import FastAPI, File, Form, HTTPException, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
 
+from espnet_serve.ingest import DecodedAudio, IngestLimits, check_content_type, decode_audio
 from espnet_serve.serving.admission import AdmissionMiddleware
-from espnet_serve.serving.audio import DecodedAudio, check_content_type, decode_audio
 from espnet_serve.serving.drain import InFlight, SigtermDrain
-from espnet_serve.serving.errors import ServiceError, install_error_handlers, internal_error
+from espnet_serve.serving.errors import (
+    ServiceError,
+    install_error_handlers,
+    internal_error,
+    model_unavailable,
+)
 from espnet_serve.serving.limits import BodySizeLimitMiddleware
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.model_client import call_model
@@ -32,6 +37,7 @@ from espnet_serve.serving.schemas import (
     ClipRequest,
     ErrorResponse,
     ModelInfo,
+    Readiness,
     ResponseFormat,
     TranscribeResponse,
     TranscriptionResponse,
@@ -105,17 +111,24 @@ class Transcriber:
         """Ready while not draining and the model service is ready (else 503 with the reason)."""
         if API_DRAIN.draining:
             raise HTTPException(503, "Shutting down: finishing the requests in flight.")
-        readiness = await call_model(
-            self.model.to_async.readiness,
-            what="readiness",
-            retry_after_seconds=settings.retry_after_seconds,
-        )
+        readiness = await self._readiness()
         if not readiness.ready:
             raise HTTPException(503, f"The model is not ready: {readiness.reason}")
         return True
 
+    async def _readiness(self) -> Readiness:
+        return await call_model(
+            self.model.to_async.readiness,
+            what="readiness",
+            retry_after_seconds=settings.retry_after_seconds,
+        )
+
     async def _info(self) -> ModelInfo:
+        """The served model's info, fetched once it is ready (503 with the reason before)."""
         if self._model_info is None:
+            readiness = await self._readiness()
+            if not readiness.ready:
+                raise model_unavailable(readiness.reason, settings.retry_after_seconds)
             self._model_info = await call_model(
                 self.model.to_async.model_info,
                 what="model info",
@@ -131,10 +144,15 @@ class Transcriber:
             raise ServiceError(
                 413, "audio_too_large", f"File is over {settings.max_audio_bytes} bytes."
             )
+        limits = IngestLimits(
+            min_sample_rate=settings.min_sample_rate,
+            max_sample_rate=settings.max_sample_rate,
+            max_channels=settings.max_channels,
+            max_seconds=settings.max_audio_seconds,
+            min_samples=info.min_samples,
+        )
         return await anyio.to_thread.run_sync(
-            lambda: decode_audio(
-                data, target_rate=info.sample_rate, max_seconds=settings.max_audio_seconds
-            )
+            lambda: decode_audio(data, target_rate=info.sample_rate, limits=limits)
         )
 
     async def _transcribe(self, upload: UploadFile, route: str) -> tuple[str, DecodedAudio]:

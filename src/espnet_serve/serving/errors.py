@@ -10,7 +10,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from espnet_serve.serving.audio import AudioInputError
+from espnet_serve.ingest import AudioInputError
 from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)

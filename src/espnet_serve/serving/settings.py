@@ -22,6 +22,9 @@ class ServeSettings(BaseSettings):
         max_batch_size: Largest adaptive batch the model service forms.
         max_audio_bytes: Largest accepted upload, in bytes (413 above).
         max_audio_seconds: Longest accepted audio, in seconds (413 above).
+        min_sample_rate: Lowest accepted sample rate of an upload, in Hz (400 below).
+        max_sample_rate: Highest accepted sample rate of an upload, in Hz (400 above).
+        max_channels: Most channels an upload may have (400 above).
         max_pending_requests: The admission limit: transcriptions one API worker
             lets wait or run at once; more are refused at once with 503 and
             ``Retry-After``, before their body is decoded. It is the only place
@@ -45,6 +48,9 @@ class ServeSettings(BaseSettings):
     max_batch_size: int = Field(default=32, ge=1)
     max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=120.0, gt=0)
+    min_sample_rate: int = Field(default=8000, ge=1)
+    max_sample_rate: int = Field(default=384000, ge=1)
+    max_channels: int = Field(default=32, ge=1)
     max_pending_requests: int = Field(default=128, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
     request_timeout_seconds: float = Field(default=120.0, gt=0)

@@ -132,7 +132,8 @@ In split mode, the URL the API pods reach the model service at.
 {{- end }}
 
 {{/*
-Seconds BentoML waits for in-flight requests after SIGTERM.
+Seconds a worker drains the requests it accepted after SIGTERM (ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS,
+and uvicorn's --timeout-graceful-shutdown after it).
 */}}
 {{- define "espnet-serve.shutdownTimeout" -}}
 {{- add .Values.requestTimeoutSeconds 5 }}
@@ -156,7 +157,7 @@ Cross-field checks the JSON schema cannot express; fail with a message naming th
 {{- if and (not (kindIs "invalid" $g.terminationGracePeriodSeconds)) (le (int $g.terminationGracePeriodSeconds) (int $needed)) }}
 {{- fail (printf "gracefulShutdown.terminationGracePeriodSeconds (%v) must be longer than gracefulShutdown.preStopSleepSeconds + requestTimeoutSeconds + 5 (%v), or in-flight requests are killed on shutdown" $g.terminationGracePeriodSeconds $needed) }}
 {{- end }}
-{{- range $key, $from := dict "ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_GPU_COUNT" "gpu.enabled and gpu.count" }}
+{{- range $key, $from := dict "ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_GPU_COUNT" "gpu.enabled and gpu.count" }}
 {{- if hasKey $.Values.settings $key }}
 {{- fail (printf "settings.%s is set by the chart from %s; set that instead" $key $from) }}
 {{- end }}

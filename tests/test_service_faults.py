@@ -1,0 +1,122 @@
+"""Server faults are 5xx, never the client's: a real ``bentoml serve``, models broken on purpose.
+
+Both models are the tiny random-init test model with a recipe ``output_fn``
+that raises: one only for clips longer than two seconds (a backend failure on
+valid input), one always (so warm-up fails and the service must stay unready).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import soundfile as sf
+
+from espnet_serve.publish import write_bundle
+from espnet_serve.random_init import AsrExperiment
+from tests.conftest import TINY_DECODING
+from tests.server import BentoServer, serve_env, start_server, wait_for
+
+pytestmark = pytest.mark.slow
+
+FAILING_OUTPUT_FN = textwrap.dedent(
+    '''
+    """An output function that fails for some inputs (a model bug, on purpose)."""
+
+    LIMIT_SAMPLES = {limit}
+
+
+    def _one(uttid, speech, nbest):
+        if len(speech) > LIMIT_SAMPLES:
+            raise RuntimeError("broken on purpose")
+        return {{"uttid": uttid, "text": nbest[0][0]}}
+
+
+    def output_fn(*, data, model_output, idx):
+        if isinstance(idx, list):
+            return [_one(i, d["speech"], out) for i, d, out in zip(idx, data, model_output)]
+        return _one(idx, data["speech"], model_output)
+    '''
+)
+
+
+def faulty_bundle(root: Path, experiment: AsrExperiment, limit_samples: int) -> Path:
+    src = root / "src"
+    src.mkdir(parents=True)
+    (src / "__init__.py").write_text("")
+    (src / "output.py").write_text(FAILING_OUTPUT_FN.format(limit=limit_samples))
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        decoding=TINY_DECODING,
+        output_fn="src.output.output_fn",
+        user_code_dir=src,
+    )
+
+
+def serve_bundle(home: Path, bundle: Path, name: str, *, wait_ready: bool = True) -> BentoServer:
+    env = serve_env(home, model_tag=f"{name}:latest")
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    subprocess.run(
+        [cli, "build", str(bundle), "--name", name, "--trust-user-code"],
+        env={**os.environ, **env},
+        check=True,
+    )
+    return start_server(
+        "service:Transcriber", env=env, log_path=home / "serve.log", wait_ready=wait_ready
+    )
+
+
+def wav_bytes(seconds: float) -> bytes:
+    noise = np.random.default_rng(0).standard_normal(int(16000 * seconds)) * 0.05
+    buffer = io.BytesIO()
+    sf.write(buffer, noise.astype(np.float32), 16000, format="WAV")
+    return buffer.getvalue()
+
+
+def post(server: BentoServer, data: bytes) -> httpx.Response:
+    return httpx.post(
+        f"{server.url}/transcribe", files={"file": ("a.wav", data, "audio/wav")}, timeout=60
+    )
+
+
+def test_a_backend_failure_is_a_500_with_an_error_id_counted_once(tmp_path, tiny_experiment):
+    bundle = faulty_bundle(tmp_path / "fails_long", tiny_experiment, limit_samples=2 * 16000)
+    server = serve_bundle(tmp_path / "home", bundle, "fails-long")
+    try:
+        failed = post(server, wav_bytes(3.0))
+        fine = post(server, wav_bytes(1.0))
+        metrics = httpx.get(f"{server.url}/metrics").text
+        log = server.log()
+    finally:
+        server.stop()
+    assert failed.status_code == 500, failed.text
+    error = failed.json()["error"]
+    assert error["type"] == "server_error" and error["code"] == "decode_failed"
+    assert error["error_id"] in error["message"]
+    assert error["error_id"] in log and "broken on purpose" in log
+    assert fine.status_code == 200, fine.text
+    assert 'espnet_serve_errors_total{kind="decode_failed"} 1.0' in metrics
+
+
+def test_a_model_that_cannot_decode_stays_unready_with_the_reason(tmp_path, tiny_experiment):
+    bundle = faulty_bundle(tmp_path / "always_fails", tiny_experiment, limit_samples=0)
+    server = serve_bundle(tmp_path / "home", bundle, "always-fails", wait_ready=False)
+    try:
+        unready = wait_for(server, lambda r: "warm-up failed" in r.text, timeout=120)
+        answer = post(server, wav_bytes(1.0))
+    finally:
+        server.stop()
+    assert unready is not None, server.log()
+    assert unready.status_code == 503 and "broken on purpose" in unready.text
+    assert set(server.readyz_statuses) == {503}
+    assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_unavailable"
+    assert "warm-up failed" in answer.json()["error"]["message"]

@@ -1,0 +1,172 @@
+"""Serving that holds under load, against a real ``bentoml serve`` on 127.0.0.1.
+
+Every transcript is checked against the one the same clip gets when sent alone.
+Requests within capacity never fail; a burst past the admission limit gets only
+200s and 503s with ``Retry-After`` and JSON; SIGTERM with clients mid-request
+finishes every accepted request, under ``bentoml serve`` and in split mode.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import time
+from collections import Counter
+
+import httpx
+import pytest
+
+from bench.loadgen import OPENAI_ROUTE, Clip, Outcome, burst, closed_loop, send
+from espnet_serve.assets import load_heldout
+from tests.server import BentoServer, import_default_model, serve_default_model, serve_split
+
+pytestmark = pytest.mark.slow
+
+CLIENTS = 64
+ROUNDS = 3
+BURST = 400
+ADMISSION_LIMIT = 128
+DRAIN_CLIENTS = 16
+DRAIN_TIMEOUT_SECONDS = 20.0
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[Clip]:
+    return [
+        Clip(clip.path.name, clip.path.read_bytes(), clip.text) for clip in load_heldout(limit=48)
+    ]
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
+    server = serve_default_model(
+        tmp_path_factory.mktemp("bentoml_home"),
+        max_pending_requests=str(ADMISSION_LIMIT),
+        retry_after_seconds="2",
+    )
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def alone(server: BentoServer, clips: list[Clip]) -> list[Clip]:
+    """The clips, each with the transcript it gets when sent alone."""
+
+    async def each_alone() -> list[Outcome]:
+        async with httpx.AsyncClient(timeout=60) as client:
+            return [await send(client, server.url + OPENAI_ROUTE, clip) for clip in clips]
+
+    outcomes = asyncio.run(each_alone())
+    assert [o.status for o in outcomes] == [200] * len(clips)
+    return [Clip(o.clip.name, o.clip.data, o.text or "") for o in outcomes]
+
+
+def assert_all_ok(outcomes: list[Outcome]) -> None:
+    failures = [(o.status, o.error, o.clip.name) for o in outcomes if not o.ok]
+    assert not failures, failures[:5]
+
+
+def test_64_clients_three_rounds_every_request_gets_its_own_transcript(server, alone):
+    # Past BentoML's default of 100 calls per client session, which it used to recycle
+    # with calls in flight (plain-text 500s).
+    for _ in range(ROUNDS):
+        outcomes = asyncio.run(
+            closed_loop(server.url + OPENAI_ROUTE, alone, concurrency=CLIENTS, requests=2 * CLIENTS)
+        )
+        assert len(outcomes) == 2 * CLIENTS
+        assert_all_ok(outcomes)
+
+
+def test_burst_gets_only_200_or_503_json_then_serves_normally(server, alone):
+    outcomes = asyncio.run(burst(server.url + OPENAI_ROUTE, alone, requests=BURST))
+    statuses = Counter(o.status for o in outcomes)
+    assert set(statuses) <= {200, 503}, statuses
+    assert statuses[200] >= ADMISSION_LIMIT // 2, statuses
+    for outcome in outcomes:
+        if outcome.status == 200:
+            assert outcome.ok, (outcome.text, outcome.clip.expected)
+        else:
+            assert outcome.content_type.startswith("application/json"), outcome.error
+            assert outcome.error_code == "overloaded" and outcome.retry_after == "2"
+    after = asyncio.run(closed_loop(server.url + OPENAI_ROUTE, alone, concurrency=8, requests=16))
+    assert_all_ok(after)
+    metrics = httpx.get(f"{server.url}/metrics").text
+    assert f'espnet_serve_errors_total{{kind="overloaded"}} {float(statuses[503])}' in metrics
+
+
+async def load_then_sigterm(url: str, clips: list[Clip], pids: list[int]) -> dict:
+    """``DRAIN_CLIENTS`` clients in a loop; SIGTERM ``pids`` while all are mid-request.
+
+    The clients stop sending once the signal is sent; each request already in
+    flight must still be answered.
+    """
+    stop = asyncio.Event()
+    route = url + OPENAI_ROUTE
+    load = asyncio.create_task(
+        closed_loop(route, clips, concurrency=DRAIN_CLIENTS, requests=10_000, stop=stop)
+    )
+    await asyncio.sleep(3.0)
+    stop.set()
+    signalled = time.monotonic()
+    for pid in pids:
+        os.kill(pid, signal.SIGTERM)
+    await asyncio.sleep(0.3)
+    async with httpx.AsyncClient(timeout=10) as client:
+        readyz = (await client.get(url + "/readyz")).status_code
+        late = await send(client, url + OPENAI_ROUTE, clips[0])
+    outcomes = await load
+    return {"outcomes": outcomes, "readyz": readyz, "late": late, "signalled": signalled}
+
+
+def wait_exit(processes: list, signalled: float) -> float:
+    for process in processes:
+        process.wait(timeout=DRAIN_TIMEOUT_SECONDS + 30)
+    return time.monotonic() - signalled
+
+
+def assert_drained(seen: dict, clips: list[Clip]) -> None:
+    outcomes: list[Outcome] = seen["outcomes"]
+    assert len(outcomes) > DRAIN_CLIENTS
+    # The requests in flight at SIGTERM were answered, not dropped.
+    assert all(o.status is not None for o in outcomes), [o.error for o in outcomes][:3]
+    assert_all_ok(outcomes)
+    assert seen["readyz"] == 503
+    late: Outcome = seen["late"]
+    assert late.status == 503 and late.error_code == "draining", late.error
+
+
+@pytest.fixture()
+def drain_home(tmp_path_factory: pytest.TempPathFactory):
+    home = tmp_path_factory.mktemp("drain_home")
+    import_default_model(home)
+    return home
+
+
+def test_sigterm_drains_every_accepted_request(drain_home, alone):
+    server = serve_default_model(
+        drain_home, drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS), drain_quiet_seconds="1"
+    )
+    try:
+        seen = asyncio.run(load_then_sigterm(server.url, alone, [server.process.pid]))
+        took = wait_exit([server.process], seen["signalled"])
+    finally:
+        server.stop()
+    assert_drained(seen, alone)
+    assert server.process.returncode == 0, server.log()
+    assert took < DRAIN_TIMEOUT_SECONDS, took
+
+
+def test_sigterm_drains_in_split_mode(drain_home, alone):
+    model, api = serve_split(
+        drain_home, drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS), drain_quiet_seconds="1"
+    )
+    try:
+        pids = [model.process.pid, api.process.pid]
+        seen = asyncio.run(load_then_sigterm(api.url, alone, pids))
+        took = wait_exit([model.process, api.process], seen["signalled"])
+    finally:
+        api.stop()
+        model.stop()
+    assert_drained(seen, alone)
+    assert took < DRAIN_TIMEOUT_SECONDS, took
