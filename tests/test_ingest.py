@@ -43,8 +43,8 @@ from espnet_serve.ingest import (
     decode_audio,
     read_audio_file,
 )
+from tests.crafted import TARGET, wav_bytes
 
-TARGET = 16000
 LIMITS = IngestLimits(max_seconds=60.0)
 # Lenient on duration, so that only the real audio, not the limit, bounds a header's claims.
 LENIENT = IngestLimits(max_seconds=1e7)
@@ -80,44 +80,6 @@ def tones(seconds: float, rate: int, freqs: tuple[float, ...] = (440.0,)) -> np.
     """One column per frequency, amplitude 0.3."""
     t = np.arange(round(seconds * rate)) / rate
     return np.stack([0.3 * np.sin(2 * np.pi * f * t) for f in freqs], axis=1).astype(np.float32)
-
-
-def wav_bytes(
-    *,
-    rate: int = TARGET,
-    channels: int = 1,
-    bits: int = 16,
-    format_tag: int = 1,
-    body: bytes | None = None,
-    frames: int = 160,
-    data_size: int | None = None,
-    block_align: int | None = None,
-    byte_rate: int | None = None,
-    fmt_extra: bytes = b"",
-    fmt_size: int | None = None,
-    extra_chunks: bytes = b"",
-    riff: bytes = b"RIFF",
-) -> bytes:
-    """A WAV file with every header field under the caller's control."""
-    order = "<" if riff == b"RIFF" else ">"
-    align = channels * bits // 8 if block_align is None else block_align
-    if body is None:
-        body = bytes(frames * max(align, 1))
-    fmt = struct.pack(
-        f"{order}HHIIHH",
-        format_tag & 0xFFFF,
-        channels & 0xFFFF,
-        rate & 0xFFFFFFFF,
-        (rate * align if byte_rate is None else byte_rate) & 0xFFFFFFFF,
-        align & 0xFFFF,
-        bits & 0xFFFF,
-    )
-    fmt += fmt_extra
-    size = len(fmt) if fmt_size is None else fmt_size
-    chunks = b"fmt " + struct.pack(f"{order}I", size & 0xFFFFFFFF) + fmt + extra_chunks
-    declared = len(body) if data_size is None else data_size
-    chunks += b"data" + struct.pack(f"{order}I", declared & 0xFFFFFFFF) + body
-    return riff + struct.pack(f"{order}I", 4 + len(chunks)) + b"WAVE" + chunks
 
 
 def patch_streaminfo(flac: bytes, *, rate: int | None = None, total: int | None = None) -> bytes:

@@ -21,8 +21,8 @@ import soundfile as sf
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
+from tests.crafted import CRAFTED_UPLOADS
 from tests.server import REPO_ROOT, BentoServer, serve_default_model
-from tests.test_ingest import wav_bytes
 
 pytestmark = pytest.mark.slow
 
@@ -282,26 +282,13 @@ def api_worker(server: BentoServer) -> psutil.Process:
     raise AssertionError("no API worker found")
 
 
-CRAFTED = {
-    "rate 2**31-1 Hz": (wav_bytes(rate=2**31 - 1, frames=16000), 400, "unsupported_sample_rate"),
-    "rate 1,000,003 Hz": (wav_bytes(rate=1_000_003, frames=16000), 400, "unsupported_sample_rate"),
-    "one sample": (wav_bytes(frames=1), 400, "audio_too_short"),
-    "1024 channels x 160 frames": (
-        wav_bytes(channels=1024, frames=160),
-        400,
-        "too_many_channels",
-    ),
-    "declares 1 GB of data": (wav_bytes(frames=16000, data_size=10**9), 400, "truncated_audio"),
-}
-
-
 def test_crafted_headers_are_refused_cheaply_and_the_server_keeps_serving(
     server: BentoServer, clips: list[HeldoutClip]
 ):
     url = f"{server.url}/v1/audio/transcriptions"
     workers = [api_worker(server)]
     before = sum(worker.memory_info().rss for worker in workers)
-    for name, (data, status, code) in CRAFTED.items():
+    for name, (data, status, code) in CRAFTED_UPLOADS.items():
         response = post_file(url, data, name="crafted.wav", content_type="audio/wav", model="m")
         assert response.status_code == status, (name, response.text)
         error = response.json()["error"]
