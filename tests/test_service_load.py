@@ -155,12 +155,12 @@ def test_sigterm_drains_every_accepted_request(drain_home, alone):
     )
     try:
         seen = asyncio.run(load_then_sigterm(server.url, alone, [server.process.pid]))
-        took = wait_exit([server.process], seen["signalled"])
+        exit_seconds = wait_exit([server.process], seen["signalled"])
     finally:
         server.stop()
     assert_drained(seen, alone)
     assert server.process.returncode == 0, server.log()
-    assert took < DRAIN_TIMEOUT_SECONDS, took
+    assert exit_seconds < DRAIN_TIMEOUT_SECONDS, exit_seconds  # the drain bound, not a speed
 
 
 async def burst_then_sigterm(url: str, clips: list[Clip], pid: int) -> list[Outcome]:
@@ -195,9 +195,9 @@ def test_sigterm_drains_in_split_mode(drain_home, alone):
     try:
         pids = [model.process.pid, api.process.pid]
         seen = asyncio.run(load_then_sigterm(api.url, alone, pids))
-        took = wait_exit([model.process, api.process], seen["signalled"])
+        exit_seconds = wait_exit([model.process, api.process], seen["signalled"])
     finally:
         api.stop()
         model.stop()
     assert_drained(seen, alone)
-    assert took < DRAIN_TIMEOUT_SECONDS, took
+    assert exit_seconds < DRAIN_TIMEOUT_SECONDS, exit_seconds  # the drain bound, not a speed

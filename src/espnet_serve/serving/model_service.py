@@ -21,6 +21,7 @@ import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
 from espnet_serve.backends.errors import InvalidSampleError
+from espnet_serve.bundle import DEFAULT_SAMPLE_RATE
 from espnet_serve.serving.drain import InFlight, SigtermDrain
 from espnet_serve.serving.inflight import InFlightMiddleware
 from espnet_serve.serving.metrics import get_metrics
@@ -32,7 +33,6 @@ from espnet_serve.serving.warmup import WarmupError, warm_up
 logger = logging.getLogger(__name__)
 settings = get_settings()
 
-DEFAULT_SAMPLE_RATE = 16000
 # BentoML's dependency client replaces its HTTP session every 100 calls or 300 s and
 # closes the old one with calls still in flight on it (``_bentoml_impl/client/proxy2.py``,
 # ``SessionManager.get_session``): those calls fail. Never recycle it.
