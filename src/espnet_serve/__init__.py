@@ -1,10 +1,25 @@
-"""espnet-serve: serve packaged ESPnet models."""
+"""espnet-serve: serve packaged ESPnet models.
 
-from espnet_serve.offline import block_runtime_downloads
+Importing the package has no side effects and loads nothing heavy: ``InferenceSession``
+is imported on first use, and the offline guard (:mod:`espnet_serve.offline`) is applied
+where espnet2 is about to load.
+"""
 
-block_runtime_downloads()
+from __future__ import annotations
 
-from espnet_serve.session import InferenceSession  # noqa: E402
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from espnet_serve.session import InferenceSession
 
 __all__ = ["InferenceSession"]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str) -> Any:
+    """Import ``InferenceSession`` lazily (``from espnet_serve import InferenceSession``)."""
+    if name == "InferenceSession":
+        from espnet_serve.session import InferenceSession
+
+        return InferenceSession
+    raise AttributeError(f"module 'espnet_serve' has no attribute {name!r}")

@@ -20,6 +20,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from espnet_serve.errors import InferenceConfigError
 from espnet_serve.imports import import_object
+from espnet_serve.offline import block_runtime_downloads
 
 AUTO_DEVICE = "auto"
 _MAX_DEFAULTS_DEPTH = 8
@@ -196,6 +197,7 @@ def build_backend(config: DictConfig) -> Any:
             "(e.g. espnet2.bin.asr_inference.Speech2Text)."
         )
     model_node = to_dict_config(model_node)
+    block_runtime_downloads()  # the target's import may load espnet2, which may try nltk
     target = import_object(str(model_node._target_))
     if "device" in model_node or _accepts_keyword(target, "device"):
         model_node.device = resolve_device(model_node.get("device"))

@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from espnet_serve.offline import block_runtime_downloads
+
 CHAR_TOKENS: tuple[str, ...] = (
     "<blank>",
     "<unk>",
@@ -69,6 +71,8 @@ def write_random_asr_experiment(
         AsrExperiment: The written config and weights.
     """
     import torch
+
+    block_runtime_downloads()
     from espnet2.tasks.asr import ASRTask
 
     args = ASRTask.get_parser().parse_args(["--output_dir", str(out_dir)])

@@ -20,6 +20,7 @@ from espnet_serve.backends.encoding import (
 )
 from espnet_serve.backends.errors import InvalidSampleError, SampleDecodeError, SampleError
 from espnet_serve.backends.greedy import greedy_ctc
+from espnet_serve.offline import block_runtime_downloads
 
 DECODING_MODES = ("auto", "beam", "greedy_ctc")
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -115,6 +116,7 @@ class BatchedSpeech2Text:
         max_batch_size: int = 16,
         max_batch_samples: int | None = None,
     ) -> None:
+        block_runtime_downloads()
         from espnet2.bin.asr_inference import Speech2Text
 
         del lm_weight, ngram_weight  # only meaningful with the refused LM / n-gram

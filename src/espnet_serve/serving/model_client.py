@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from espnet_serve.serving.errors import ServiceError, internal_error, model_unavailable
+from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -72,3 +73,50 @@ async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
+
+
+class ModelClient(Protocol):
+    """What the HTTP layer needs from the model service."""
+
+    async def readiness(self) -> Readiness:
+        """Whether the model is ready, and why not."""
+
+    async def model_info(self) -> ModelInfo:
+        """The served model (name, version, sample rate, shortest input)."""
+
+    async def transcribe(self, clip: ClipRequest) -> ClipResult:
+        """One clip's transcript or error (batched with others by the model service)."""
+
+
+class BentoModelClient:
+    """:class:`ModelClient` over a BentoML dependency (``bentoml.depends(AsrModel)``).
+
+    Args:
+        dependency: The dependency's client (its ``to_async`` calls are used).
+        retry_after_seconds: ``Retry-After`` of a 503.
+    """
+
+    def __init__(self, dependency: Any, *, retry_after_seconds: int) -> None:
+        self._calls = dependency.to_async
+        self._retry_after = retry_after_seconds
+
+    async def readiness(self) -> Readiness:
+        """See :class:`ModelClient`."""
+        return await call_model(
+            self._calls.readiness, what="readiness", retry_after_seconds=self._retry_after
+        )
+
+    async def model_info(self) -> ModelInfo:
+        """See :class:`ModelClient`."""
+        return await call_model(
+            self._calls.model_info, what="model info", retry_after_seconds=self._retry_after
+        )
+
+    async def transcribe(self, clip: ClipRequest) -> ClipResult:
+        """See :class:`ModelClient`."""
+        (result,) = await call_model(
+            lambda: self._calls.transcribe([clip]),
+            what="transcribe",
+            retry_after_seconds=self._retry_after,
+        )
+        return result
