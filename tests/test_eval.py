@@ -88,7 +88,9 @@ def test_eval_runs_a_trusted_bundle_with_the_flag(
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
-    return evaluation.load_session(str(DEFAULT_MODEL_ARCHIVE), tmp_path_factory.mktemp("cache"))
+    return evaluation.load_eval_session(
+        str(DEFAULT_MODEL_ARCHIVE), tmp_path_factory.mktemp("cache")
+    )
 
 
 @pytest.mark.slow

@@ -20,7 +20,7 @@ from fastapi.responses import PlainTextResponse
 
 from espnet_serve.serving.admission import AdmissionMiddleware
 from espnet_serve.serving.drain import InFlight, SigtermDrain
-from espnet_serve.serving.errors import ServiceError, install_error_handlers
+from espnet_serve.serving.http_errors import ServiceError, install_error_handlers
 from espnet_serve.serving.model_client import call_model
 
 

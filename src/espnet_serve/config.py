@@ -18,6 +18,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from espnet_serve.bundle import SPEECH2TEXT
 from espnet_serve.errors import InferenceConfigError
 from espnet_serve.imports import import_object
 from espnet_serve.offline import block_runtime_downloads
@@ -26,7 +27,7 @@ AUTO_DEVICE = "auto"
 _MAX_DEFAULTS_DEPTH = 8
 # Per-utterance espnet2 backends and their batched equivalents (same options, same hypotheses).
 BATCHED_EQUIVALENTS = {
-    "espnet2.bin.asr_inference.Speech2Text": "espnet_serve.backends.BatchedSpeech2Text",
+    SPEECH2TEXT: "espnet_serve.backends.BatchedSpeech2Text",
 }
 
 

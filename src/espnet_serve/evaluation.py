@@ -148,7 +148,7 @@ def is_default_model(model: str) -> bool:
     return path.is_file() and path.resolve() == DEFAULT_MODEL_ARCHIVE.resolve()
 
 
-def load_session(
+def load_eval_session(
     model: str,
     cachedir: Path,
     overrides: Mapping[str, Any] | None = None,
@@ -343,7 +343,7 @@ def main(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="espnet-serve-eval-") as tmp,
     ):
         start = time.perf_counter()
-        session = load_session(
+        session = load_eval_session(
             args.model,
             args.cachedir or Path(tmp),
             overrides,

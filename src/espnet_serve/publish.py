@@ -21,10 +21,9 @@ from typing import Any
 
 import yaml
 
-from espnet_serve.bundle import META_FILENAME
+from espnet_serve.bundle import META_FILENAME, SPEECH2TEXT
 
 SCHEMA_VERSION = 1
-SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
 TRAIN_CONFIG_RELPATH = "exp/asr/config.yaml"
 MODEL_FILE_RELPATH = "exp/asr/model.pth"
 INFERENCE_CONFIG_RELPATH = "conf/inference.yaml"

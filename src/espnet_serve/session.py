@@ -17,6 +17,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from espnet_serve.archive import check_archive
 from espnet_serve.bundle import (
+    DEFAULT_INPUT_KEY,
     BundleMetadata,
     artifacts_from_directory,
     check_artifacts_exist,
@@ -44,7 +45,6 @@ from espnet_serve.usercode import (
 logger = logging.getLogger(__name__)
 
 DEFAULT_DOWNLOADER_CLASS = "espnet_model_zoo.downloader.ModelDownloader"
-DEFAULT_INPUT_KEY = "speech"
 MODEL_UNWRAP_ATTRS: tuple[str, ...] = (
     "asr_model",
     "s2t_model",
@@ -318,7 +318,9 @@ class InferenceSession:
         if config is not None:
             return cls(
                 build_backend(config),
-                input_key=input_key if input_key is not None else config.get("input_key", "speech"),
+                input_key=input_key
+                if input_key is not None
+                else config.get("input_key", DEFAULT_INPUT_KEY),
                 output_fn_path=output_fn_path or config.get("output_fn"),
                 **common,
             )

@@ -33,8 +33,10 @@ from espnet_serve.bundle import (
     AUXILIARY_TASKS,
     DEFAULT_INFERENCE_CONFIG_KEY,
     DEFAULT_INFERENCE_CONFIG_RELPATH,
+    DEFAULT_INPUT_KEY,
     DEFAULT_SAMPLE_RATE,
     META_FILENAME,
+    SPEECH2TEXT,
     TRAIN_CONFIG_SUFFIX,
     load_bundle_metadata,
     train_config_sample_rate,
@@ -66,8 +68,6 @@ logger = logging.getLogger(__name__)
 STORE_FORMAT = 1
 BUNDLE_DIRNAME = "bundle"
 DEFAULT_MODEL_NAME = "espnet-digits-asr"
-DEFAULT_INPUT_KEY = "speech"
-SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
 TRUST_FLAG = "--trust-user-code"
 _INVALID_TAG_CHARS = re.compile(r"[^a-z0-9._-]+")
 _MAX_TAG_LENGTH = 63
@@ -294,7 +294,7 @@ def model_name_for(source_name: str) -> str:
     return name.rstrip("-._") or "espnet-model"
 
 
-def _write_bundle(plan: BundlePlan, target: Path) -> dict[str, str]:
+def _write_bundle_files(plan: BundlePlan, target: Path) -> dict[str, str]:
     """Write the planned files under ``target``; return relpath -> sha256."""
     for relpath, content in sorted(plan.contents.items()):
         destination = target / relpath
@@ -346,7 +346,7 @@ def import_bundle(
             user_code_paths=list(user_code_paths) if user_code_paths is not None else None,
         )
         staging = workdir / BUNDLE_DIRNAME
-        digests = _write_bundle(plan, staging)
+        digests = _write_bundle_files(plan, staging)
         total = sum((staging / relpath).stat().st_size for relpath in digests)
         logger.info("Bundle: %d files, %.1f MB", len(digests), total / 1e6)
         labels = {
@@ -393,7 +393,7 @@ def _installed_espnet_version() -> str:
 ModelRef = bentoml.Model | bentoml.models.BentoModel | bentoml.Tag | str
 
 
-def get_model(model: ModelRef) -> bentoml.Model:
+def stored_model(model: ModelRef) -> bentoml.Model:
     """Return the stored model for a model object, a ``BentoModel`` reference or a tag."""
     if isinstance(model, bentoml.Model):
         return model
@@ -476,7 +476,7 @@ def load_session(model: ModelRef, **session_kwargs: Any) -> InferenceSession:
             f"trust_user_code is recorded when the model is imported ({TRUST_FLAG}); "
             "it cannot be changed at load."
         )
-    stored = get_model(model)
+    stored = stored_model(model)
     bundle_dir = verified_bundle_dir(stored)
     recorded = stored.info.metadata
     view = Path(tempfile.mkdtemp(prefix=f"espnet-serve-{stored.tag.name}-"))

@@ -18,8 +18,8 @@ from espnet_serve.backends.encoding import (
     min_input_samples,
     too_short_for_subsampling,
 )
-from espnet_serve.backends.errors import InvalidSampleError, SampleDecodeError, SampleError
 from espnet_serve.backends.greedy import greedy_ctc
+from espnet_serve.backends.sample_errors import InvalidSampleError, SampleDecodeError, SampleError
 from espnet_serve.offline import block_runtime_downloads
 
 DECODING_MODES = ("auto", "beam", "greedy_ctc")

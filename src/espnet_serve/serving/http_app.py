@@ -26,7 +26,7 @@ from fastapi.responses import JSONResponse, PlainTextResponse, Response
 from espnet_serve.ingest import DecodedAudio, IngestLimits, check_content_type, decode_audio
 from espnet_serve.serving.admission import AdmissionMiddleware
 from espnet_serve.serving.drain import InFlight
-from espnet_serve.serving.errors import (
+from espnet_serve.serving.http_errors import (
     ServiceError,
     install_error_handlers,
     internal_error,

@@ -18,7 +18,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from espnet_serve.serving.errors import ServiceError, internal_error, model_unavailable
+from espnet_serve.serving.http_errors import ServiceError, internal_error, model_unavailable
 from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
 
 logger = logging.getLogger(__name__)

@@ -10,17 +10,15 @@ that could still be answered in time.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import threading
 import time
-from pathlib import Path
 
 import bentoml
 import numpy as np
 from bentoml.exceptions import ServiceUnavailable
 
-from espnet_serve.backends.errors import InvalidSampleError
+from espnet_serve.backends.sample_errors import InvalidSampleError
 from espnet_serve.bundle import DEFAULT_SAMPLE_RATE
 from espnet_serve.serving.drain import InFlight, SigtermDrain
 from espnet_serve.serving.inflight import InFlightMiddleware
@@ -38,6 +36,7 @@ settings = get_settings()
 # ``SessionManager.get_session``): those calls fail. Never recycle it.
 NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
 MODEL_IN_FLIGHT = InFlight()
+WEIGHTS_ARTIFACT = "asr_model_file"
 
 
 def served_model_tag() -> str:
@@ -47,11 +46,6 @@ def served_model_tag() -> str:
     argument, so a built Bento serves the version it was built with.
     """
     return getattr(bentoml.use_arguments(), "model_tag", None) or settings.model_tag
-
-
-def _file_sha256(path: Path) -> str:
-    with path.open("rb") as stream:
-        return hashlib.file_digest(stream, "sha256").hexdigest()
 
 
 @bentoml.service(
@@ -93,12 +87,11 @@ class AsrModel:
                 **(backend_options if settings.batched_backend else {}),
             )
             metadata = self.bento_model.info.metadata
-            weights = self.session.artifacts.get("asr_model_file")
             sample_rate = int(metadata.get("sample_rate", DEFAULT_SAMPLE_RATE))
             self.info = ModelInfo(
                 name=self.bento_model.tag.name,
                 version=str(self.bento_model.tag.version),
-                sha256=_file_sha256(Path(weights)) if weights else "",
+                sha256=self._weights_sha256(metadata),
                 sample_rate=sample_rate,
                 min_samples=int(getattr(self.session.model, "min_samples", 0)),
             )
@@ -117,6 +110,11 @@ class AsrModel:
         self.metrics.model_info.labels(self.info.name, self.info.version, self.info.sha256).set(1)
         self._loaded.set()
         logger.info("Model %s ready (sha256 %s).", self.bento_model.tag, self.info.sha256[:12])
+
+    def _weights_sha256(self, metadata: dict) -> str:
+        """The weights' digest recorded at import (load verified every file against it)."""
+        relpath = self.session.bundle_metadata.get("files", {}).get(WEIGHTS_ARTIFACT)
+        return str(metadata["files"].get(relpath, "")) if relpath else ""
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded, verified and warmed up, until SIGTERM."""
