@@ -108,6 +108,8 @@ class Model:
     asr_train_config: Path
     asr_model_file: Path
     decoding: dict[str, Any]
+    # What keeps the files alive (the session whose view they are in), if anything.
+    files_owner: Any = None
 
 
 class PeakRss:
@@ -205,26 +207,27 @@ def load_clips(source: str, limit: int) -> list[np.ndarray]:
 
 
 def default_model(workdir: Path) -> Model:
-    """The embedded default model, unpacked; decoding options from its inference config."""
-    import yaml
-
-    from espnet_serve.archive import safe_extract
+    """The embedded default model, staged and loaded as the server loads it (its spec)."""
     from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE
-    from espnet_serve.bundle import artifacts_from_directory
+    from espnet_serve.config import load_inference_config
+    from espnet_serve.store import session_from_bundle, stage_bundle
 
-    root = safe_extract(DEFAULT_MODEL_ARCHIVE, workdir / "default")
-    artifacts = artifacts_from_directory(root)
-    inference = yaml.safe_load(Path(artifacts["inference_config"]).read_text(encoding="utf-8"))
+    bundle_dir = workdir / "default"
+    spec, _ = stage_bundle(DEFAULT_MODEL_ARCHIVE, bundle_dir, trust_user_code=True)
+    session = session_from_bundle(bundle_dir, spec, name="bench")
+    view = session.bundle_root
+    inference = load_inference_config(view / spec.inference_config, bundle_root=view)
     decoding = {
         key: value
-        for key, value in inference["model"].items()
+        for key, value in inference.model.items()
         if key in ("beam_size", "ctc_weight", "penalty", "maxlenratio", "minlenratio", "nbest")
     }
     return Model(
         "default",
-        Path(artifacts["asr_train_config"]),
-        Path(artifacts["asr_model_file"]),
+        Path(session.artifacts["asr_train_config"]),
+        Path(session.artifacts["asr_model_file"]),
         decoding,
+        files_owner=session,
     )
 
 

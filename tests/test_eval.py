@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 import soxr
+import yaml
 
 from espnet_serve import cli, evaluation
 from espnet_serve.assets import (
@@ -18,7 +19,7 @@ from espnet_serve.assets import (
     TRANSCRIPTS_FILENAME,
     load_heldout,
 )
-from espnet_serve.bundle import model_sample_rate
+from espnet_serve.bundle import train_config_sample_rate
 from espnet_serve.errors import UntrustedUserCodeError
 from espnet_serve.session import InferenceSession
 
@@ -55,15 +56,9 @@ def test_only_the_embedded_archive_is_the_default_model(tmp_path: Path):
         ("frontend: default\n", 16000),
     ],
 )
-def test_the_model_rate_comes_from_its_train_config(tmp_path: Path, config: str, rate: int):
-    (tmp_path / "lm.yaml").write_text("frontend_conf:\n  fs: 44100\n")
-    (tmp_path / "asr.yaml").write_text(config)
-    artifacts = {
-        "lm_train_config": str(tmp_path / "lm.yaml"),
-        "asr_train_config": str(tmp_path / "asr.yaml"),
-    }
-    assert model_sample_rate(artifacts) == rate
-    assert model_sample_rate({}) == 16000
+def test_the_model_rate_comes_from_its_train_config(config: str, rate: int):
+    assert train_config_sample_rate(yaml.safe_load(config)) == rate
+    assert train_config_sample_rate(None) == 16000
 
 
 def test_batch_size_must_be_positive():
@@ -88,9 +83,10 @@ def test_eval_runs_a_trusted_bundle_with_the_flag(
 
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
-    return evaluation.load_eval_session(
-        str(DEFAULT_MODEL_ARCHIVE), tmp_path_factory.mktemp("cache")
-    )
+    workdir = tmp_path_factory.mktemp("eval")
+    session, spec = evaluation.load_eval_session(str(DEFAULT_MODEL_ARCHIVE), workdir)
+    assert spec.sample_rate == 16000 and spec.user_code_trusted
+    return session
 
 
 @pytest.mark.slow

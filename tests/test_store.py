@@ -329,3 +329,14 @@ def test_an_invalid_model_name_fails_before_any_work(bentoml_home: Path, tiny_ar
     with pytest.raises(ValueError, match="not a valid BentoML tag"):
         store.import_bundle(tiny_archive, name="not a name!", trust_user_code=True)
     assert bentoml.models.list() == []
+
+
+def test_eval_and_bench_stage_the_bundle_the_store_holds(
+    bentoml_home: Path, tiny_archive: Path, tmp_path: Path, speech
+):
+    stored = store.import_bundle(tiny_archive, trust_user_code=True)
+    spec, _ = store.stage_bundle(tiny_archive, tmp_path / "staged", trust_user_code=True)
+    assert spec == store.stored_spec(stored.tag)
+    assert bundle_files(stored) == set(spec.files)
+    staged = store.session_from_bundle(tmp_path / "staged", spec)(speech)
+    assert staged == store.load_session(stored.tag)(speech)

@@ -196,27 +196,3 @@ def train_config_sample_rate(train_config: Any) -> int:
 
         return int(humanfriendly.parse_size(fs))
     return int(fs)
-
-
-def model_sample_rate(artifacts: Mapping[str, Any]) -> int:
-    """The sample rate a model expects, from its ``<task>_train_config`` artifact.
-
-    Args:
-        artifacts: Artifact key to path mapping (``asr_train_config``, ...).
-
-    Returns:
-        int: ``frontend_conf.fs`` of the first non-auxiliary train config, or
-        ``DEFAULT_SAMPLE_RATE`` when there is none.
-
-    Raises:
-        BundleMetadataError: If the train config is not valid YAML.
-    """
-    for key, value in artifacts.items():
-        task = key.removesuffix(TRAIN_CONFIG_SUFFIX)
-        if task != key and task not in AUXILIARY_TASKS and isinstance(value, str | os.PathLike):
-            path = Path(value)
-            try:
-                return train_config_sample_rate(yaml.safe_load(path.read_text(encoding="utf-8")))
-            except yaml.YAMLError as exc:
-                raise BundleMetadataError(f"{path} is not valid YAML: {exc}") from exc
-    return DEFAULT_SAMPLE_RATE

@@ -32,13 +32,14 @@ from typing import Any
 import editdistance
 
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HELDOUT_DIR, HeldoutClip, load_heldout
-from espnet_serve.bundle import DEFAULT_SAMPLE_RATE, model_sample_rate
+from espnet_serve.bundle import DEFAULT_SAMPLE_RATE
 from espnet_serve.errors import UntrustedUserCodeError
 from espnet_serve.ingest import AudioInputError
 from espnet_serve.session import InferenceSession
+from espnet_serve.spec import ModelSpec
+from espnet_serve.store import TRUST_FLAG, session_from_bundle, stage_bundle
 
 DEFAULT_BATCH_SIZE = 16
-TRUST_FLAG = "--trust-user-code"
 
 
 @dataclass
@@ -92,8 +93,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--cachedir",
         type=Path,
         default=None,
-        help="Where archives are unpacked (default: a fresh temporary directory). A reused "
-        "cache keeps the first unpack of an archive path, even if the archive changes.",
+        help="espnet_model_zoo's download cache for a model tag (default: its own). Archives "
+        "and directories are staged afresh in a temporary directory on every run.",
     )
     parser.add_argument(
         "--heldout-dir",
@@ -150,46 +151,55 @@ def is_default_model(model: str) -> bool:
 
 def load_eval_session(
     model: str,
-    cachedir: Path,
+    workdir: Path,
     overrides: Mapping[str, Any] | None = None,
     *,
     trust_user_code: bool = False,
     batched: bool = True,
-) -> InferenceSession:
-    """Load a model for evaluation, optionally replacing decoding options.
+    cachedir: Path | None = None,
+) -> tuple[InferenceSession, ModelSpec]:
+    """Load a model for evaluation the way the server loads it, with decoding overrides.
+
+    The source is staged as the model store would hold it (``store.stage_bundle``:
+    safe extraction, trust rules, digests, the recorded spec) under ``workdir``,
+    and the session is built from that spec (``store.session_from_bundle``).
 
     Args:
-        model: Archive, bundle directory or tag for ``InferenceSession.from_pretrained``.
-        cachedir: The downloader's cache directory.
+        model: Archive, bundle directory or tag.
+        workdir: Where the bundle is staged; it must outlive the session.
         overrides: ``model`` options of the inference config to replace
             (e.g. ``beam_size``).
         trust_user_code: Let the bundle's own code run (always allowed for
             the embedded default model).
         batched: Build the batched backend and batch ``forward_batch`` calls;
             else the config's per-utterance backend, one call per clip.
+        cachedir: ``espnet_model_zoo``'s download cache (tags only).
 
     Returns:
-        InferenceSession: The session.
+        tuple[InferenceSession, ModelSpec]: The session and the model's spec.
 
     Raises:
         UntrustedUserCodeError: If the bundle ships code and
             ``trust_user_code`` is false for a model other than the default.
     """
     trusted = trust_user_code or is_default_model(model)
+    bundle_dir = Path(tempfile.mkdtemp(prefix="bundle-", dir=workdir))
     try:
-        return InferenceSession.from_pretrained(
-            model,
-            trust_user_code=trusted,
-            batched_backend=batched,
-            prefer_model_batch=batched,
-            downloader_kwargs={"cachedir": str(cachedir)},
-            **dict(overrides or {}),
-        )
+        spec, _ = stage_bundle(model, bundle_dir, trust_user_code=trusted, cachedir=cachedir)
     except UntrustedUserCodeError as exc:
         raise UntrustedUserCodeError(
             f"{model} ships code that would run while decoding (e.g. its output_fn); "
             f"pass {TRUST_FLAG} to allow it, if you trust where the model comes from."
         ) from exc
+    session = session_from_bundle(
+        bundle_dir,
+        spec,
+        name="eval",
+        batched_backend=batched,
+        prefer_model_batch=batched,
+        **dict(overrides or {}),
+    )
+    return session, spec
 
 
 def _hypothesis(result: Any) -> str:
@@ -343,12 +353,13 @@ def main(args: argparse.Namespace) -> int:
         tempfile.TemporaryDirectory(prefix="espnet-serve-eval-") as tmp,
     ):
         start = time.perf_counter()
-        session = load_eval_session(
+        session, spec = load_eval_session(
             args.model,
-            args.cachedir or Path(tmp),
+            Path(tmp),
             overrides,
             trust_user_code=args.trust_user_code,
             batched=not args.reference,
+            cachedir=args.cachedir,
         )
         load_seconds = time.perf_counter() - start
         report = evaluate(
@@ -356,7 +367,7 @@ def main(args: argparse.Namespace) -> int:
             clips,
             model=args.model,
             load_seconds=load_seconds,
-            sample_rate=model_sample_rate(session.artifacts),
+            sample_rate=spec.sample_rate,
             batch_size=args.batch_size,
         )
     report.decoding_overrides = overrides

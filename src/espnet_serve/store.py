@@ -5,12 +5,15 @@ Store layout of one model (``$BENTOML_HOME/models/<name>/<version>/``)::
     model.yaml      BentoML's record: labels, and metadata with the sha256 of every file
     bundle/         the relocatable bundle: meta.yaml, conf/, the artifacts, src/ (trusted only)
 
-:func:`import_bundle` fetches a tag, archive or directory (see
+:func:`stage_bundle` fetches a tag, archive or directory (see
 :mod:`espnet_serve.sources`), keeps only what ``meta.yaml`` and the configs
 refer to, refuses untrusted user code, rewrites the YAML paths into their
-relocatable form (see :mod:`espnet_serve.relocate`) and saves the result.
-:func:`load_session` re-hashes every file, refuses any difference, then builds
-the ``InferenceSession`` with the trust recorded at import.
+relocatable form (see :mod:`espnet_serve.relocate`), writes the bundle and
+returns its :class:`~espnet_serve.spec.ModelSpec`; :func:`import_bundle`
+saves both in the model store. :func:`load_session` re-hashes every file,
+refuses any difference, then builds the ``InferenceSession`` from the recorded
+spec with :func:`session_from_bundle`, which ``eval`` and the bench use on a
+freshly staged bundle.
 """
 
 from __future__ import annotations
@@ -56,6 +59,7 @@ from espnet_serve.relocate import (
 )
 from espnet_serve.session import InferenceSession
 from espnet_serve.sources import FetchedSource, fetch_source, file_sha256
+from espnet_serve.spec import STORE_FORMAT, ModelSpec
 from espnet_serve.usercode import (
     DEFAULT_USER_CODE_PATHS,
     references_user_code,
@@ -65,7 +69,6 @@ from espnet_serve.usercode import (
 
 logger = logging.getLogger(__name__)
 
-STORE_FORMAT = 1
 BUNDLE_DIRNAME = "bundle"
 DEFAULT_MODEL_NAME = "espnet-digits-asr"
 TRUST_FLAG = "--trust-user-code"
@@ -306,6 +309,64 @@ def _write_bundle_files(plan: BundlePlan, target: Path) -> dict[str, str]:
     return {relpath: file_sha256(target / relpath) for relpath in sorted(plan.contents)}
 
 
+def stage_bundle(
+    source: str | Path,
+    target: Path,
+    *,
+    trust_user_code: bool = False,
+    user_code_paths: Sequence[str] | None = None,
+    cachedir: Path | None = None,
+) -> tuple[ModelSpec, FetchedSource]:
+    """Fetch a source and write its verified, relocatable bundle to ``target``.
+
+    What :func:`import_bundle` stores, and what ``eval`` and the bench load
+    from directly: the same bundle and the same :class:`ModelSpec`.
+
+    Args:
+        source: An ``espnet_model_zoo`` tag or Hugging Face repo id, a local
+            archive (``.zip`` / ``.tar.gz`` / ``.tgz`` / ``.tar``) or an
+            unpacked bundle directory.
+        target: An empty or missing directory for the bundle.
+        trust_user_code: Include the bundle's user code (``src/``) and allow
+            its inference config to reference it.
+        user_code_paths: Bundle-relative import roots overriding ``meta.yaml``.
+        cachedir: ``espnet_model_zoo``'s download cache (tags only).
+
+    Returns:
+        tuple[ModelSpec, FetchedSource]: The bundle's spec, and what was fetched.
+
+    Raises:
+        UnsafeArchiveError: If an archive could write outside its target or is too big.
+        UntrustedUserCodeError: If user code is referenced without ``trust_user_code``.
+        BundleMetadataError: If ``meta.yaml`` is missing or malformed.
+    """
+    with tempfile.TemporaryDirectory(prefix="espnet-serve-fetch-") as scratch:
+        fetched = fetch_source(source, Path(scratch), cachedir)
+        plan = plan_bundle(
+            fetched,
+            trust_user_code=trust_user_code,
+            user_code_paths=list(user_code_paths) if user_code_paths is not None else None,
+        )
+        digests = _write_bundle_files(plan, target)
+    total = sum((target / relpath).stat().st_size for relpath in digests)
+    logger.info("Bundle: %d files, %.1f MB", len(digests), total / 1e6)
+    spec = ModelSpec(
+        files=digests,
+        bind_yaml_files=plan.bind,
+        inference_config=plan.inference_config,
+        input_key=plan.input_key,
+        sample_rate=plan.sample_rate,
+        task=plan.task,
+        user_code_trusted=plan.user_code_included,
+        user_code_paths=plan.user_code_paths,
+        source=str(source),
+        source_kind=fetched.kind,
+        source_sha256=fetched.archive_sha256,
+        espnet_version=plan.espnet_version,
+    )
+    return spec, fetched
+
+
 def import_bundle(
     source: str | Path,
     *,
@@ -317,17 +378,14 @@ def import_bundle(
     """Import a model into the BentoML model store as a verified, relocatable bundle.
 
     Args:
-        source: An ``espnet_model_zoo`` tag or Hugging Face repo id, a local
-            archive (``.zip`` / ``.tar.gz`` / ``.tgz`` / ``.tar``) or an
-            unpacked bundle directory.
+        source: A tag, archive or bundle directory (see :func:`stage_bundle`).
         name: Model name in the store (default: derived from the source).
-        trust_user_code: Include the bundle's user code (``src/``) and allow
-            its inference config to reference it.
+        trust_user_code: Include the bundle's user code and allow its config to reference it.
         user_code_paths: Bundle-relative import roots overriding ``meta.yaml``.
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
 
     Returns:
-        bentoml.Model: The stored model.
+        bentoml.Model: The stored model; its metadata is the bundle's :class:`ModelSpec`.
 
     Raises:
         UnsafeArchiveError: If an archive could write outside its target or is too big.
@@ -338,41 +396,25 @@ def import_bundle(
     if name is not None:
         bentoml.Tag.from_taglike(name)  # an invalid name fails before any work
     with tempfile.TemporaryDirectory(prefix="espnet-serve-import-") as scratch:
-        workdir = Path(scratch)
-        fetched = fetch_source(source, workdir, cachedir)
-        plan = plan_bundle(
-            fetched,
+        staging = Path(scratch) / BUNDLE_DIRNAME
+        spec, fetched = stage_bundle(
+            source,
+            staging,
             trust_user_code=trust_user_code,
-            user_code_paths=list(user_code_paths) if user_code_paths is not None else None,
+            user_code_paths=user_code_paths,
+            cachedir=cachedir,
         )
-        staging = workdir / BUNDLE_DIRNAME
-        digests = _write_bundle_files(plan, staging)
-        total = sum((staging / relpath).stat().st_size for relpath in digests)
-        logger.info("Bundle: %d files, %.1f MB", len(digests), total / 1e6)
         labels = {
-            "task": plan.task,
-            "espnet_version": plan.espnet_version or _installed_espnet_version(),
+            "task": spec.task,
+            "espnet_version": spec.espnet_version or _installed_espnet_version(),
             "source": fetched.name,
             "source_kind": fetched.kind,
-            "user_code": "trusted" if plan.user_code_included else "none",
+            "user_code": "trusted" if spec.user_code_trusted else "none",
         }
-        metadata: dict[str, Any] = {
-            "format": STORE_FORMAT,
-            "files": digests,
-            "bind_yaml_files": plan.bind,
-            "inference_config": plan.inference_config,
-            "input_key": plan.input_key,
-            "sample_rate": plan.sample_rate,
-            "task": plan.task,
-            "user_code_trusted": plan.user_code_included,
-            "user_code_paths": plan.user_code_paths,
-            "source": str(source),
-            "source_kind": fetched.kind,
-        }
-        if fetched.archive_sha256 is not None:
-            metadata["source_sha256"] = fetched.archive_sha256
         with bentoml.models.create(
-            name or model_name_for(fetched.name), labels=labels, metadata=metadata
+            name or model_name_for(fetched.name),
+            labels=labels,
+            metadata=spec.model_dump(exclude_none=True),
         ) as created:
             shutil.copytree(staging, Path(created.path) / BUNDLE_DIRNAME)
     stored = bentoml.models.get(created.tag)
@@ -451,18 +493,56 @@ def verified_bundle_dir(model: bentoml.Model) -> Path:
     return bundle_dir
 
 
-def load_session(model: ModelRef, **session_kwargs: Any) -> InferenceSession:
-    """Verify a stored bundle and build its ``InferenceSession``.
+def session_from_bundle(
+    bundle_dir: Path, spec: ModelSpec, *, name: str = "model", **session_kwargs: Any
+) -> InferenceSession:
+    """Build the ``InferenceSession`` of a verified bundle from its spec.
 
-    The session runs from a scratch view of the bundle (links to the verified
-    files, YAML paths bound to it) that is removed when the session is
-    garbage-collected or the process exits.
+    The session runs from a scratch view of the bundle (links to its files,
+    YAML paths bound to the view) that is removed when the session is
+    garbage-collected or the process exits. Trust, input key and user-code
+    roots are the spec's.
+
+    Args:
+        bundle_dir: The bundle (verified against ``spec.files``).
+        spec: What import recorded.
+        name: For the view's directory name and logs.
+        **session_kwargs: Passed to ``InferenceSession.from_pretrained``
+            (e.g. ``prefer_model_batch=True``, ``batched_backend=True``, backend options).
+
+    Returns:
+        InferenceSession: The loaded session.
+
+    Raises:
+        TypeError: If ``trust_user_code`` is passed (it is the spec's).
+    """
+    if "trust_user_code" in session_kwargs:
+        raise TypeError(
+            f"trust_user_code is recorded when the model is imported ({TRUST_FLAG}); "
+            "it cannot be changed at load."
+        )
+    view = Path(tempfile.mkdtemp(prefix=f"espnet-serve-{name}-"))
+    try:
+        materialize(bundle_dir, spec.files, spec.bind_yaml_files, view)
+        session = InferenceSession.from_pretrained(
+            str(view),
+            trust_user_code=spec.user_code_trusted,
+            user_code_paths=spec.user_code_paths or None,
+            **{"input_key": spec.input_key, **session_kwargs},
+        )
+    except BaseException:
+        shutil.rmtree(view, ignore_errors=True)
+        raise
+    weakref.finalize(session, shutil.rmtree, view, ignore_errors=True)
+    return session
+
+
+def load_session(model: ModelRef, **session_kwargs: Any) -> InferenceSession:
+    """Verify a stored bundle and build its ``InferenceSession`` (see :func:`session_from_bundle`).
 
     Args:
         model: A stored model, a ``BentoModel`` reference or a tag (``name:version``).
-        **session_kwargs: Passed to ``InferenceSession.from_pretrained``
-            (e.g. ``prefer_model_batch=True``), except ``trust_user_code``,
-            which is the one recorded at import.
+        **session_kwargs: Passed on, except ``trust_user_code`` (recorded at import).
 
     Returns:
         InferenceSession: The loaded session.
@@ -471,26 +551,17 @@ def load_session(model: ModelRef, **session_kwargs: Any) -> InferenceSession:
         BundleIntegrityError: If the stored files differ from the recorded digests.
         TypeError: If ``trust_user_code`` is passed.
     """
-    if "trust_user_code" in session_kwargs:
-        raise TypeError(
-            f"trust_user_code is recorded when the model is imported ({TRUST_FLAG}); "
-            "it cannot be changed at load."
-        )
     stored = stored_model(model)
     bundle_dir = verified_bundle_dir(stored)
-    recorded = stored.info.metadata
-    view = Path(tempfile.mkdtemp(prefix=f"espnet-serve-{stored.tag.name}-"))
-    try:
-        materialize(bundle_dir, recorded["files"], recorded.get("bind_yaml_files", []), view)
-        session = InferenceSession.from_pretrained(
-            str(view), trust_user_code=bool(recorded["user_code_trusted"]), **session_kwargs
-        )
-    except BaseException:
-        shutil.rmtree(view, ignore_errors=True)
-        raise
-    weakref.finalize(session, shutil.rmtree, view, ignore_errors=True)
-    logger.info("Loaded %s (verified %d files)", stored.tag, len(recorded["files"]))
+    spec = ModelSpec.model_validate(stored.info.metadata)
+    session = session_from_bundle(bundle_dir, spec, name=stored.tag.name, **session_kwargs)
+    logger.info("Loaded %s (verified %d files)", stored.tag, len(spec.files))
     return session
+
+
+def stored_spec(model: ModelRef) -> ModelSpec:
+    """The :class:`ModelSpec` recorded when ``model`` was imported."""
+    return ModelSpec.model_validate(stored_model(model).info.metadata)
 
 
 # --------------------------------------------------------------- default model
