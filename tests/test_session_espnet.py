@@ -23,7 +23,7 @@ from espnet_serve.errors import (
     UntrustedUserCodeError,
     UserCodePathError,
 )
-from tests.store_helpers import hf_cache_from_bundle
+from tests.store_helpers import copy_bundle, hf_cache_from_bundle
 
 
 def assert_user_code_result(result: dict, uttid: object) -> None:
@@ -225,3 +225,15 @@ def test_from_config_user_code_without_recipe_dir():
             {"output_fn": "src.output.output_fn", "model": {"_target_": "x.Y"}},
             trust_user_code=True,
         )
+
+
+def test_a_backend_class_in_bundle_code_is_not_imported_without_trust(tiny_bundle_dir, tmp_path):
+    from espnet_serve.bundle import artifacts_from_directory
+
+    bundle = copy_bundle(tiny_bundle_dir, tmp_path / "bundle")
+    (bundle / "src" / "backend.py").write_text("raise SystemExit('imported!')\n")
+    with pytest.raises(UntrustedUserCodeError):
+        InferenceSession.from_artifacts(
+            artifacts_from_directory(bundle), backend_class="src.backend.Backend"
+        )
+    assert "src.backend" not in sys.modules

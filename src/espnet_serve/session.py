@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,6 +102,46 @@ def _prepare_user_code(
         )
     activate_user_code(resolve_import_roots(bundle_root, entries))
     return True
+
+
+@dataclass(frozen=True)
+class BuildOptions:
+    """The options the session constructors share (see :meth:`InferenceSession.from_artifacts`)."""
+
+    input_key: str | Sequence[str] | None = None
+    output_fn_path: str | None = None
+    enable_user_code: bool | None = None
+    trust_user_code: bool = False
+    user_code_paths: Sequence[str] | None = None
+    prefer_model_batch: bool = False
+    fallback_to_single_on_batch_error: bool = True
+    batched_backend: bool = False
+
+    def prepare_user_code(
+        self,
+        *,
+        bundle_root: Path | None,
+        config: DictConfig | None,
+        metadata: BundleMetadata,
+        extra_references: Sequence[Any] = (),
+    ) -> bool:
+        """Check trust for bundled user code and activate it when allowed (see above)."""
+        return _prepare_user_code(
+            bundle_root=bundle_root,
+            config=config,
+            extra_references=[self.output_fn_path, *extra_references],
+            metadata=metadata,
+            enable_user_code=self.enable_user_code,
+            trust_user_code=self.trust_user_code,
+            user_code_paths=self.user_code_paths,
+        )
+
+    def batching(self) -> dict[str, bool]:
+        """The session's ``forward_batch`` defaults."""
+        return {
+            "prefer_model_batch": self.prefer_model_batch,
+            "fallback_to_single_on_batch_error": self.fallback_to_single_on_batch_error,
+        }
 
 
 class InferenceSession:
@@ -214,25 +255,23 @@ class InferenceSession:
             RuntimeError: If user code was requested but ``recipe_dir`` is unavailable.
             ValueError: If untrusted user code execution was requested.
         """
-        config = to_dict_config(inference_config)
-        recipe_dir = config.get("recipe_dir")
-        bundle_root = Path(recipe_dir).absolute() if recipe_dir else None
-        _prepare_user_code(
-            bundle_root=bundle_root,
-            config=config,
-            extra_references=[],
-            metadata=BundleMetadata(),
+        options = BuildOptions(
             enable_user_code=enable_user_code,
             trust_user_code=trust_user_code,
             user_code_paths=user_code_paths,
+            prefer_model_batch=prefer_model_batch,
+            fallback_to_single_on_batch_error=fallback_to_single_on_batch_error,
         )
+        config = to_dict_config(inference_config)
+        recipe_dir = config.get("recipe_dir")
+        bundle_root = Path(recipe_dir).absolute() if recipe_dir else None
+        options.prepare_user_code(bundle_root=bundle_root, config=config, metadata=BundleMetadata())
         return cls(
             build_backend(config),
             input_key=config.get("input_key", DEFAULT_INPUT_KEY),
             output_fn_path=config.get("output_fn"),
-            prefer_model_batch=prefer_model_batch,
-            fallback_to_single_on_batch_error=fallback_to_single_on_batch_error,
             bundle_root=bundle_root,
+            **options.batching(),
         )
 
     @classmethod
@@ -286,6 +325,31 @@ class InferenceSession:
             RuntimeError: If user code was requested but the bundle root is unknown.
             ValueError: If untrusted user code execution was requested.
         """
+        options = BuildOptions(
+            input_key=input_key,
+            output_fn_path=output_fn_path,
+            enable_user_code=enable_user_code,
+            trust_user_code=trust_user_code,
+            user_code_paths=user_code_paths,
+            prefer_model_batch=prefer_model_batch,
+            fallback_to_single_on_batch_error=fallback_to_single_on_batch_error,
+            batched_backend=batched_backend,
+        )
+        return cls._build(artifacts, backend_class, options, backend_kwargs)
+
+    @classmethod
+    def _build(
+        cls,
+        artifacts: Mapping[str, Any],
+        backend_class: str | type | None,
+        options: BuildOptions,
+        backend_kwargs: Mapping[str, Any],
+    ) -> InferenceSession:
+        """Build a session from artifacts (what :meth:`from_artifacts` documents).
+
+        ``backend_class`` is resolved only after the user-code trust check: a dotted path
+        into the bundle's code must not import before it.
+        """
         check_artifacts_exist(artifacts)
         bundle_root = find_bundle_root(artifacts)
         metadata = load_bundle_metadata(bundle_root)
@@ -294,34 +358,32 @@ class InferenceSession:
             override_model(
                 load_inference_config(config_path, bundle_root=bundle_root),
                 backend_kwargs,
-                batched=batched_backend,
+                batched=options.batched_backend,
             )
             if config_path is not None and backend_class is None
             else None
         )
-        _prepare_user_code(
+        options.prepare_user_code(
             bundle_root=bundle_root,
             config=config,
-            extra_references=[output_fn_path, backend_class],
             metadata=metadata,
-            enable_user_code=enable_user_code,
-            trust_user_code=trust_user_code,
-            user_code_paths=user_code_paths,
+            extra_references=[backend_class],
         )
         common = {
-            "prefer_model_batch": prefer_model_batch,
-            "fallback_to_single_on_batch_error": fallback_to_single_on_batch_error,
             "bundle_root": bundle_root,
             "bundle_metadata": metadata.model_dump(exclude_none=True),
             "artifacts": artifacts,
+            **options.batching(),
         }
         if config is not None:
             return cls(
                 build_backend(config),
-                input_key=input_key
-                if input_key is not None
-                else config.get("input_key", DEFAULT_INPUT_KEY),
-                output_fn_path=output_fn_path or config.get("output_fn"),
+                input_key=(
+                    options.input_key
+                    if options.input_key is not None
+                    else config.get("input_key", DEFAULT_INPUT_KEY)
+                ),
+                output_fn_path=options.output_fn_path or config.get("output_fn"),
                 **common,
             )
         if backend_class is None:
@@ -339,8 +401,8 @@ class InferenceSession:
             model = backend_cls(**init_kwargs)
         return cls(
             model,
-            input_key=input_key if input_key is not None else DEFAULT_INPUT_KEY,
-            output_fn_path=output_fn_path,
+            input_key=options.input_key if options.input_key is not None else DEFAULT_INPUT_KEY,
+            output_fn_path=options.output_fn_path,
             **common,
         )
 
@@ -397,18 +459,18 @@ class InferenceSession:
                 absolute paths, links out, device files) or exceeds the limits.
             Any exception raised by the configured downloader or backend constructor.
         """
-        options: dict[str, Any] = {
-            "input_key": input_key,
-            "output_fn_path": output_fn_path,
-            "enable_user_code": enable_user_code,
-            "trust_user_code": trust_user_code,
-            "user_code_paths": user_code_paths,
-            "prefer_model_batch": prefer_model_batch,
-            "fallback_to_single_on_batch_error": fallback_to_single_on_batch_error,
-            "batched_backend": batched_backend,
-        }
-        backend_cls = resolve_object(backend_class)
-        if backend_cls is not None and enable_user_code is False:
+        options = BuildOptions(
+            input_key=input_key,
+            output_fn_path=output_fn_path,
+            enable_user_code=enable_user_code,
+            trust_user_code=trust_user_code,
+            user_code_paths=user_code_paths,
+            prefer_model_batch=prefer_model_batch,
+            fallback_to_single_on_batch_error=fallback_to_single_on_batch_error,
+            batched_backend=batched_backend,
+        )
+        if backend_class is not None and enable_user_code is False:
+            backend_cls = resolve_object(backend_class)
             if not hasattr(backend_cls, "from_pretrained"):
                 raise RuntimeError(
                     "backend_class must provide from_pretrained() when enable_user_code=False."
@@ -417,8 +479,7 @@ class InferenceSession:
                 backend_cls.from_pretrained(model_tag=model_tag, **backend_kwargs),
                 input_key=input_key if input_key is not None else DEFAULT_INPUT_KEY,
                 output_fn_path=output_fn_path,
-                prefer_model_batch=prefer_model_batch,
-                fallback_to_single_on_batch_error=fallback_to_single_on_batch_error,
+                **options.batching(),
             )
         local = Path(model_tag).expanduser()
         if local.is_dir():
@@ -429,7 +490,7 @@ class InferenceSession:
                 check_archive(local)
             downloader = resolve_object(downloader_class)(**dict(downloader_kwargs or {}))
             artifacts = downloader.download_and_unpack(model_tag)
-        return cls.from_artifacts(artifacts, backend_class=backend_cls, **options, **backend_kwargs)
+        return cls._build(artifacts, backend_class, options, backend_kwargs)
 
     # ----------------------------------------------------------------- inference
 
