@@ -23,7 +23,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import httpx  # noqa: E402
 import psutil  # noqa: E402
 
-from bench.loadgen import OPENAI_ROUTE, percentile  # noqa: E402
+from bench.loadgen import MODEL_NAME, OPENAI_ROUTE, percentile  # noqa: E402
 from espnet_serve.assets import load_heldout  # noqa: E402
 from tests.crafted import CRAFTED_UPLOADS  # noqa: E402
 from tests.server import serve_default_model  # noqa: E402
@@ -52,7 +52,7 @@ def main() -> int:
                 def post(data: bytes, content_type: str) -> tuple[httpx.Response, float]:
                     started = time.perf_counter()
                     response = client.post(
-                        url, files={"file": ("a", data, content_type)}, data={"model": "m"}
+                        url, files={"file": ("a", data, content_type)}, data={"model": MODEL_NAME}
                     )
                     return response, time.perf_counter() - started
 

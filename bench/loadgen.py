@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import httpx
 
 OPENAI_ROUTE = "/v1/audio/transcriptions"
+MODEL_NAME = "espnet-digits-asr"  # the embedded default model
 
 
 @dataclass(frozen=True)
@@ -54,7 +55,7 @@ async def send(client: httpx.AsyncClient, url: str, clip: Clip) -> Outcome:
         response = await client.post(
             url,
             files={"file": (clip.name, clip.data, clip.content_type)},
-            data={"model": "served", "response_format": "json"},
+            data={"model": MODEL_NAME, "response_format": "json"},
         )
     except httpx.HTTPError as exc:
         return Outcome(clip, None, None, time.perf_counter() - started, error=repr(exc))

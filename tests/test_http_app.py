@@ -16,9 +16,11 @@ import numpy as np
 import openai
 import pytest
 import soundfile as sf
+from pydantic import SecretStr
 
+from espnet_serve.serving.auth import key_digest
 from espnet_serve.serving.drain import InFlight
-from espnet_serve.serving.http_app import create_app
+from espnet_serve.serving.http_app import create_app, with_edge_middlewares
 from espnet_serve.serving.model_client import call_model
 from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
 from espnet_serve.serving.settings import ServeSettings
@@ -41,7 +43,13 @@ class FakeModelClient:
 
     async def model_info(self) -> ModelInfo:
         return ModelInfo(
-            name="fake", version="1", sha256="0" * 64, sample_rate=16000, min_samples=MIN_SAMPLES
+            name="fake",
+            version="v1",
+            sha256="0" * 64,
+            sample_rate=16000,
+            min_samples=MIN_SAMPLES,
+            languages=["en"],
+            created=1_700_000_000,
         )
 
     async def transcribe(self, clip: ClipRequest) -> ClipResult:
@@ -74,10 +82,16 @@ def settings() -> ServeSettings:
 
 @pytest.fixture()
 def client(settings: ServeSettings, fake: FakeModelClient) -> AsyncBridge:
-    app = create_app(settings, in_flight=InFlight(), is_draining=lambda: False)
+    return AsyncBridge(
+        httpx.ASGITransport(app=served_app(settings, fake), raise_app_exceptions=False)
+    )
+
+
+def served_app(settings: ServeSettings, fake: FakeModelClient, *, draining: bool = False):
+    """The app with the service's edge middlewares (request ids, API keys when set)."""
+    app = create_app(settings, in_flight=InFlight(), is_draining=lambda: draining)
     app.state.model_client = fake
-    transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
-    return AsyncBridge(transport)
+    return with_edge_middlewares(app, settings)
 
 
 class AsyncBridge:
@@ -86,10 +100,18 @@ class AsyncBridge:
     def __init__(self, transport: httpx.ASGITransport) -> None:
         self.transport = transport
 
-    def post(self, path: str, data: bytes, content_type: str = "audio/wav", **form: str):
+    def post(
+        self,
+        path: str,
+        data: bytes,
+        content_type: str = "audio/wav",
+        headers: dict[str, str] | None = None,
+        **form: str,
+    ):
         async def send() -> httpx.Response:
             async with httpx.AsyncClient(transport=self.transport, base_url="http://t") as c:
-                return await c.post(path, files={"file": ("a", data, content_type)}, data=form)
+                files = {"file": ("a", data, content_type)}
+                return await c.post(path, files=files, data=form, headers=headers)
 
         return asyncio.run(send())
 
@@ -108,7 +130,7 @@ def test_transcribe_resamples_and_mixes_down_before_the_model(client, fake):
 )
 def test_openai_formats(client, response_format, expected):
     response = client.post(
-        "/v1/audio/transcriptions", wav(0.5), model="m", response_format=response_format
+        "/v1/audio/transcriptions", wav(0.5), model="fake", response_format=response_format
     )
     assert response.status_code == 200
     assert (response.json() if response_format == "json" else response.text) == expected
@@ -116,14 +138,15 @@ def test_openai_formats(client, response_format, expected):
 
 def test_openai_verbose_json(client):
     body = client.post(
-        "/v1/audio/transcriptions", wav(0.5), model="m", response_format="verbose_json"
+        "/v1/audio/transcriptions", wav(0.5), model="fake", response_format="verbose_json"
     ).json()
     assert body["task"] == "transcribe" and body["duration"] == 0.5
+    assert body["language"] == "english"  # OpenAI's form: the full lowercase name
     assert body["segments"][0]["start"] == 0.0 and body["segments"][0]["end"] == 0.5
 
 
 @pytest.mark.parametrize(
-    "form", [{"model": "m", "response_format": "xml"}, {"model": "m", "temperature": "3"}, {}]
+    "form", [{"model": "fake", "response_format": "xml"}, {"model": "fake", "temperature": "3"}, {}]
 )
 def test_bad_parameters_are_422_json(client, form):
     response = client.post("/v1/audio/transcriptions", wav(), **form)
@@ -148,7 +171,7 @@ def test_limits_and_content_types(client):
 @pytest.mark.parametrize("name", sorted(CRAFTED_UPLOADS))
 def test_crafted_uploads_get_their_4xx(client, fake, name):
     data, status, code = CRAFTED_UPLOADS[name]
-    response = client.post("/v1/audio/transcriptions", data, model="m")
+    response = client.post("/v1/audio/transcriptions", data, model="fake")
     assert response.status_code == status and response.json()["error"]["code"] == code
     assert not fake.clips
 
@@ -194,7 +217,130 @@ def test_the_openai_sdk_talks_to_the_app(settings, fake):
     async def ask() -> str:
         http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t/v1")
         sdk = openai.AsyncOpenAI(base_url="http://t/v1", api_key="unused", http_client=http)
-        result = await sdk.audio.transcriptions.create(model="m", file=("a.wav", wav(0.25)))
+        result = await sdk.audio.transcriptions.create(model="fake", file=("a.wav", wav(0.25)))
         return result.text
 
     assert asyncio.run(ask()) == "4000 samples"
+
+
+def sdk(app, api_key: str = "unused") -> openai.AsyncOpenAI:
+    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t/v1")
+    return openai.AsyncOpenAI(base_url="http://t/v1", api_key=api_key, http_client=http)
+
+
+def test_models_list_and_retrieve_through_the_sdk(settings, fake):
+    client = sdk(served_app(settings, fake))
+
+    async def ask():
+        listed = await client.models.list()
+        by_alias = await client.models.retrieve("whisper-1")
+        with pytest.raises(openai.NotFoundError) as unknown:
+            await client.models.retrieve("nonexistent-model")
+        return listed, by_alias, unknown.value
+
+    listed, by_alias, unknown = asyncio.run(ask())
+    assert [m.id for m in listed.data] == ["fake:v1"]
+    assert listed.data[0].created == 1_700_000_000 and listed.data[0].object == "model"
+    assert by_alias.id == "fake:v1"
+    assert unknown.body["code"] == "model_not_found"
+
+
+@pytest.mark.parametrize("name", ["fake", "fake:v1", "whisper-1"])
+def test_the_model_is_named_by_tag_name_or_alias(client, name):
+    assert client.post("/v1/audio/transcriptions", wav(0.5), model=name).status_code == 200
+
+
+def test_an_unknown_model_is_a_404_through_the_sdk(settings, fake):
+    client = sdk(served_app(settings, fake))
+
+    async def ask():
+        await client.audio.transcriptions.create(model="nonexistent-model", file=("a.wav", wav()))
+
+    with pytest.raises(openai.NotFoundError) as raised:
+        asyncio.run(ask())
+    assert raised.value.body["code"] == "model_not_found" and not fake.clips
+
+
+@pytest.mark.parametrize(
+    ("language", "status", "code"),
+    [
+        ("en", 200, None),
+        ("EN", 200, None),
+        ("klingon", 400, "invalid_language"),
+        ("xx", 400, "invalid_language"),
+        ("de", 400, "unsupported_language"),
+    ],
+)
+def test_language_is_validated(client, fake, language, status, code):
+    response = client.post("/v1/audio/transcriptions", wav(0.5), model="fake", language=language)
+    assert response.status_code == status, response.text
+    if code:
+        assert response.json()["error"]["code"] == code and not fake.clips
+    if code == "unsupported_language":
+        assert "transcribes en only" in response.json()["error"]["message"]
+
+
+@pytest.fixture()
+def keyed() -> ServeSettings:
+    return ServeSettings(api_keys=SecretStr("key-one, key-two"))
+
+
+def test_api_keys_through_the_sdk(keyed, fake):
+    app = served_app(keyed, fake)
+
+    async def ask(key: str) -> str:
+        result = await sdk(app, key).audio.transcriptions.create(
+            model="fake", file=("a.wav", wav())
+        )
+        return result.text
+
+    assert asyncio.run(ask("key-two")) == "16000 samples"
+    with pytest.raises(openai.AuthenticationError) as wrong:
+        asyncio.run(ask("key-three"))
+    assert wrong.value.body["code"] == "invalid_api_key"
+
+
+def test_without_a_key_is_401_json_and_metrics_and_probes_stay_open(keyed, fake):
+    transport = httpx.ASGITransport(app=served_app(keyed, fake))
+
+    async def calls():
+        async with httpx.AsyncClient(transport=transport, base_url="http://t") as c:
+            return (
+                await c.post("/transcribe", files={"file": ("a", wav(), "audio/wav")}),
+                await c.get("/v1/models", headers={"Authorization": "Basic key-one"}),
+                await c.get("/v1/models", headers={"Authorization": "Bearer key-one"}),
+                await c.get("/readyz"),
+                await c.get("/metrics"),
+            )
+
+    missing, wrong_scheme, ok, readyz, metrics = asyncio.run(calls())
+    assert missing.status_code == 401 and missing.headers["www-authenticate"] == "Bearer"
+    assert "Authorization: Bearer" in missing.json()["error"]["message"]
+    assert wrong_scheme.status_code == 401 and ok.status_code == 200
+    # Not routes of this app (BentoML serves them): the key check let them through.
+    assert readyz.status_code == 404 and metrics.status_code == 404
+
+
+def test_key_hashes_file(tmp_path, fake):
+    hashes = tmp_path / "hashes"
+    hashes.write_text(f"# ops team\n{key_digest('from-a-secret')}\n\n")
+    app = served_app(ServeSettings(api_key_hashes_file=hashes), fake)
+
+    async def ask(key: str) -> str:
+        return (await sdk(app, key).models.list()).data[0].id
+
+    assert asyncio.run(ask("from-a-secret")) == "fake:v1"
+    with pytest.raises(openai.AuthenticationError):
+        asyncio.run(ask("key-one"))
+    hashes.write_text("not-a-hash\n")
+    with pytest.raises(ValueError, match="not a hex sha256"):
+        served_app(ServeSettings(api_key_hashes_file=hashes), fake)
+
+
+def test_request_ids_are_kept_or_made_and_in_error_bodies(client):
+    kept = client.post("/transcribe", b"hello", "text/plain", headers={"X-Request-ID": "abc-123"})
+    assert kept.headers["x-request-id"] == "abc-123"
+    assert kept.json()["error"]["request_id"] == "abc-123"
+    made = client.post("/transcribe", b"hello", "text/plain", headers={"X-Request-ID": "a b\n"})
+    assert made.headers["x-request-id"] != "a b\n" and len(made.headers["x-request-id"]) == 32
+    assert made.json()["error"]["request_id"] == made.headers["x-request-id"]

@@ -28,6 +28,7 @@ pytestmark = pytest.mark.slow
 
 MAX_AUDIO_BYTES = 1_000_000
 SAMPLE_RATE = 16000
+MODEL = "espnet-digits-asr"
 MAX_AUDIO_SECONDS = 15
 
 
@@ -216,7 +217,11 @@ def test_limits_types_and_parameters(server: BentoServer, clips: list[HeldoutCli
 
     openai_url = f"{server.url}/v1/audio/transcriptions"
     audio = clips[0].path.read_bytes()
-    for form in ({"model": "m", "response_format": "xml"}, {"model": "m", "temperature": "3"}, {}):
+    for form in (
+        {"model": MODEL, "response_format": "xml"},
+        {"model": MODEL, "temperature": "3"},
+        {},
+    ):
         bad = post_file(openai_url, audio, name="a.flac", content_type="audio/flac", **form)
         assert bad.status_code == 422, (form, bad.text)
         assert bad.json()["error"]["code"] == "invalid_parameters"
@@ -289,7 +294,7 @@ def test_crafted_headers_are_refused_cheaply_and_the_server_keeps_serving(
     workers = [api_worker(server)]
     before = sum(worker.memory_info().rss for worker in workers)
     for name, (data, status, code) in CRAFTED_UPLOADS.items():
-        response = post_file(url, data, name="crafted.wav", content_type="audio/wav", model="m")
+        response = post_file(url, data, name="crafted.wav", content_type="audio/wav", model=MODEL)
         assert response.status_code == status, (name, response.text)
         error = response.json()["error"]
         assert error["type"] == "invalid_request_error", (name, error)

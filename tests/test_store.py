@@ -340,3 +340,14 @@ def test_eval_and_bench_stage_the_bundle_the_store_holds(
     assert bundle_files(stored) == set(spec.files)
     staged = store.session_from_bundle(tmp_path / "staged", spec)(speech)
     assert staged == store.load_session(stored.tag)(speech)
+
+
+def test_languages_come_from_meta_yaml_or_the_import(
+    bentoml_home: Path, tiny_bundle_dir: Path, tmp_path: Path
+):
+    bundle = copy_bundle(tiny_bundle_dir, tmp_path / "bundle")
+    meta = read_yaml(bundle / "meta.yaml")
+    write_yaml(bundle / "meta.yaml", {**meta, "language": "EN"})
+    assert store.import_bundle(bundle, trust_user_code=True).info.metadata["languages"] == ["en"]
+    chosen = store.import_bundle(bundle, trust_user_code=True, languages=["de", "fr"])
+    assert store.stored_spec(chosen.tag).languages == ["de", "fr"]

@@ -35,6 +35,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--name", help="Model name in the BentoML store (default: from source).")
     parser.add_argument(
+        "--language",
+        dest="languages",
+        action="append",
+        default=None,
+        help="ISO-639-1 code of a language the model transcribes (repeatable; default: "
+        "meta.yaml's languages). The server refuses requests for other languages.",
+    )
+    parser.add_argument(
         "--trust-user-code",
         action="store_true",
         help="Include the bundle's own Python code (src/) and let its config use it. "
@@ -119,6 +127,7 @@ def main(args: argparse.Namespace) -> int:
             trust_user_code=args.trust_user_code,
             user_code_paths=args.user_code_paths,
             cachedir=args.cachedir,
+            languages=args.languages,
         )
         print(f"Model: {model.tag}")
         if args.bento:

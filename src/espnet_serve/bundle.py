@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from espnet_serve.errors import BundleMetadataError
 
@@ -36,6 +36,8 @@ class BundleMetadata(BaseModel):
         yaml_files: Artifact key to bundle-relative path of YAML configs.
         inference_config_key: Which artifact key is the inference config.
         user_code_paths: Bundle-relative import roots of recipe code.
+        languages: ISO-639-1 codes of the languages the model transcribes (``language``
+            with one code is accepted too).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -44,6 +46,20 @@ class BundleMetadata(BaseModel):
     yaml_files: dict[str, str] = Field(default_factory=dict)
     inference_config_key: str | None = None
     user_code_paths: list[str] | None = None
+    languages: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _language_as_languages(cls, values: Any) -> Any:
+        if isinstance(values, dict) and "languages" not in values and "language" in values:
+            language = values["language"]
+            return {**values, "languages": [language] if isinstance(language, str) else language}
+        return values
+
+    @field_validator("languages", mode="after")
+    @classmethod
+    def _lower_case_codes(cls, value: list[str]) -> list[str]:
+        return [str(code).strip().lower() for code in value]
 
     @field_validator("user_code_paths", mode="before")
     @classmethod

@@ -33,6 +33,7 @@ class ModelSpec(BaseModel):
         source_kind: ``tag``, ``archive`` or ``directory``.
         source_sha256: The archive's digest, for an archive.
         espnet_version: The espnet version ``meta.yaml`` recorded at packing ("" if none).
+        languages: ISO-639-1 codes the model transcribes (empty: not recorded).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -50,3 +51,4 @@ class ModelSpec(BaseModel):
     source_kind: str = ""
     source_sha256: str | None = None
     espnet_version: str = ""
+    languages: list[str] = Field(default_factory=list)

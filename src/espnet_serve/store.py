@@ -71,6 +71,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_DIRNAME = "bundle"
 DEFAULT_MODEL_NAME = "espnet-digits-asr"
+DEFAULT_MODEL_LANGUAGES = ("en",)
 TRUST_FLAG = "--trust-user-code"
 _INVALID_TAG_CHARS = re.compile(r"[^a-z0-9._-]+")
 _MAX_TAG_LENGTH = 63
@@ -88,6 +89,7 @@ class BundlePlan:
         task: ``asr``, ``st``, ... (from the ``<task>_train_config`` artifact key).
         input_key: The backend's input keyword.
         sample_rate: Sample rate the model expects (``frontend_conf.fs``).
+        languages: ISO-639-1 codes the model transcribes (``meta.yaml`` or given at import).
         user_code_included: Whether bundled user code was copied (trusted).
         user_code_paths: The bundle's user-code import roots.
         espnet_version: The espnet version recorded in ``meta.yaml`` at packing.
@@ -99,6 +101,7 @@ class BundlePlan:
     task: str = "unknown"
     input_key: str = DEFAULT_INPUT_KEY
     sample_rate: int = DEFAULT_SAMPLE_RATE
+    languages: list[str] = field(default_factory=list)
     user_code_included: bool = False
     user_code_paths: list[str] = field(default_factory=list)
     espnet_version: str = ""
@@ -231,7 +234,9 @@ def plan_bundle(
     files = {k: _member(root, f"files.{k}", v) for k, v in metadata.files.items()}
     yaml_files = {k: _member(root, f"yaml_files.{k}", v) for k, v in metadata.yaml_files.items()}
     plan = BundlePlan(
-        task=_task(list(yaml_files)), espnet_version=str(meta_document.get("espnet", ""))
+        task=_task(list(yaml_files)),
+        espnet_version=str(meta_document.get("espnet", "")),
+        languages=metadata.languages,
     )
 
     meta_changed = False
@@ -316,6 +321,7 @@ def stage_bundle(
     trust_user_code: bool = False,
     user_code_paths: Sequence[str] | None = None,
     cachedir: Path | None = None,
+    languages: Sequence[str] | None = None,
 ) -> tuple[ModelSpec, FetchedSource]:
     """Fetch a source and write its verified, relocatable bundle to ``target``.
 
@@ -331,6 +337,7 @@ def stage_bundle(
             its inference config to reference it.
         user_code_paths: Bundle-relative import roots overriding ``meta.yaml``.
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
+        languages: ISO-639-1 codes the model transcribes, replacing ``meta.yaml``'s.
 
     Returns:
         tuple[ModelSpec, FetchedSource]: The bundle's spec, and what was fetched.
@@ -363,6 +370,7 @@ def stage_bundle(
         source_kind=fetched.kind,
         source_sha256=fetched.archive_sha256,
         espnet_version=plan.espnet_version,
+        languages=list(languages) if languages is not None else plan.languages,
     )
     return spec, fetched
 
@@ -374,6 +382,7 @@ def import_bundle(
     trust_user_code: bool = False,
     user_code_paths: Sequence[str] | None = None,
     cachedir: Path | None = None,
+    languages: Sequence[str] | None = None,
 ) -> bentoml.Model:
     """Import a model into the BentoML model store as a verified, relocatable bundle.
 
@@ -383,6 +392,7 @@ def import_bundle(
         trust_user_code: Include the bundle's user code and allow its config to reference it.
         user_code_paths: Bundle-relative import roots overriding ``meta.yaml``.
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
+        languages: ISO-639-1 codes the model transcribes, replacing ``meta.yaml``'s.
 
     Returns:
         bentoml.Model: The stored model; its metadata is the bundle's :class:`ModelSpec`.
@@ -403,6 +413,7 @@ def import_bundle(
             trust_user_code=trust_user_code,
             user_code_paths=user_code_paths,
             cachedir=cachedir,
+            languages=languages,
         )
         labels = {
             "task": spec.task,
@@ -601,4 +612,6 @@ def ensure_default_model() -> bentoml.Tag:
     if latest is not None and latest.info.metadata.get("source_sha256") == digest:
         logger.info("Default model already in the store: %s", latest.tag)
         return latest.tag
-    return import_bundle(archive, name=DEFAULT_MODEL_NAME, trust_user_code=True).tag
+    return import_bundle(
+        archive, name=DEFAULT_MODEL_NAME, trust_user_code=True, languages=DEFAULT_MODEL_LANGUAGES
+    ).tag

@@ -8,8 +8,10 @@ by BentoML's own configuration loader. No cluster, no network, no helm binary.
 
 from __future__ import annotations
 
+import base64
 import copy
 import functools
+import hashlib
 import re
 from collections.abc import Iterator
 from pathlib import Path
@@ -32,6 +34,10 @@ CRD_KINDS = {("monitoring.coreos.com/v1", "ServiceMonitor")}
 # The Bento image's entrypoint appends $BENTO_PATH to `serve` / `start-http-server` args.
 BENTO_PATH = "/home/bentoml/bento"
 GPU = "nvidia.com/gpu"
+# API keys (auth.*): where the pods that serve clients find the key hashes.
+AUTH_DIR = "/etc/espnet-serve/auth"
+AUTH_ENV = ("ESPNET_SERVE_API_KEY_HASHES_FILE", "ESPNET_SERVE_PROTECT_METRICS")
+KEY_HASHES = [hashlib.sha256(key).hexdigest() for key in (b"client-key", b"prometheus-key")]
 
 # Value sets covering both modes and every optional object.
 VALUE_SETS: dict[str, dict[str, Any]] = {
@@ -102,6 +108,19 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         "serviceMonitor": {"enabled": False},
         "networkPolicy": {"enabled": True, "restrictEgress": True},
         "serviceAccount": {"create": False},
+    },
+    "combined-api-keys-protected-metrics": {
+        "auth": {"enabled": True, "keyHashes": KEY_HASHES, "protectMetrics": True},
+        "serviceMonitor": {
+            "enabled": True,
+            "authorization": {"secretName": "asr-metrics-key", "secretKey": "key"},
+        },
+    },
+    "split-api-keys-existing-secret": {
+        "mode": "split",
+        "auth": {"enabled": True, "existingSecret": "asr-api-keys", "secretKey": "hashes"},
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"enabled": True},
     },
 }
 
@@ -175,6 +194,20 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 def runs_model(deployment: dict[str, Any]) -> bool:
     return component(deployment) in {"server", "model"}
+
+
+def serves_clients(deployment: dict[str, Any]) -> bool:
+    return component(deployment) in {"server", "api"}
+
+
+def volume_at(deployment: dict[str, Any], mount_path: str) -> tuple[dict, dict] | None:
+    """The (volumeMount, volume) of the container mounted at ``mount_path``, if any."""
+    container = the_container(deployment)
+    mount = next((m for m in container["volumeMounts"] if m["mountPath"] == mount_path), None)
+    if mount is None:
+        return None
+    volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
+    return mount, volumes[mount["name"]]
 
 
 class Case(NamedTuple):
@@ -675,6 +708,15 @@ def test_service_monitor_scrapes_metrics_of_every_service(case: Case) -> None:
     selector = spec["selector"]["matchLabels"]
     assert all(selects(selector, s["metadata"]["labels"]) for s in services)
     assert all(any(p["name"] == "http" for p in s["spec"]["ports"]) for s in services)
+    credentials = vals["serviceMonitor"].get("authorization")
+    if credentials:
+        assert endpoint["authorization"] == {
+            "type": "Bearer",
+            "credentials": {"name": credentials["secretName"], "key": credentials["secretKey"]},
+        }
+    else:
+        assert "authorization" not in endpoint
+        assert not (vals["auth"]["enabled"] and vals["auth"]["protectMetrics"])
 
 
 def test_network_policy(case: Case) -> None:
@@ -727,6 +769,123 @@ def test_service_account(case: Case) -> None:
         assert pod_spec(deployment)["serviceAccountName"] == expected
 
 
+# --- API keys -------------------------------------------------------------------------------
+
+
+def test_api_keys_only_on_pods_that_serve_clients(case: Case) -> None:
+    vals, objects = case.vals, case.objects
+    auth = vals["auth"]
+    secrets = of_kind(objects, "Secret")
+    if not auth["enabled"]:
+        assert secrets == {}
+    elif auth["existingSecret"]:
+        assert secrets == {}, "an existing Secret is used, not created"
+    else:
+        assert set(secrets) == {f"{FULLNAME}-api-keys"}
+    secret_name = auth["existingSecret"] or f"{FULLNAME}-api-keys"
+    for name, deployment in of_kind(objects, "Deployment").items():
+        container = the_container(deployment)
+        env = env_of(container)
+        annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+        at_auth_dir = volume_at(deployment, AUTH_DIR)
+        if not (auth["enabled"] and serves_clients(deployment)):
+            # Keys off, or a split-mode model pod (only the API pods call it): nothing added.
+            assert not any(key in env for key in AUTH_ENV), name
+            assert at_auth_dir is None, name
+            assert not any("secret" in v for v in pod_spec(deployment)["volumes"]), name
+            assert "checksum/api-keys" not in annotations, name
+            continue
+        assert at_auth_dir is not None, name
+        mount, volume = at_auth_dir
+        assert mount["readOnly"] is True
+        key = auth["secretKey"]
+        assert volume["secret"] == {
+            "secretName": secret_name,
+            "items": [{"key": key, "path": key}],
+        }, name
+        assert env["ESPNET_SERVE_API_KEY_HASHES_FILE"] == f"{AUTH_DIR}/{key}"
+        assert env["ESPNET_SERVE_PROTECT_METRICS"] == str(auth["protectMetrics"]).lower()
+        assert ("checksum/api-keys" in annotations) == (not auth["existingSecret"]), name
+        # The read-only root filesystem and the probes stay as they are: probes need no key.
+        assert container["securityContext"]["readOnlyRootFilesystem"] is True
+        assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert "httpHeaders" not in container["livenessProbe"]["httpGet"]
+
+
+@pytest.mark.parametrize("mode", ["combined", "split"])
+def test_key_hashes_become_the_mounted_secret(chart: helm_python.Chart, mode: str) -> None:
+    values = {"mode": mode, "auth": {"enabled": True, "keyHashes": KEY_HASHES}}
+    objects = render(chart, values)
+    secret = of_kind(objects, "Secret")[f"{FULLNAME}-api-keys"]
+    assert secret["type"] == "Opaque"
+    assert set(secret["data"]) == {"api-key-hashes"}
+    assert base64.b64decode(secret["data"]["api-key-hashes"]).decode() == "\n".join(KEY_HASHES)
+    deployments = of_kind(objects, "Deployment")
+    public = FULLNAME if mode == "combined" else f"{FULLNAME}-api"
+    mount, volume = volume_at(deployments[public], AUTH_DIR)
+    assert mount == {"name": mount["name"], "mountPath": AUTH_DIR, "readOnly": True}
+    assert volume["secret"]["secretName"] == f"{FULLNAME}-api-keys"
+    env = env_of(the_container(deployments[public]))
+    assert env["ESPNET_SERVE_API_KEY_HASHES_FILE"] == f"{AUTH_DIR}/api-key-hashes"
+    assert env["ESPNET_SERVE_PROTECT_METRICS"] == "false"
+    if mode == "split":
+        model = deployments[f"{FULLNAME}-model"]
+        assert volume_at(model, AUTH_DIR) is None
+        assert "ESPNET_SERVE_API_KEY_HASHES_FILE" not in env_of(the_container(model))
+
+
+def test_existing_secret_is_mounted_not_created(chart: helm_python.Chart) -> None:
+    values = {"auth": {"enabled": True, "existingSecret": "asr-api-keys", "protectMetrics": True}}
+    objects = render(chart, values)
+    assert of_kind(objects, "Secret") == {}
+    deployment = of_kind(objects, "Deployment")[FULLNAME]
+    _, volume = volume_at(deployment, AUTH_DIR)
+    assert volume["secret"]["secretName"] == "asr-api-keys"
+    env = env_of(the_container(deployment))
+    assert env["ESPNET_SERVE_API_KEY_HASHES_FILE"] == f"{AUTH_DIR}/api-key-hashes"
+    assert env["ESPNET_SERVE_PROTECT_METRICS"] == "true"
+
+
+def test_auth_values_change_nothing_while_disabled(chart: helm_python.Chart) -> None:
+    for mode in ("combined", "split"):
+        idle = {
+            "enabled": False,
+            "keyHashes": KEY_HASHES,
+            "secretKey": "other",
+            "protectMetrics": True,
+        }
+        assert render(chart, {"mode": mode, "auth": idle}) == render(chart, {"mode": mode})
+
+
+def test_a_key_hash_change_rolls_the_pods(chart: helm_python.Chart) -> None:
+    def annotations(hashes: list[str]) -> dict[str, str]:
+        objects = render(chart, {"auth": {"enabled": True, "keyHashes": hashes}})
+        return of_kind(objects, "Deployment")[FULLNAME]["spec"]["template"]["metadata"][
+            "annotations"
+        ]
+
+    one, both = annotations(KEY_HASHES[:1]), annotations(KEY_HASHES)
+    assert one["checksum/api-keys"] != both["checksum/api-keys"]
+    assert one["checksum/config"] == both["checksum/config"]
+
+
+def test_protected_metrics_scraped_with_a_key(chart: helm_python.Chart) -> None:
+    values = {
+        "mode": "split",
+        "auth": {"enabled": True, "keyHashes": KEY_HASHES, "protectMetrics": True},
+        "serviceMonitor": {
+            "enabled": True,
+            "authorization": {"secretName": "asr-metrics-key", "secretKey": "key"},
+        },
+    }
+    (monitor,) = [o for o in render(chart, values) if o["kind"] == "ServiceMonitor"]
+    (endpoint,) = monitor["spec"]["endpoints"]
+    assert endpoint["authorization"] == {
+        "type": "Bearer",
+        "credentials": {"name": "asr-metrics-key", "key": "key"},
+    }
+
+
 def readme_values_examples() -> dict[str, dict[str, Any]]:
     """The ```yaml blocks under the "Values example" headings of deploy/README.md and README.md."""
     pattern = r"^### (Values example[^\n]*)\n.*?^```yaml\n(.*?)^```"
@@ -739,7 +898,7 @@ def readme_values_examples() -> dict[str, dict[str, Any]]:
 
 def test_readme_values_examples_render_and_validate(chart: helm_python.Chart) -> None:
     examples = readme_values_examples()
-    assert len(examples) == 3, list(examples)
+    assert len(examples) == 4, list(examples)
     assert {v["mode"] for v in examples.values()} == {"combined", "split"}
     for title, values in examples.items():
         objects = render(chart, values)
@@ -779,6 +938,21 @@ SCHEMA_REJECTS = [
     ({"server": {"autoscaling": {"minReplicas": 0}}}, r"minReplicas': minimum: got 0, want 1"),
     ({"server": {"tolerations": [{"operator": "Maybe"}]}}, r"operator': value must be one of"),
     ({"serviceMonitor": {"interval": "often"}}, r"/serviceMonitor/interval': 'often' does not"),
+    ({"auth": {"enabled": "yes"}}, r"/auth/enabled': got string, want boolean"),
+    ({"auth": {"keys": ["secret"]}}, r"additional properties 'keys' not allowed"),
+    # A hash must be sha256sum's 64 lowercase hex digits, without its "  -" suffix.
+    ({"auth": {"keyHashes": ["AB" * 32]}}, r"/auth/keyHashes/0': '(AB){32}' does not match"),
+    ({"auth": {"keyHashes": ["ab" * 31]}}, r"/auth/keyHashes/0': '(ab){31}' does not match"),
+    (
+        {"auth": {"keyHashes": ["ab" * 32 + "  -"]}},
+        r"/auth/keyHashes/0': '(ab)+  -' does not match pattern",
+    ),
+    ({"auth": {"existingSecret": "My_Keys"}}, r"/auth/existingSecret': 'My_Keys' does not match"),
+    ({"auth": {"secretKey": "a/b"}}, r"/auth/secretKey': 'a/b' does not match pattern"),
+    (
+        {"serviceMonitor": {"authorization": {"secretName": "asr-metrics-key"}}},
+        r"/serviceMonitor/authorization': missing property 'secretKey'",
+    ),
 ]
 
 
@@ -838,6 +1012,34 @@ TEMPLATE_REJECTS = [
             },
         },
         r"model.autoscaling.targetCPUUtilizationPercentage needs model.resources.requests.cpu",
+    ),
+    (
+        {"auth": {"enabled": True}},
+        r"auth.enabled needs the key hashes: set auth.existingSecret .* or auth.keyHashes",
+    ),
+    (
+        {"auth": {"enabled": True, "existingSecret": "asr-api-keys", "keyHashes": KEY_HASHES}},
+        r"auth: set only one of auth.existingSecret and auth.keyHashes",
+    ),
+    (
+        {
+            "mode": "split",
+            "auth": {"enabled": True, "existingSecret": "asr-api-keys", "protectMetrics": True},
+            "serviceMonitor": {"enabled": True},
+        },
+        r"auth.protectMetrics with serviceMonitor.enabled needs serviceMonitor.authorization",
+    ),
+    (
+        {"settings": {"ESPNET_SERVE_API_KEYS": "plain-key"}},
+        r"settings.ESPNET_SERVE_API_KEYS would put plain API keys into a ConfigMap",
+    ),
+    (
+        {"settings": {"ESPNET_SERVE_API_KEY_HASHES_FILE": "/keys"}},
+        r"settings.ESPNET_SERVE_API_KEY_HASHES_FILE is set by the chart from auth.enabled",
+    ),
+    (
+        {"settings": {"ESPNET_SERVE_PROTECT_METRICS": True}},
+        r"settings.ESPNET_SERVE_PROTECT_METRICS is set by the chart from auth.protectMetrics",
     ),
 ]
 

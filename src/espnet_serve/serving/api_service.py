@@ -11,7 +11,7 @@ import bentoml
 from fastapi import HTTPException
 
 from espnet_serve.serving.drain import InFlight, SigtermDrain
-from espnet_serve.serving.http_app import create_app
+from espnet_serve.serving.http_app import create_app, edge_middlewares
 from espnet_serve.serving.model_client import BentoModelClient
 from espnet_serve.serving.model_service import AsrModel
 from espnet_serve.serving.settings import get_settings
@@ -54,3 +54,7 @@ class Transcriber:
         if not readiness.ready:
             raise HTTPException(503, f"The model is not ready: {readiness.reason}")
         return True
+
+
+for _middleware, _options in edge_middlewares(settings):
+    Transcriber.add_asgi_middleware(_middleware, **_options)

@@ -17,14 +17,16 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from typing import Annotated
+from typing import Annotated, Any
 
 import anyio.to_thread
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
 from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from starlette.types import ASGIApp
 
 from espnet_serve.ingest import DecodedAudio, IngestLimits, check_content_type, decode_audio
 from espnet_serve.serving.admission import AdmissionMiddleware
+from espnet_serve.serving.auth import ApiKeyMiddleware, configured_key_hashes
 from espnet_serve.serving.drain import InFlight
 from espnet_serve.serving.http_errors import (
     ServiceError,
@@ -32,13 +34,17 @@ from espnet_serve.serving.http_errors import (
     internal_error,
     model_unavailable,
 )
+from espnet_serve.serving.languages import language_name
 from espnet_serve.serving.limits import BodySizeLimitMiddleware
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.model_client import ModelClient
+from espnet_serve.serving.request_id import RequestIdMiddleware
 from espnet_serve.serving.schemas import (
     ClipRequest,
     ErrorResponse,
     ModelInfo,
+    ModelList,
+    ModelObject,
     ResponseFormat,
     TranscribeResponse,
     TranscriptionResponse,
@@ -51,8 +57,9 @@ from espnet_serve.serving.settings import ServeSettings
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 TRANSCRIBE_ROUTE = "/transcribe"
 OPENAI_ROUTE = "/v1/audio/transcriptions"
+MODELS_ROUTE = "/v1/models"
 ERROR_RESPONSES: dict[int | str, dict] = {
-    status: {"model": ErrorResponse} for status in (400, 413, 415, 422, 500, 503, 504)
+    status: {"model": ErrorResponse} for status in (400, 401, 404, 413, 415, 422, 500, 503, 504)
 }
 
 
@@ -77,6 +84,39 @@ class Transcription:
                 raise model_unavailable(readiness.reason, self.settings.retry_after_seconds)
             self._info = await self.client.model_info()
         return self._info
+
+    async def served_model(self, requested: str) -> ModelInfo:
+        """The served model if ``requested`` names it (its tag, name or an alias), else 404."""
+        info = await self.info()
+        if requested in {info.tag, info.name, *self.settings.aliases()}:
+            return info
+        accepted = ", ".join(sorted({info.name, *self.settings.aliases()}))
+        raise ServiceError(
+            404,
+            "model_not_found",
+            f"The model {requested!r} does not exist: this server serves {info.tag!r} "
+            f"(also accepted: {accepted}).",
+        )
+
+    async def check_language(self, language: str | None) -> str:
+        """The full name of the language to report; 400 for a code the model cannot take."""
+        info = await self.info()
+        if language is None:
+            return language_name(info.languages[0]) if info.languages else "unknown"
+        name = language_name(language)
+        if name is None:
+            raise ServiceError(
+                400,
+                "invalid_language",
+                f"language {language!r} is not an ISO-639-1 code (e.g. 'en', 'de').",
+            )
+        if info.languages and language.lower() not in info.languages:
+            raise ServiceError(
+                400,
+                "unsupported_language",
+                f"This model transcribes {', '.join(info.languages)} only, not {language!r}.",
+            )
+        return name
 
     async def __call__(self, upload: UploadFile, route: str) -> tuple[str, DecodedAudio]:
         """Transcribe ``upload``; each failure is counted once, by kind, and re-raised."""
@@ -139,6 +179,27 @@ def _count_pending(delta: int) -> None:
     get_metrics().pending_requests.inc(delta)
 
 
+def edge_middlewares(settings: ServeSettings) -> list[tuple[type, dict[str, Any]]]:
+    """The middlewares around the whole service (BentoML's routes too), outermost first.
+
+    Request ids on everything; API keys, when configured, on all but the probes
+    (and ``/metrics`` unless ``protect_metrics``).
+    """
+    middlewares: list[tuple[type, dict[str, Any]]] = [(RequestIdMiddleware, {})]
+    key_hashes = configured_key_hashes(settings)
+    if key_hashes:
+        options = {"key_hashes": key_hashes, "protect_metrics": settings.protect_metrics}
+        middlewares.append((ApiKeyMiddleware, options))
+    return middlewares
+
+
+def with_edge_middlewares(app: ASGIApp, settings: ServeSettings) -> ASGIApp:
+    """``app`` wrapped in :func:`edge_middlewares`, as the BentoML service wraps it."""
+    for middleware, options in reversed(edge_middlewares(settings)):
+        app = middleware(app, **options)
+    return app
+
+
 def create_app(
     settings: ServeSettings, *, in_flight: InFlight, is_draining: Callable[[], bool]
 ) -> FastAPI:
@@ -170,6 +231,20 @@ def create_app(
     )
     install_error_handlers(app)
 
+    @app.get(MODELS_ROUTE, response_model=ModelList, responses=ERROR_RESPONSES)
+    async def list_models(transcriber: TranscriptionDep) -> ModelList:
+        """The served model, its store tag as the id (OpenAI's list format)."""
+        info = await transcriber.info()
+        return ModelList(data=[ModelObject(id=info.tag, created=info.created)])
+
+    @app.get(
+        MODELS_ROUTE + "/{model_id:path}", response_model=ModelObject, responses=ERROR_RESPONSES
+    )
+    async def retrieve_model(model_id: str, transcriber: TranscriptionDep) -> ModelObject:
+        """The served model under any name it answers to; 404 ``model_not_found`` otherwise."""
+        info = await transcriber.served_model(model_id)
+        return ModelObject(id=info.tag, created=info.created)
+
     @app.post(TRANSCRIBE_ROUTE, response_model=TranscribeResponse, responses=ERROR_RESPONSES)
     async def transcribe(
         file: Annotated[UploadFile, File()], transcriber: TranscriptionDep
@@ -195,14 +270,22 @@ def create_app(
         prompt: Annotated[str | None, Form()] = None,
         temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
     ) -> Response:
-        """OpenAI-compatible transcription (``model``, ``prompt`` and ``temperature`` unused)."""
+        """OpenAI-compatible transcription.
+
+        ``model`` must name the served model (404 otherwise); ``language`` must be an
+        ISO-639-1 code the model takes (400 otherwise); ``prompt`` and ``temperature``
+        are accepted and unused (the decoder takes no prompt and always decodes greedily
+        or by beam search as the bundle says).
+        """
+        await transcriber.served_model(model)
+        language_reported = await transcriber.check_language(language)
         text, audio = await transcriber(file, OPENAI_ROUTE)
         if response_format is ResponseFormat.TEXT:
             return PlainTextResponse(text)
         if response_format is ResponseFormat.VERBOSE_JSON:
             duration = audio.duration_seconds
             verbose = VerboseTranscriptionResponse(
-                language=language or "en",
+                language=language_reported,
                 duration=duration,
                 text=text,
                 segments=[TranscriptionSegment(id=0, start=0.0, end=duration, text=text)],

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from espnet_serve.ingest import AudioInputError
+from espnet_serve.serving.request_id import current_request_id
 from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
 
 logger = logging.getLogger(__name__)
@@ -41,7 +42,14 @@ def internal_error(
 ) -> ServiceError:
     """500: a fault of ours; logged with its traceback under an id the client also gets."""
     error_id = uuid.uuid4().hex[:16]
-    logger.error("Internal error %s (%s): %s", error_id, code, what, exc_info=cause)
+    logger.error(
+        "Internal error %s (%s), request %s: %s",
+        error_id,
+        code,
+        current_request_id(),
+        what,
+        exc_info=cause,
+    )
     return ServiceError(
         500,
         code,

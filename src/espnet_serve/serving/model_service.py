@@ -94,6 +94,8 @@ class AsrModel:
                 sha256=self._weights_sha256(metadata),
                 sample_rate=sample_rate,
                 min_samples=int(getattr(self.session.model, "min_samples", 0)),
+                languages=list(metadata.get("languages", [])),
+                created=int(self.bento_model.info.creation_time.timestamp()),
             )
             if settings.warmup:
                 warm_up(self.session, sample_rate)

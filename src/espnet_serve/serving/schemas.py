@@ -9,6 +9,8 @@ import numpy as np
 from bentoml.validators import TensorSchema
 from pydantic import BaseModel, Field
 
+from espnet_serve.serving.request_id import current_request_id
+
 
 class ResponseFormat(StrEnum):
     """``response_format`` values of ``/v1/audio/transcriptions`` that we support."""
@@ -44,6 +46,13 @@ class ModelInfo(BaseModel):
     sha256: str
     sample_rate: int
     min_samples: int = Field(default=0, description="Shortest input the model decodes.")
+    languages: list[str] = Field(default_factory=list, description="ISO-639-1 codes, if known.")
+    created: int = Field(default=0, description="When the model was imported (Unix time).")
+
+    @property
+    def tag(self) -> str:
+        """The model-store tag, the model's id on ``/v1/models``."""
+        return f"{self.name}:{self.version}"
 
 
 class Readiness(BaseModel):
@@ -92,6 +101,22 @@ class VerboseTranscriptionResponse(BaseModel):
     segments: list[TranscriptionSegment]
 
 
+class ModelObject(BaseModel):
+    """One model of ``GET /v1/models`` (OpenAI's model object)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "espnet-serve"
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
 class ErrorDetail(BaseModel):
     """The body of an error, in OpenAI's shape."""
 
@@ -101,6 +126,9 @@ class ErrorDetail(BaseModel):
     code: str | None = None
     error_id: str | None = Field(
         default=None, description="For a 500: the id of the server log line with the details."
+    )
+    request_id: str | None = Field(
+        default_factory=current_request_id, description="The request's X-Request-ID."
     )
 
 

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_TAG = "espnet-digits-asr:latest"
@@ -36,6 +37,13 @@ class ServeSettings(BaseSettings):
         drain_quiet_seconds: After SIGTERM, the model service exits once it has had
             no request in flight for this long (the API service may still be
             sending what it accepted).
+        model_aliases: Comma-separated model names accepted as the served model
+            (clients send ``whisper-1`` by habit).
+        api_keys: Comma-separated API keys; with these or ``api_key_hashes_file``,
+            every route but ``/livez`` and ``/readyz`` needs ``Authorization: Bearer``.
+        api_key_hashes_file: A file of key hashes (lowercase hex sha256 of each key,
+            one per line; ``#`` comments), e.g. a mounted Kubernetes Secret.
+        protect_metrics: Whether ``/metrics`` needs a key too (when keys are on).
         api_workers: Worker processes of the HTTP API service.
         gpu_count: GPUs the model service asks for (0 runs it on CPU).
         warmup: Decode a short silent clip before reporting ready.
@@ -56,9 +64,17 @@ class ServeSettings(BaseSettings):
     request_timeout_seconds: float = Field(default=120.0, gt=0)
     drain_timeout_seconds: float = Field(default=30.0, gt=0)
     drain_quiet_seconds: float = Field(default=2.0, ge=0)
+    model_aliases: str = "whisper-1"
+    api_keys: SecretStr | None = None
+    api_key_hashes_file: Path | None = None
+    protect_metrics: bool = False
     api_workers: int = Field(default=1, ge=1)
     gpu_count: int = Field(default=1, ge=0)
     warmup: bool = True
+
+    def aliases(self) -> frozenset[str]:
+        """The model names accepted as the served model besides its own."""
+        return frozenset(name.strip() for name in self.model_aliases.split(",") if name.strip())
 
 
 @lru_cache(maxsize=1)

@@ -70,6 +70,7 @@ The workloads of the selected mode, as a YAML list:
   name       Deployment / HPA / PDB name
   service    Service name
   runsModel  whether the pod loads the model (gets the GPU when gpu.enabled)
+  public     whether clients call it (gets the API keys when auth.enabled)
   bentoArgs  container args (passed to the Bento image's entrypoint)
 The API is always reachable at the Service named after the release's fullname.
 */}}
@@ -82,6 +83,7 @@ The API is always reachable at the Service named after the release's fullname.
   name: {{ $fullname }}
   service: {{ $fullname }}
   runsModel: true
+  public: true
   bentoArgs:
     - serve
     - --host
@@ -95,6 +97,7 @@ The API is always reachable at the Service named after the release's fullname.
   name: {{ $fullname }}-api
   service: {{ $fullname }}
   runsModel: false
+  public: true
   bentoArgs:
     - start-http-server
     - --service-name
@@ -111,6 +114,7 @@ The API is always reachable at the Service named after the release's fullname.
   name: {{ $fullname }}-model
   service: {{ $fullname }}-model
   runsModel: true
+  public: false
   bentoArgs:
     - start-http-server
     - --service-name
@@ -129,6 +133,21 @@ In split mode, the URL the API pods reach the model service at.
 */}}
 {{- define "espnet-serve.modelUrl" -}}
 {{- printf "http://%s-model.%s.svc:%v" (include "espnet-serve.fullname" .) .Release.Namespace .Values.model.service.port }}
+{{- end }}
+
+{{/*
+The Secret holding the API key hashes: auth.existingSecret, or the one the chart creates from
+auth.keyHashes.
+*/}}
+{{- define "espnet-serve.authSecretName" -}}
+{{- .Values.auth.existingSecret | default (printf "%s-api-keys" (include "espnet-serve.fullname" .)) }}
+{{- end }}
+
+{{/*
+Where the pods that serve clients mount the key hashes (auth.enabled).
+*/}}
+{{- define "espnet-serve.authMountPath" -}}
+/etc/espnet-serve/auth
 {{- end }}
 
 {{/*
@@ -157,9 +176,24 @@ Cross-field checks the JSON schema cannot express; fail with a message naming th
 {{- if and (not (kindIs "invalid" $g.terminationGracePeriodSeconds)) (le (int $g.terminationGracePeriodSeconds) (int $needed)) }}
 {{- fail (printf "gracefulShutdown.terminationGracePeriodSeconds (%v) must be longer than gracefulShutdown.preStopSleepSeconds + requestTimeoutSeconds + 5 (%v), or in-flight requests are killed on shutdown" $g.terminationGracePeriodSeconds $needed) }}
 {{- end }}
-{{- range $key, $from := dict "ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_GPU_COUNT" "gpu.enabled and gpu.count" }}
+{{- range $key, $from := dict "ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_GPU_COUNT" "gpu.enabled and gpu.count" "ESPNET_SERVE_API_KEY_HASHES_FILE" "auth.enabled with auth.existingSecret or auth.keyHashes" "ESPNET_SERVE_PROTECT_METRICS" "auth.protectMetrics" }}
 {{- if hasKey $.Values.settings $key }}
 {{- fail (printf "settings.%s is set by the chart from %s; set that instead" $key $from) }}
+{{- end }}
+{{- end }}
+{{- if hasKey .Values.settings "ESPNET_SERVE_API_KEYS" }}
+{{- fail "settings.ESPNET_SERVE_API_KEYS would put plain API keys into a ConfigMap: use auth.enabled with auth.existingSecret or auth.keyHashes (sha256 digests)" }}
+{{- end }}
+{{- $auth := .Values.auth }}
+{{- if $auth.enabled }}
+{{- if and (not $auth.existingSecret) (not $auth.keyHashes) }}
+{{- fail "auth.enabled needs the key hashes: set auth.existingSecret (a Secret holding them under auth.secretKey) or auth.keyHashes" }}
+{{- end }}
+{{- if and $auth.existingSecret $auth.keyHashes }}
+{{- fail "auth: set only one of auth.existingSecret and auth.keyHashes (the chart creates a Secret from keyHashes only without existingSecret)" }}
+{{- end }}
+{{- if and $auth.protectMetrics .Values.serviceMonitor.enabled (not .Values.serviceMonitor.authorization) }}
+{{- fail "auth.protectMetrics with serviceMonitor.enabled needs serviceMonitor.authorization (secretName, secretKey of a Secret holding a plain API key for Prometheus), or every scrape gets 401" }}
 {{- end }}
 {{- end }}
 {{- if hasKey .Values.bento.config "version" }}
