@@ -13,8 +13,9 @@ from collections.abc import Callable, Collection
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from espnet_serve.serving.asgi_errors import send_error
 from espnet_serve.serving.drain import InFlight
-from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
+from espnet_serve.serving.schemas import ErrorDetail
 
 # Past this many bytes of an unadmitted body, close the connection instead of reading on.
 DISCARD_LIMIT_BYTES = 1024 * 1024
@@ -87,18 +88,11 @@ class AdmissionMiddleware:
             if reason == "draining"
             else "The server is at capacity; retry shortly."
         )
-        body = ErrorResponse(
-            error=ErrorDetail(message=message, type="server_error", code=reason)
-        ).model_dump_json()
-        headers = [
-            (b"content-type", b"application/json"),
-            (b"content-length", str(len(body)).encode()),
-            (b"retry-after", str(self.retry_after_seconds).encode()),
-        ]
+        headers = [(b"retry-after", str(self.retry_after_seconds).encode())]
         if close:
             headers.append((b"connection", b"close"))
-        await send({"type": "http.response.start", "status": 503, "headers": headers})
-        await send({"type": "http.response.body", "body": body.encode()})
+        detail = ErrorDetail(message=message, type="server_error", code=reason)
+        await send_error(send, 503, detail, headers)
 
 
 async def _discard_body(receive: Receive) -> bool:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
+from espnet_serve.serving.asgi_errors import send_error
+from espnet_serve.serving.schemas import ErrorDetail
 from espnet_serve.serving.settings import ServeSettings
 
 PROBES = frozenset({"/livez", "/readyz"})
@@ -90,18 +91,5 @@ class ApiKeyMiddleware:
             if token is not None
             else "Missing API key: send it as 'Authorization: Bearer <key>'."
         )
-        body = ErrorResponse(
-            error=ErrorDetail(message=message, type="invalid_request_error", code="invalid_api_key")
-        ).model_dump_json()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 401,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"www-authenticate", b"Bearer"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        detail = ErrorDetail(message=message, type="invalid_request_error", code="invalid_api_key")
+        await send_error(send, 401, detail, [(b"www-authenticate", b"Bearer")])

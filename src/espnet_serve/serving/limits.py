@@ -5,7 +5,8 @@ from __future__ import annotations
 from fastapi import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from espnet_serve.serving.schemas import ErrorDetail, ErrorResponse
+from espnet_serve.serving.asgi_errors import send_error
+from espnet_serve.serving.schemas import ErrorDetail
 
 
 def body_too_large_detail(max_bytes: int) -> ErrorDetail:
@@ -54,16 +55,5 @@ class BodySizeLimitMiddleware:
         await self.app(scope, counting_receive, send)
 
     async def _reject(self, send: Send) -> None:
-        body = ErrorResponse(error=body_too_large_detail(self.max_bytes)).model_dump_json()
-        await send(
-            {
-                "type": "http.response.start",
-                "status": 413,
-                "headers": [
-                    (b"content-type", b"application/json"),
-                    (b"content-length", str(len(body)).encode()),
-                    (b"connection", b"close"),
-                ],
-            }
-        )
-        await send({"type": "http.response.body", "body": body.encode()})
+        detail = body_too_large_detail(self.max_bytes)
+        await send_error(send, 413, detail, [(b"connection", b"close")])
