@@ -1,5 +1,6 @@
 """BentoML entry point: ``bentoml serve service:Transcriber``."""
 
+import logging
 import os
 
 # The API service reaches the model service over loopback TCP, not a unix socket:
@@ -9,5 +10,9 @@ os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 from espnet_serve.serving.api_service import Transcriber
 from espnet_serve.serving.model_service import AsrModel
+
+# BentoML's server logging leaves the root logger at WARNING: keep our INFO lines (one access
+# line per request with its id, model ready, SIGTERM drain).
+logging.getLogger("espnet_serve").setLevel(logging.INFO)
 
 __all__ = ["AsrModel", "Transcriber"]

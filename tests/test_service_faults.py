@@ -82,9 +82,12 @@ def wav_bytes(seconds: float) -> bytes:
     return buffer.getvalue()
 
 
-def post(server: BentoServer, data: bytes) -> httpx.Response:
+def post(server: BentoServer, data: bytes, request_id: str = "") -> httpx.Response:
     return httpx.post(
-        f"{server.url}/transcribe", files={"file": ("a.wav", data, "audio/wav")}, timeout=60
+        f"{server.url}/transcribe",
+        files={"file": ("a.wav", data, "audio/wav")},
+        headers={"X-Request-ID": request_id} if request_id else None,
+        timeout=60,
     )
 
 
@@ -92,7 +95,7 @@ def test_a_backend_failure_is_a_500_with_an_error_id_counted_once(tmp_path, tiny
     bundle = faulty_bundle(tmp_path / "fails_long", tiny_experiment, limit_samples=2 * 16000)
     server = serve_bundle(tmp_path / "home", bundle, "fails-long")
     try:
-        failed = post(server, wav_bytes(3.0))
+        failed = post(server, wav_bytes(3.0), request_id="fault-req-1")
         fine = post(server, wav_bytes(1.0))
         metrics = httpx.get(f"{server.url}/metrics").text
         log = server.log()
@@ -103,6 +106,10 @@ def test_a_backend_failure_is_a_500_with_an_error_id_counted_once(tmp_path, tiny
     assert error["type"] == "server_error" and error["code"] == "decode_failed"
     assert error["error_id"] in error["message"]
     assert error["error_id"] in log and "broken on purpose" in log
+    # The request id is in the error body, the error log line and the access line.
+    assert failed.headers["x-request-id"] == error["request_id"] == "fault-req-1"
+    assert "request fault-req-1: the model failed" in log
+    assert "POST /transcribe 500" in log and "request_id=fault-req-1" in log
     assert fine.status_code == 200, fine.text
     assert 'espnet_serve_errors_total{kind="decode_failed"} 1.0' in metrics
 
