@@ -237,3 +237,48 @@ def test_a_backend_class_in_bundle_code_is_not_imported_without_trust(tiny_bundl
             artifacts_from_directory(bundle), backend_class="src.backend.Backend"
         )
     assert "src.backend" not in sys.modules
+
+
+def test_from_pretrained_unpacks_a_local_archive_once_through_the_safe_path(
+    espnet2_packed_archive, tmp_path, speech
+):
+    from espnet_serve.sources import UNPACKED_MARKER
+
+    load = {"trust_user_code": True, "downloader_kwargs": {"cachedir": tmp_path}}
+    first = InferenceSession.from_pretrained(str(espnet2_packed_archive), **load)
+    (unpacked,) = [path for path in tmp_path.iterdir() if not path.name.startswith(".")]
+    assert (unpacked / UNPACKED_MARKER).is_file()
+    assert first.bundle_root == unpacked
+    again = InferenceSession.from_pretrained(str(espnet2_packed_archive), **load)
+    assert again.bundle_root == unpacked and again(speech) == first(speech)
+
+
+def test_unpacking_rebinds_config_paths_as_espnet2_does(tmp_path):
+    import tarfile
+
+    import yaml
+
+    from espnet_serve.errors import BundleMetadataError
+    from espnet_serve.sources import unpack_bundle_archive
+
+    def packed(name: str, meta: dict) -> Path:
+        src = tmp_path / name
+        (src / "exp").mkdir(parents=True)
+        (src / "exp" / "stats.npz").write_bytes(b"stats")
+        (src / "exp" / "config.yaml").write_text(yaml.safe_dump({"stats": "exp/stats.npz", "n": 3}))
+        (src / "meta.yaml").write_text(yaml.safe_dump(meta))
+        archive = tmp_path / f"{name}.tar.gz"
+        with tarfile.open(archive, "w:gz") as tar:
+            for path in sorted(src.rglob("*")):
+                tar.add(path, arcname=path.relative_to(src).as_posix(), recursive=False)
+        return archive
+
+    good = {"files": {"stats_file": "exp/stats.npz"}, "yaml_files": {"cfg": "exp/config.yaml"}}
+    artifacts = unpack_bundle_archive(packed("good", good), tmp_path / "cache")
+    config = yaml.safe_load(Path(artifacts["cfg"]).read_text())
+    assert config == {"stats": artifacts["stats_file"], "n": 3}
+    assert Path(artifacts["stats_file"]).read_bytes() == b"stats"
+    outside = {"files": {}, "yaml_files": {"cfg": "../../escape.yaml"}}
+    with pytest.raises(BundleMetadataError, match="outside"):
+        unpack_bundle_archive(packed("bad", outside), tmp_path / "cache")
+    assert not (tmp_path / "escape.yaml").exists()

@@ -16,7 +16,6 @@ from typing import Any
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from espnet_serve.archive import check_archive
 from espnet_serve.bundle import (
     DEFAULT_INPUT_KEY,
     BundleMetadata,
@@ -34,6 +33,7 @@ from espnet_serve.config import (
 )
 from espnet_serve.errors import BackendResolutionError
 from espnet_serve.imports import import_object, resolve_object
+from espnet_serve.sources import unpack_bundle_archive
 from espnet_serve.usercode import (
     DEFAULT_USER_CODE_PATHS,
     activate_user_code,
@@ -485,11 +485,12 @@ class InferenceSession:
         if local.is_dir():
             artifacts = artifacts_from_directory(local)
         else:
-            if local.is_file():
-                # espnet2's unpack extracts without any filter: inspect the archive first.
-                check_archive(local)
             downloader = resolve_object(downloader_class)(**dict(downloader_kwargs or {}))
-            artifacts = downloader.download_and_unpack(model_tag)
+            if local.is_file():
+                # espnet2's unpack extracts without any filter: the same result, extracted safely.
+                artifacts = unpack_bundle_archive(local, Path(downloader.cachedir))
+            else:
+                artifacts = downloader.download_and_unpack(model_tag)
         return cls._build(artifacts, backend_class, options, backend_kwargs)
 
     # ----------------------------------------------------------------- inference

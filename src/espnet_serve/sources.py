@@ -107,3 +107,82 @@ def fetch_source(source: str | Path, workdir: Path, cachedir: Path | None = None
         name=tag,
         archive_sha256=file_sha256(fetched),
     )
+
+
+UNPACKED_MARKER = ".espnet-serve-unpacked"
+
+
+def unpack_bundle_archive(archive: Path, cachedir: Path) -> dict[str, str]:
+    """Unpack a packed model as espnet2's ``unpack`` does, through the safe extraction.
+
+    The result is espnet2's: the archive lands under ``cachedir`` (one directory per
+    archive digest, reused once complete), each ``yaml_files`` config gets its member
+    paths rewritten to absolute ones (espnet2's ``find_path_and_change_it_recursive``),
+    and the artifact keys of ``meta.yaml`` map to their paths.
+
+    Args:
+        archive: A ``.tar.gz`` / ``.tgz`` / ``.tar`` / ``.zip`` with ``meta.yaml`` at its root.
+        cachedir: Where unpacked archives are kept.
+
+    Returns:
+        dict[str, str]: Artifact key -> absolute path.
+
+    Raises:
+        UnsafeArchiveError: If the archive could write outside its target or is too big.
+        BundleMetadataError: If ``meta.yaml`` is missing, malformed or names paths outside.
+    """
+    import shutil
+    import tempfile
+
+    target = cachedir / f"{_archive_stem(archive)}-{file_sha256(archive)[:16]}"
+    if not (target / UNPACKED_MARKER).is_file():
+        cachedir.mkdir(parents=True, exist_ok=True)
+        staging = Path(tempfile.mkdtemp(prefix=".unpacking-", dir=cachedir))
+        try:
+            _unpack_into(archive, staging, final_root=target)
+            (staging / UNPACKED_MARKER).touch()
+            shutil.rmtree(target, ignore_errors=True)
+            staging.rename(target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    entries = _meta_entries(archive, target)
+    return {key: str(target / relpath) for key, relpath in entries.items()}
+
+
+def _meta_entries(archive: Path, root: Path) -> dict[str, str]:
+    """``meta.yaml``'s ``yaml_files`` and ``files``, each checked to lie inside ``root``."""
+    import yaml
+
+    from espnet_serve.errors import BundleMetadataError
+
+    meta_path = root / "meta.yaml"
+    meta = yaml.safe_load(meta_path.read_text(encoding="utf-8")) if meta_path.is_file() else None
+    if not isinstance(meta, dict) or not isinstance(meta.get("yaml_files", {}), dict):
+        raise BundleMetadataError(f"{archive}: no meta.yaml with 'files' and 'yaml_files'.")
+    entries = {**meta.get("yaml_files", {}), **(meta.get("files") or {})}
+    for key, relpath in entries.items():
+        if not (root / str(relpath)).resolve().is_relative_to(root.resolve()):
+            raise BundleMetadataError(f"{archive}: meta.yaml {key}: {relpath!r} is outside it.")
+    return {key: str(relpath) for key, relpath in entries.items()}
+
+
+def _unpack_into(archive: Path, target: Path, *, final_root: Path) -> None:
+    """Safe-extract ``archive`` into ``target``; bind its configs' member paths to ``final_root``.
+
+    ``target`` is a staging directory that is renamed to ``final_root`` once complete.
+    """
+    import yaml
+    from espnet2.main_funcs.pack_funcs import find_path_and_change_it_recursive
+
+    safe_extract(archive, target)
+    yaml_files = _meta_entries(archive, target)
+    members = sorted(
+        path.relative_to(target).as_posix() for path in target.rglob("*") if path.is_file()
+    )
+    meta = yaml.safe_load((target / "meta.yaml").read_text(encoding="utf-8"))
+    for key in meta.get("yaml_files", {}):
+        config_path = target / yaml_files[key]
+        document = yaml.safe_load(config_path.read_text(encoding="utf-8"))
+        for member in members:
+            document = find_path_and_change_it_recursive(document, member, str(final_root / member))
+        config_path.write_text(yaml.safe_dump(document), encoding="utf-8")
