@@ -57,8 +57,8 @@ async def level(
                 statuses["200"] += 1
             except openai.APIStatusError as exc:
                 statuses[str(exc.status_code)] += 1
-            except openai.APIConnectionError:
-                statuses["connection error"] += 1
+            except openai.APIConnectionError as exc:
+                statuses[f"connection error ({exc.__cause__!r})"] += 1
 
     await asyncio.gather(*(worker() for _ in range(concurrency)))
     return statuses, wrong
