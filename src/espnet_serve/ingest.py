@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,24 +169,71 @@ def check_content_type(content_type: str | None) -> None:
     raise UnsupportedMediaTypeError(f"content type {media_type!r} is not audio; {_SUPPORTED}")
 
 
-def decode_audio(
-    source: bytes | str | Path, *, target_rate: int, limits: IngestLimits
-) -> DecodedAudio:
-    """Decode an audio file, mix it down to mono and resample it to ``target_rate``.
+@dataclass(frozen=True)
+class SourceInfo:
+    """What the source file is, from its header.
+
+    Attributes:
+        sample_rate: The file's sample rate.
+        channels: The file's channel count (mixed down by averaging).
+        format: libsndfile's format name (``WAV``, ``FLAC``, ``OGG``, ``MP3``, ...).
+        declared_seconds: The duration the header declares, if it declares one.
+    """
+
+    sample_rate: int
+    channels: int
+    format: str
+    declared_seconds: float | None
+
+
+class AudioStream:
+    """An opened, header-checked audio file, read block by block at the target rate.
+
+    Made by :func:`open_audio_stream`. Iterating yields mono float32 blocks at
+    ``target_rate`` (at most about one second of source audio each) until the
+    end of the file; :attr:`samples_read` counts what was yielded so far.
+    """
+
+    def __init__(
+        self, sound: sf.SoundFile, target_rate: int, limits: IngestLimits, declared: int | None
+    ) -> None:
+        self.info = SourceInfo(
+            sample_rate=sound.samplerate,
+            channels=sound.channels,
+            format=str(sound.format),
+            declared_seconds=None if declared is None else declared / sound.samplerate,
+        )
+        self.target_rate = target_rate
+        self.samples_read = 0
+        self._sound = sound
+        self._limits = limits
+        self._declared = declared
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        for block in _mono_blocks(self._sound, self.target_rate, self._limits, self._declared):
+            self.samples_read += len(block)
+            yield block
+
+
+@contextlib.contextmanager
+def open_audio_stream(
+    source: bytes | str | Path | BinaryIO, *, target_rate: int, limits: IngestLimits
+) -> Iterator[AudioStream]:
+    """Open an audio file for reading in blocks, after checking its header.
 
     Args:
-        source: The file's bytes, or its path.
+        source: The file's bytes, its path, or a seekable binary file object
+            (e.g. an upload spooled to disk).
         target_rate: Sample rate the model expects.
-        limits: What to accept.
+        limits: What to accept (``min_samples`` is checked by :func:`decode_audio`
+            only: a stream's length is known at its end).
 
-    Returns:
-        DecodedAudio: The waveform, ready for the model.
+    Yields:
+        AudioStream: Iterate it for the samples; errors surface while iterating.
 
     Raises:
-        AudioInputError: A subclass for each way the audio can be refused; for
-            bytes, nothing else escapes.
-        FileNotFoundError: If ``source`` is a path that does not exist (other
-            ``OSError`` for unreadable paths).
+        AudioInputError: A subclass for each way the audio can be refused.
+        FileNotFoundError: If ``source`` is a path that does not exist.
         ValueError: If ``target_rate`` is not positive.
     """
     if target_rate < 1:
@@ -205,15 +251,40 @@ def decode_audio(
                     f"{data_chunk.declared_bytes} bytes of audio data, the file holds "
                     f"{max(data_chunk.present_bytes, 0)}"
                 )
-            samples = _read_mono(sound, target_rate, limits, declared_frames)
-            _check_length(len(samples), target_rate, limits.min_samples)
-            return DecodedAudio(
-                samples=samples,
-                sample_rate=target_rate,
-                source_sample_rate=sound.samplerate,
-                source_channels=sound.channels,
-                source_format=str(sound.format),
-            )
+            yield AudioStream(sound, target_rate, limits, declared_frames)
+
+
+def decode_audio(
+    source: bytes | str | Path | BinaryIO, *, target_rate: int, limits: IngestLimits
+) -> DecodedAudio:
+    """Decode an audio file, mix it down to mono and resample it to ``target_rate``.
+
+    Args:
+        source: The file's bytes, its path, or a seekable binary file object.
+        target_rate: Sample rate the model expects.
+        limits: What to accept.
+
+    Returns:
+        DecodedAudio: The waveform, ready for the model.
+
+    Raises:
+        AudioInputError: A subclass for each way the audio can be refused; for
+            bytes, nothing else escapes.
+        FileNotFoundError: If ``source`` is a path that does not exist (other
+            ``OSError`` for unreadable paths).
+        ValueError: If ``target_rate`` is not positive.
+    """
+    with open_audio_stream(source, target_rate=target_rate, limits=limits) as audio:
+        pieces = list(audio)
+        samples = np.concatenate(pieces) if len(pieces) > 1 else np.ascontiguousarray(pieces[0])
+        check_length(len(samples), target_rate, limits.min_samples)
+        return DecodedAudio(
+            samples=samples,
+            sample_rate=target_rate,
+            source_sample_rate=audio.info.sample_rate,
+            source_channels=audio.info.channels,
+            source_format=audio.info.format,
+        )
 
 
 def read_audio_file(
@@ -239,10 +310,13 @@ def read_audio_file(
 
 
 @contextlib.contextmanager
-def _open_source(source: bytes | str | Path) -> Iterator[BinaryIO]:
-    """A seekable binary stream over the bytes or the file."""
+def _open_source(source: bytes | str | Path | BinaryIO) -> Iterator[BinaryIO]:
+    """A seekable binary stream over the bytes, the file object or the file."""
     if isinstance(source, bytes | bytearray | memoryview):
         yield io.BytesIO(source)
+        return
+    if not isinstance(source, str | Path):
+        yield source
         return
     with Path(source).open("rb") as stream:
         yield stream
@@ -278,19 +352,18 @@ def _check_header(sound: sf.SoundFile, limits: IngestLimits) -> int | None:
     return frames
 
 
-def _read_mono(
+def _mono_blocks(
     sound: sf.SoundFile, target_rate: int, limits: IngestLimits, declared_frames: int | None
-) -> np.ndarray:
-    """Read ``sound`` block by block: mono float32 at ``target_rate``."""
+) -> Iterator[np.ndarray]:
+    """Read ``sound`` block by block: mono float32 blocks at ``target_rate``."""
     rate, channels = sound.samplerate, sound.channels
-    max_frames = math.floor(limits.max_seconds * rate)
+    max_frames = limits.max_seconds * rate  # may be infinite
     block_frames = max(1, min(rate, BLOCK_SAMPLES // channels))
     resampler = (
         None
         if rate == target_rate
         else soxr.ResampleStream(rate, target_rate, 1, dtype="float32", quality=RESAMPLER_QUALITY)
     )
-    pieces: list[np.ndarray] = []
     frames_read = 0
     while True:
         try:
@@ -303,17 +376,16 @@ def _read_mono(
         if frames_read > max_frames:
             raise AudioTooLargeError(f"audio is longer than the {limits.max_seconds:g} s limit")
         with np.errstate(all="ignore"):  # inf - inf, overflow: refused just below
-            mono = block[:, 0] if channels == 1 else block.mean(axis=1, dtype=np.float32)
+            mono = block[:, 0].copy() if channels == 1 else block.mean(axis=1, dtype=np.float32)
         if not np.isfinite(mono).all():
             raise UndecodableAudioError("the audio holds NaN or infinite sample values")
-        pieces.append(mono if resampler is None else resampler.resample_chunk(mono))
+        yield mono if resampler is None else resampler.resample_chunk(mono)
     if frames_read == 0:
         raise EmptyAudioError("the audio file holds no samples")
     if sound.format == "FLAC" and declared_frames is not None and frames_read < declared_frames:
         raise _damaged(sound, frames_read, declared_frames)
     if resampler is not None:
-        pieces.append(resampler.resample_chunk(np.zeros(0, np.float32), last=True))
-    return np.concatenate(pieces) if len(pieces) > 1 else np.ascontiguousarray(pieces[0])
+        yield resampler.resample_chunk(np.zeros(0, np.float32), last=True)
 
 
 def _damaged(sound: sf.SoundFile, frames_read: int, declared_frames: int | None) -> AudioInputError:
@@ -334,8 +406,14 @@ def _damaged(sound: sf.SoundFile, frames_read: int, declared_frames: int | None)
     )
 
 
-def _check_length(count: int, rate: int, min_samples: int) -> None:
-    """Raise ``AudioTooShortError`` for fewer than ``min_samples`` (at least one) samples."""
+def check_length(count: int, rate: int, min_samples: int) -> None:
+    """Raise ``AudioTooShortError`` for fewer than ``min_samples`` (at least one) samples.
+
+    Args:
+        count: Samples decoded.
+        rate: Their sample rate.
+        min_samples: The model's shortest input.
+    """
     if count >= max(min_samples, 1):
         return
     have = f"{count} sample{'' if count == 1 else 's'} ({_milliseconds(count, rate)} ms)"

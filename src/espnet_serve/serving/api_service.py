@@ -33,7 +33,7 @@ app = create_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAI
 @bentoml.service(
     name="Transcriber",
     workers=settings.api_workers,
-    traffic={"timeout": settings.request_timeout_seconds},
+    traffic={"timeout": settings.api_timeout_seconds},
 )
 @bentoml.asgi_app(app)
 class Transcriber:

@@ -3,8 +3,8 @@
 Routes (FastAPI):
     ``POST /transcribe``: multipart ``file``; JSON ``TranscribeResponse``.
     ``POST /v1/audio/transcriptions``: OpenAI-compatible (``file``, ``model``,
-    ``response_format`` json/text/verbose_json; ``language``, ``prompt``,
-    ``temperature`` accepted).
+    ``response_format`` json/text/verbose_json/srt/vtt, ``timestamp_granularities[]``,
+    ``stream``; ``language``, ``prompt``, ``temperature`` accepted).
 
 :func:`create_app` makes the app; whoever runs it sets ``app.state.model_client``
 (a :class:`~espnet_serve.serving.model_client.ModelClient`): the BentoML service
@@ -15,43 +15,33 @@ before the upload is read, decoding runs off the event loop.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 from typing import Annotated, Any
 
-import anyio.to_thread
 from fastapi import Depends, FastAPI, File, Form, Request, UploadFile
-from fastapi.responses import JSONResponse, PlainTextResponse, Response
+from fastapi.responses import Response
 from starlette.types import ASGIApp
 
-from espnet_serve.ingest import DecodedAudio, IngestLimits, check_content_type, decode_audio
 from espnet_serve.serving.admission import AdmissionMiddleware
 from espnet_serve.serving.auth import ApiKeyMiddleware, configured_key_hashes
 from espnet_serve.serving.drain import InFlight
-from espnet_serve.serving.http_errors import (
-    ServiceError,
-    install_error_handlers,
-    internal_error,
-    model_unavailable,
-)
-from espnet_serve.serving.languages import language_name
+from espnet_serve.serving.http_errors import ServiceError, install_error_handlers
 from espnet_serve.serving.limits import BodySizeLimitMiddleware
 from espnet_serve.serving.metrics import get_metrics
-from espnet_serve.serving.model_client import ModelClient
+from espnet_serve.serving.openai_formats import event_stream, formatted_response
 from espnet_serve.serving.request_id import RequestIdMiddleware
 from espnet_serve.serving.schemas import (
-    ClipRequest,
     ErrorResponse,
-    ModelInfo,
     ModelList,
     ModelObject,
     ResponseFormat,
+    TimestampGranularity,
     TranscribeResponse,
     TranscriptionResponse,
-    TranscriptionSegment,
     VerboseTranscriptionResponse,
 )
 from espnet_serve.serving.settings import ServeSettings
+from espnet_serve.serving.transcription import Transcription
 
 # Room for the multipart envelope and the small form fields around the file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -63,101 +53,23 @@ ERROR_RESPONSES: dict[int | str, dict] = {
 }
 
 
-class Transcription:
-    """Decodes an upload and transcribes it through the model client, counting the outcome.
-
-    Args:
-        settings: The service settings (limits, ``Retry-After``).
-        client: The model service.
-    """
-
-    def __init__(self, settings: ServeSettings, client: ModelClient) -> None:
-        self.settings = settings
-        self.client = client
-        self._info: ModelInfo | None = None
-
-    async def info(self) -> ModelInfo:
-        """The served model's info, fetched once it is ready (503 with the reason before)."""
-        if self._info is None:
-            readiness = await self.client.readiness()
-            if not readiness.ready:
-                raise model_unavailable(readiness.reason, self.settings.retry_after_seconds)
-            self._info = await self.client.model_info()
-        return self._info
-
-    async def served_model(self, requested: str) -> ModelInfo:
-        """The served model if ``requested`` names it (its tag, name or an alias), else 404."""
-        info = await self.info()
-        if requested in {info.tag, info.name, *self.settings.aliases()}:
-            return info
-        accepted = ", ".join(sorted({info.name, *self.settings.aliases()}))
+def _check_format_options(response_format: ResponseFormat, *, stream: bool, words: bool) -> None:
+    """400 for option combinations OpenAI refuses too."""
+    if words and response_format is not ResponseFormat.VERBOSE_JSON:
         raise ServiceError(
-            404,
-            "model_not_found",
-            f"The model {requested!r} does not exist: this server serves {info.tag!r} "
-            f"(also accepted: {accepted}).",
+            400,
+            "invalid_request",
+            "timestamp_granularities[] needs response_format=verbose_json.",
+            param="timestamp_granularities[]",
         )
-
-    async def check_language(self, language: str | None) -> str:
-        """The full name of the language to report; 400 for a code the model cannot take."""
-        info = await self.info()
-        if language is None:
-            return language_name(info.languages[0]) if info.languages else "unknown"
-        name = language_name(language)
-        if name is None:
-            raise ServiceError(
-                400,
-                "invalid_language",
-                f"language {language!r} is not an ISO-639-1 code (e.g. 'en', 'de').",
-            )
-        if info.languages and language.lower() not in info.languages:
-            raise ServiceError(
-                400,
-                "unsupported_language",
-                f"This model transcribes {', '.join(info.languages)} only, not {language!r}.",
-            )
-        return name
-
-    async def __call__(self, upload: UploadFile, route: str) -> tuple[str, DecodedAudio]:
-        """Transcribe ``upload``; each failure is counted once, by kind, and re-raised."""
-        metrics = get_metrics()
-        try:
-            audio = await self._decode(upload, await self.info())
-            text = await self._transcribe(audio)
-        except Exception as exc:
-            kind = getattr(exc, "kind", None) or getattr(exc, "code", None) or "internal_error"
-            metrics.errors.labels(kind).inc()
-            metrics.requests.labels(route, "error").inc()
-            raise
-        metrics.requests.labels(route, "ok").inc()
-        return text, audio
-
-    async def _decode(self, upload: UploadFile, info: ModelInfo) -> DecodedAudio:
-        """Check the declared type and size, then decode (off the event loop)."""
-        check_content_type(upload.content_type)
-        max_bytes = self.settings.max_audio_bytes
-        data = await upload.read(max_bytes + 1)
-        if len(data) > max_bytes:
-            raise ServiceError(413, "audio_too_large", f"File is over {max_bytes} bytes.")
-        limits = IngestLimits(
-            min_sample_rate=self.settings.min_sample_rate,
-            max_sample_rate=self.settings.max_sample_rate,
-            max_channels=self.settings.max_channels,
-            max_seconds=self.settings.max_audio_seconds,
-            min_samples=info.min_samples,
+    if stream and response_format not in (ResponseFormat.JSON, ResponseFormat.TEXT):
+        raise ServiceError(
+            400,
+            "invalid_request",
+            f"stream=true sends text events; response_format {response_format.value} "
+            "cannot be streamed (use json or text).",
+            param="stream",
         )
-        return await anyio.to_thread.run_sync(
-            lambda: decode_audio(data, target_rate=info.sample_rate, limits=limits)
-        )
-
-    async def _transcribe(self, audio: DecodedAudio) -> str:
-        result = await self.client.transcribe(ClipRequest(audio=audio.samples, sent_at=time.time()))
-        if result.text is not None:
-            return result.text
-        kind = result.error_kind or "decode_failed"
-        if result.client_error:
-            raise ServiceError(400, kind, f"The model cannot decode this audio: {result.error}")
-        raise internal_error(f"the model failed to decode the clip ({result.error})", code=kind)
 
 
 def transcription(request: Request) -> Transcription:
@@ -249,11 +161,11 @@ def create_app(
     async def transcribe(
         file: Annotated[UploadFile, File()], transcriber: TranscriptionDep
     ) -> TranscribeResponse:
-        """Transcribe one audio file (WAV, FLAC, OGG, MP3, ...)."""
-        text, audio = await transcriber(file, TRANSCRIBE_ROUTE)
+        """Transcribe one audio file (WAV, FLAC, OGG, MP3, ...) of any length up to the limit."""
+        transcript = await transcriber.transcript(file, TRANSCRIBE_ROUTE)
         info = await transcriber.info()
         return TranscribeResponse(
-            text=text, duration_seconds=audio.duration_seconds, model=info.name
+            text=transcript.text, duration_seconds=transcript.duration, model=info.name
         )
 
     @app.post(
@@ -269,28 +181,33 @@ def create_app(
         language: Annotated[str | None, Form()] = None,
         prompt: Annotated[str | None, Form()] = None,
         temperature: Annotated[float, Form(ge=0.0, le=1.0)] = 0.0,
+        stream: Annotated[bool, Form()] = False,
+        timestamp_granularities: Annotated[
+            list[TimestampGranularity] | None, Form(alias="timestamp_granularities[]")
+        ] = None,
     ) -> Response:
         """OpenAI-compatible transcription.
 
         ``model`` must name the served model (404 otherwise); ``language`` must be an
         ISO-639-1 code the model takes (400 otherwise); ``prompt`` and ``temperature``
         are accepted and unused (the decoder takes no prompt and always decodes greedily
-        or by beam search as the bundle says).
+        or by beam search as the bundle says). ``response_format`` ``srt``/``vtt`` give
+        subtitles, ``verbose_json`` timed segments (and words with
+        ``timestamp_granularities[]=word``); ``stream=true`` sends server-sent events.
         """
+        words = TimestampGranularity.WORD in (timestamp_granularities or [])
+        _check_format_options(response_format, stream=stream, words=words)
         await transcriber.served_model(model)
         language_reported = await transcriber.check_language(language)
-        text, audio = await transcriber(file, OPENAI_ROUTE)
-        if response_format is ResponseFormat.TEXT:
-            return PlainTextResponse(text)
-        if response_format is ResponseFormat.VERBOSE_JSON:
-            duration = audio.duration_seconds
-            verbose = VerboseTranscriptionResponse(
-                language=language_reported,
-                duration=duration,
-                text=text,
-                segments=[TranscriptionSegment(id=0, start=0.0, end=duration, text=text)],
-            )
-            return JSONResponse(verbose.model_dump())
-        return JSONResponse(TranscriptionResponse(text=text).model_dump())
+        if words:
+            await transcriber.check_word_timestamps()
+        verbose = response_format is ResponseFormat.VERBOSE_JSON
+        if stream:
+            opened = await transcriber.open(file, OPENAI_ROUTE)
+            return event_stream(transcriber.segments(opened, OPENAI_ROUTE))
+        transcript = await transcriber.transcript(file, OPENAI_ROUTE, align=verbose)
+        return formatted_response(
+            transcript, response_format, language=language_reported, words=words
+        )
 
     return app

@@ -28,6 +28,7 @@ class ServiceError(Exception):
         headers: dict[str, str] | None = None,
         *,
         error_id: str | None = None,
+        param: str | None = None,
     ) -> None:
         super().__init__(message)
         self.status_code = status_code
@@ -35,6 +36,7 @@ class ServiceError(Exception):
         self.message = message
         self.headers = headers or {}
         self.error_id = error_id
+        self.param = param
 
 
 def internal_error(
@@ -78,6 +80,25 @@ def model_unavailable(reason: str, retry_after_seconds: int) -> ServiceError:
     )
 
 
+def error_body(exc: BaseException) -> tuple[int, ErrorResponse]:
+    """The status and body an exception is answered with (logged with an id if unexpected)."""
+    if isinstance(exc, AudioInputError):
+        detail = ErrorDetail(
+            message=str(exc), type="invalid_request_error", param="file", code=exc.kind
+        )
+        return exc.status_code, ErrorResponse(error=detail)
+    if not isinstance(exc, ServiceError):
+        exc = internal_error(f"unexpected {type(exc).__name__}", exc)
+    detail = ErrorDetail(
+        message=exc.message,
+        type=_error_type(exc.status_code),
+        param=exc.param,
+        code=exc.code,
+        error_id=exc.error_id,
+    )
+    return exc.status_code, ErrorResponse(error=detail)
+
+
 def _error_json(
     status_code: int,
     message: str,
@@ -100,21 +121,14 @@ def _error_type(status_code: int) -> str:
 
 async def _audio_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, AudioInputError)
-    return _error_json(
-        exc.status_code, str(exc), kind="invalid_request_error", code=exc.kind, param="file"
-    )
+    status, body = error_body(exc)
+    return JSONResponse(body.model_dump(), status_code=status)
 
 
 async def _service_error(_: Request, exc: Exception) -> JSONResponse:
     assert isinstance(exc, ServiceError)
-    return _error_json(
-        exc.status_code,
-        exc.message,
-        kind=_error_type(exc.status_code),
-        code=exc.code,
-        headers=exc.headers,
-        error_id=exc.error_id,
-    )
+    status, body = error_body(exc)
+    return JSONResponse(body.model_dump(), status_code=status, headers=exc.headers)
 
 
 async def _unexpected_error(request: Request, exc: Exception) -> JSONResponse:

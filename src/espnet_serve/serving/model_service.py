@@ -20,13 +20,20 @@ from bentoml.exceptions import ServiceUnavailable
 
 from espnet_serve.backends.sample_errors import InvalidSampleError
 from espnet_serve.bundle import DEFAULT_SAMPLE_RATE
+from espnet_serve.longform.align import CtcAligner
 from espnet_serve.serving.drain import InFlight, SigtermDrain
 from espnet_serve.serving.inflight import InFlightMiddleware
 from espnet_serve.serving.metrics import get_metrics
-from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
+from espnet_serve.serving.schemas import (
+    ClipRequest,
+    ClipResult,
+    ModelInfo,
+    Readiness,
+    TimedWordModel,
+)
 from espnet_serve.serving.settings import get_settings
-from espnet_serve.serving.transcripts import transcript_text
 from espnet_serve.serving.warmup import WarmupError, warm_up
+from espnet_serve.transcripts import transcript_text
 
 logger = logging.getLogger(__name__)
 settings = get_settings()
@@ -88,6 +95,7 @@ class AsrModel:
             )
             metadata = self.bento_model.info.metadata
             sample_rate = int(metadata.get("sample_rate", DEFAULT_SAMPLE_RATE))
+            self.aligner = self._aligner(sample_rate)
             self.info = ModelInfo(
                 name=self.bento_model.tag.name,
                 version=str(self.bento_model.tag.version),
@@ -96,6 +104,7 @@ class AsrModel:
                 min_samples=int(getattr(self.session.model, "min_samples", 0)),
                 languages=list(metadata.get("languages", [])),
                 created=int(self.bento_model.info.creation_time.timestamp()),
+                word_timestamps=self.aligner is not None,
             )
             if settings.warmup:
                 warm_up(self.session, sample_rate)
@@ -112,6 +121,14 @@ class AsrModel:
         self.metrics.model_info.labels(self.info.name, self.info.version, self.info.sha256).set(1)
         self._loaded.set()
         logger.info("Model %s ready (sha256 %s).", self.bento_model.tag, self.info.sha256[:12])
+
+    def _aligner(self, sample_rate: int) -> CtcAligner | None:
+        """The CTC aligner for word timestamps, or ``None`` if the model has no CTC head."""
+        try:
+            return CtcAligner(self.session.model, sample_rate)
+        except (AttributeError, ValueError) as exc:
+            logger.info("Model %s gives no word timestamps: %s", self.bento_model.tag, exc)
+            return None
 
     def _weights_sha256(self, metadata: dict) -> str:
         """The weights' digest recorded at import (load verified every file against it)."""
@@ -153,6 +170,7 @@ class AsrModel:
         waves = [np.asarray(clip.audio, dtype=np.float32) for clip in clips]
         outputs = self.session.forward_batch(waves, return_exceptions=True)
         results = [self._result(output) for output in outputs]
+        self._align(clips, waves, results)
         elapsed = time.time() - started
         audio_seconds = sum(len(wave) for wave in waves) / self.info.sample_rate
         self.metrics.decode_seconds.observe(elapsed)
@@ -161,6 +179,30 @@ class AsrModel:
         if audio_seconds > 0:
             self.metrics.batch_rtf.observe(elapsed / audio_seconds)
         return results
+
+    def _align(
+        self, clips: list[ClipRequest], waves: list[np.ndarray], results: list[ClipResult]
+    ) -> None:
+        """Add word times to the results of the clips that asked, in one aligner batch."""
+        wanted = [i for i, clip in enumerate(clips) if clip.align and results[i].text is not None]
+        if not wanted or self.aligner is None:
+            return
+        try:
+            alignments = self.aligner.align(
+                [waves[i] for i in wanted], [str(results[i].text) for i in wanted]
+            )
+        except Exception:  # the transcripts stand; the words stay untimed
+            logger.exception("Aligning %d clips failed; their words are not timed.", len(wanted))
+            return
+        for index, alignment in zip(wanted, alignments, strict=True):
+            if alignment is None:
+                continue
+            result = results[index]
+            result.words = [
+                TimedWordModel(word=w.word, start=w.start, end=w.end) for w in alignment.words
+            ]
+            result.token_ids = list(alignment.token_ids)
+            result.avg_logprob = alignment.avg_logprob
 
     def _result(self, output: object) -> ClipResult:
         """Turn one session output (or its exception) into a ``ClipResult``."""

@@ -18,6 +18,23 @@ class ResponseFormat(StrEnum):
     JSON = "json"
     TEXT = "text"
     VERBOSE_JSON = "verbose_json"
+    SRT = "srt"
+    VTT = "vtt"
+
+
+class TimestampGranularity(StrEnum):
+    """``timestamp_granularities[]`` values (``verbose_json`` only)."""
+
+    WORD = "word"
+    SEGMENT = "segment"
+
+
+class TimedWordModel(BaseModel):
+    """One word and its time in seconds (OpenAI's ``TranscriptionWord``)."""
+
+    word: str
+    start: float
+    end: float
 
 
 class ClipRequest(BaseModel):
@@ -25,6 +42,9 @@ class ClipRequest(BaseModel):
 
     audio: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]
     sent_at: float = Field(description="time.time() when the API service sent the clip.")
+    align: bool = Field(
+        default=False, description="Also time the transcript's words (CTC forced alignment)."
+    )
 
 
 class ClipResult(BaseModel):
@@ -36,6 +56,11 @@ class ClipResult(BaseModel):
     client_error: bool = Field(
         default=False, description="True when the clip itself was bad (4xx), else a fault (5xx)."
     )
+    words: list[TimedWordModel] | None = Field(
+        default=None, description="With ``align``: each word's time from the clip's start."
+    )
+    token_ids: list[int] = Field(default_factory=list, description="With ``align``.")
+    avg_logprob: float = Field(default=0.0, description="With ``align``: mean CTC log-prob.")
 
 
 class ModelInfo(BaseModel):
@@ -48,6 +73,9 @@ class ModelInfo(BaseModel):
     min_samples: int = Field(default=0, description="Shortest input the model decodes.")
     languages: list[str] = Field(default_factory=list, description="ISO-639-1 codes, if known.")
     created: int = Field(default=0, description="When the model was imported (Unix time).")
+    word_timestamps: bool = Field(
+        default=False, description="Whether the model can time words (it has a CTC head)."
+    )
 
     @property
     def tag(self) -> str:
@@ -77,7 +105,14 @@ class TranscriptionResponse(BaseModel):
 
 
 class TranscriptionSegment(BaseModel):
-    """One segment of an OpenAI ``verbose_json`` response (we emit one per clip)."""
+    """One segment of an OpenAI ``verbose_json`` response: one voice-activity segment.
+
+    ``seek`` is the start in 10 ms frames (Whisper counts its mel frames the same
+    way); ``tokens`` the model's token ids of ``text``; ``avg_logprob`` the mean CTC
+    log-probability of the frames the tokens align to; ``compression_ratio`` Whisper's
+    (text bytes over zlib-compressed bytes); ``no_speech_prob`` one minus the mean
+    voice-activity probability; ``temperature`` always 0 (decoding is deterministic).
+    """
 
     id: int
     seek: int = 0
@@ -91,6 +126,13 @@ class TranscriptionSegment(BaseModel):
     no_speech_prob: float = 0.0
 
 
+class DurationUsage(BaseModel):
+    """OpenAI's usage of a transcription billed by duration."""
+
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
 class VerboseTranscriptionResponse(BaseModel):
     """OpenAI ``response_format=verbose_json``."""
 
@@ -99,6 +141,24 @@ class VerboseTranscriptionResponse(BaseModel):
     duration: float
     text: str
     segments: list[TranscriptionSegment]
+    words: list[TimedWordModel] | None = Field(
+        default=None, description="With ``timestamp_granularities[]=word``."
+    )
+    usage: DurationUsage | None = None
+
+
+class TextDeltaEvent(BaseModel):
+    """A ``stream=true`` event: more text (one segment's)."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TextDoneEvent(BaseModel):
+    """The last ``stream=true`` event: the whole text."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
 
 
 class ModelObject(BaseModel):

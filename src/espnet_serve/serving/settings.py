@@ -21,8 +21,10 @@ class ServeSettings(BaseSettings):
             ``Speech2Text`` with ``BatchedSpeech2Text`` (same options, same
             hypotheses, one padded pass per batch); false serves the bundle's own.
         max_batch_size: Largest adaptive batch the model service forms.
-        max_audio_bytes: Largest accepted upload, in bytes (413 above).
-        max_audio_seconds: Longest accepted audio, in seconds (413 above).
+        max_audio_bytes: Largest accepted upload, in bytes (413 above); the upload
+            is spooled to disk, not held in memory.
+        max_audio_seconds: Longest accepted audio, in seconds (413 above); long
+            recordings are split by voice activity and decoded segment by segment.
         min_sample_rate: Lowest accepted sample rate of an upload, in Hz (400 below).
         max_sample_rate: Highest accepted sample rate of an upload, in Hz (400 above).
         max_channels: Most channels an upload may have (400 above).
@@ -31,7 +33,11 @@ class ServeSettings(BaseSettings):
             ``Retry-After``, before their body is decoded. It is the only place
             requests are shed (the model service's batcher never drops one).
         retry_after_seconds: The ``Retry-After`` value sent with a 503.
-        request_timeout_seconds: BentoML traffic timeout of each service (504 above).
+        request_timeout_seconds: BentoML traffic timeout of the model service: the
+            longest one clip (a segment) may wait and decode (504 above).
+        api_timeout_seconds: BentoML traffic timeout of the API service: the longest a
+            request may take to start its answer (a long recording transcribed without
+            ``stream=true`` answers only at the end).
         drain_timeout_seconds: After SIGTERM, the longest a worker keeps serving
             the requests it accepted before it exits anyway.
         drain_quiet_seconds: After SIGTERM, the model service exits once it has had
@@ -46,7 +52,7 @@ class ServeSettings(BaseSettings):
         protect_metrics: Whether ``/metrics`` needs a key too (when keys are on).
         api_workers: Worker processes of the HTTP API service.
         gpu_count: GPUs the model service asks for (0 runs it on CPU).
-        warmup: Decode a short silent clip before reporting ready.
+        warmup: Decode two speech-like clips (and require transcripts) before reporting ready.
     """
 
     model_config = SettingsConfigDict(env_prefix="ESPNET_SERVE_", extra="ignore")
@@ -54,14 +60,15 @@ class ServeSettings(BaseSettings):
     model_tag: str = DEFAULT_MODEL_TAG
     batched_backend: bool = True
     max_batch_size: int = Field(default=32, ge=1)
-    max_audio_bytes: int = Field(default=25 * 1024 * 1024, ge=1)
-    max_audio_seconds: float = Field(default=120.0, gt=0)
+    max_audio_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
+    max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
     min_sample_rate: int = Field(default=8000, ge=1)
     max_sample_rate: int = Field(default=384000, ge=1)
     max_channels: int = Field(default=32, ge=1)
     max_pending_requests: int = Field(default=128, ge=1)
     retry_after_seconds: int = Field(default=1, ge=0)
     request_timeout_seconds: float = Field(default=120.0, gt=0)
+    api_timeout_seconds: float = Field(default=3600.0, gt=0)
     drain_timeout_seconds: float = Field(default=30.0, gt=0)
     drain_quiet_seconds: float = Field(default=2.0, ge=0)
     model_aliases: str = "whisper-1"

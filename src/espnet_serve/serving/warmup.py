@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from espnet_serve.serving.transcripts import transcript_text
 from espnet_serve.session import InferenceSession
+from espnet_serve.transcripts import transcript_text
 
 WARMUP_SECONDS = (1.5, 0.8)
 FUNDAMENTAL_HZ = 120.0

@@ -1,0 +1,147 @@
+"""Word timing by CTC forced alignment of a transcript to the model's own CTC output.
+
+ESPnet's attention decoders give no timestamps; the CTC head of a hybrid model
+does: the transcript's tokens are aligned to the encoder frames' CTC posteriors
+(``torchaudio.functional.forced_align``, Viterbi over the CTC topology), and a
+word spans from the first frame of its first token to the end of the last frame
+of its last token. Clips are encoded together in one padded pass
+(:func:`espnet_serve.backends.encoding.encode_padded`), each aligned on its own.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torchaudio.functional as audio_functional
+
+from espnet_serve.backends.encoding import encode_padded, extract_features
+
+logger = logging.getLogger(__name__)
+SPACE_TOKENS = frozenset({"<space>", "\u2581"})  # espnet's char-level space, sentencepiece's
+WORD_START_PREFIX = "\u2581"  # sentencepiece marks the first piece of a word
+
+
+@dataclass(frozen=True)
+class TimedWord:
+    """One word and its time, in seconds from the start of its clip (or recording)."""
+
+    word: str
+    start: float
+    end: float
+
+
+@dataclass(frozen=True)
+class Alignment:
+    """A clip's transcript aligned to its audio.
+
+    Attributes:
+        words: Each word with its time, in seconds from the start of the clip.
+        token_ids: The transcript's token ids in the model's vocabulary.
+        avg_logprob: Mean CTC log-probability of the frames the tokens were aligned to.
+    """
+
+    words: tuple[TimedWord, ...]
+    token_ids: tuple[int, ...]
+    avg_logprob: float
+
+
+class CtcAligner:
+    """Aligns transcripts with the CTC head of an espnet2 ASR backend.
+
+    Args:
+        backend: ``Speech2Text`` or ``BatchedSpeech2Text`` (anything with
+            ``asr_model``, ``tokenizer`` and ``converter``).
+        sample_rate: The clips' sample rate.
+
+    Raises:
+        ValueError: If the model has no CTC head or no tokenizer.
+    """
+
+    def __init__(self, backend: Any, sample_rate: int) -> None:
+        self.asr_model = backend.asr_model
+        self.tokenizer = backend.tokenizer
+        self.converter = backend.converter
+        if getattr(self.asr_model, "ctc", None) is None or self.tokenizer is None:
+            raise ValueError("Word timestamps need a model with a CTC head and a tokenizer.")
+        self.sample_rate = sample_rate
+        self.blank = int(getattr(self.asr_model, "blank_id", 0))
+        self.device = next(self.asr_model.parameters()).device
+
+    @torch.inference_mode()
+    def align(self, clips: Sequence[np.ndarray], texts: Sequence[str]) -> list[Alignment | None]:
+        """Align each clip's transcript; ``None`` where it cannot be aligned.
+
+        A transcript cannot be aligned when it has more tokens (plus the blanks
+        between repeats) than the clip has encoder frames.
+        """
+        alignments: list[Alignment | None] = [None] * len(clips)
+        todo = [i for i, text in enumerate(texts) if text.strip()]
+        for index in set(range(len(clips))) - set(todo):
+            alignments[index] = Alignment(words=(), token_ids=(), avg_logprob=0.0)
+        if not todo:
+            return alignments
+        feats = [
+            extract_features(
+                self.asr_model, torch.as_tensor(clips[i], dtype=torch.float32, device=self.device)
+            )
+            for i in todo
+        ]
+        encoded, lengths = encode_padded(self.asr_model, feats)
+        log_probs = self.asr_model.ctc.log_softmax(encoded).float().cpu()
+        for row, index in enumerate(todo):
+            frames = int(lengths[row])
+            seconds_per_frame = len(clips[index]) / self.sample_rate / max(frames, 1)
+            alignments[index] = self._align_one(
+                log_probs[row : row + 1, :frames], texts[index], seconds_per_frame
+            )
+        return alignments
+
+    def _align_one(
+        self, log_probs: torch.Tensor, text: str, seconds_per_frame: float
+    ) -> Alignment | None:
+        """Viterbi-align one transcript to one clip's CTC posteriors."""
+        tokens = self.tokenizer.text2tokens(text)
+        token_ids = [int(t) for t in self.converter.tokens2ids(tokens)]
+        keep = [i for i, t in enumerate(token_ids) if t != self.blank]
+        targets = torch.tensor([[token_ids[i] for i in keep]], dtype=torch.int32)
+        try:
+            path, scores = audio_functional.forced_align(log_probs, targets, blank=self.blank)
+        except RuntimeError as exc:  # more tokens than frames
+            logger.debug("Cannot align %r: %s", text, exc)
+            return None
+        spans = audio_functional.merge_tokens(path[0], scores[0].exp())
+        frames = [(span.start, span.end) for span in spans]
+        aligned = dict(zip(keep, frames, strict=True))
+        words = _words(tokens, aligned, seconds_per_frame)
+        token_scores = scores[0][path[0] != self.blank]
+        avg_logprob = float(token_scores.mean()) if token_scores.numel() else 0.0
+        return Alignment(words=words, token_ids=tuple(token_ids), avg_logprob=round(avg_logprob, 4))
+
+
+def _words(
+    tokens: Sequence[str], frames: dict[int, tuple[int, int]], seconds_per_frame: float
+) -> tuple[TimedWord, ...]:
+    """Group aligned tokens into words (split at space tokens and word-start pieces)."""
+    groups: list[list[int]] = []
+    for index, token in enumerate(tokens):
+        if token in SPACE_TOKENS:
+            groups.append([])
+            continue
+        if token.startswith(WORD_START_PREFIX) or not groups:
+            groups.append([])
+        groups[-1].append(index)
+    words = []
+    for group in groups:
+        timed = [frames[i] for i in group if i in frames]
+        if not timed:
+            continue
+        text = "".join(tokens[i] for i in group).removeprefix(WORD_START_PREFIX)
+        start = timed[0][0] * seconds_per_frame
+        end = timed[-1][1] * seconds_per_frame
+        words.append(TimedWord(text, round(start, 3), round(end, 3)))
+    return tuple(words)

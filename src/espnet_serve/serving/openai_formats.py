@@ -1,0 +1,95 @@
+"""A transcript in each of OpenAI's response formats, and as a server-sent event stream."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+
+from espnet_serve.longform.formats import to_srt, to_vtt
+from espnet_serve.longform.transcript import Segment, Transcript
+from espnet_serve.serving.http_errors import error_body
+from espnet_serve.serving.schemas import (
+    DurationUsage,
+    ResponseFormat,
+    TextDeltaEvent,
+    TextDoneEvent,
+    TimedWordModel,
+    TranscriptionResponse,
+    TranscriptionSegment,
+    VerboseTranscriptionResponse,
+)
+
+SEEK_FRAMES_PER_SECOND = 100  # Whisper's seek unit: 10 ms mel frames
+EVENT_STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def verbose_segment(segment: Segment) -> TranscriptionSegment:
+    """One segment in ``verbose_json`` (see :class:`TranscriptionSegment` for each field)."""
+    return TranscriptionSegment(
+        id=segment.id,
+        seek=round(segment.start * SEEK_FRAMES_PER_SECOND),
+        start=segment.start,
+        end=segment.end,
+        text=segment.text,
+        tokens=list(segment.token_ids),
+        avg_logprob=segment.avg_logprob,
+        compression_ratio=segment.compression_ratio,
+        no_speech_prob=segment.no_speech_prob,
+    )
+
+
+def formatted_response(
+    transcript: Transcript, response_format: ResponseFormat, *, language: str, words: bool
+) -> Response:
+    """The response of a finished transcription in ``response_format``."""
+    if response_format is ResponseFormat.TEXT:
+        return PlainTextResponse(transcript.text)
+    if response_format is ResponseFormat.SRT:
+        return PlainTextResponse(to_srt(transcript.segments))
+    if response_format is ResponseFormat.VTT:
+        return PlainTextResponse(to_vtt(transcript.segments), media_type="text/vtt")
+    if response_format is ResponseFormat.VERBOSE_JSON:
+        verbose = VerboseTranscriptionResponse(
+            language=language,
+            duration=transcript.duration,
+            text=transcript.text,
+            segments=[verbose_segment(s) for s in transcript.segments if s.text],
+            words=[TimedWordModel(word=w.word, start=w.start, end=w.end) for w in transcript.words]
+            if words
+            else None,
+            usage=DurationUsage(seconds=transcript.duration),
+        )
+        return JSONResponse(verbose.model_dump(exclude_none=True))
+    return JSONResponse(TranscriptionResponse(text=transcript.text).model_dump())
+
+
+def _event(payload: dict) -> bytes:
+    return f"data: {json.dumps(payload)}\n\n".encode()
+
+
+def event_stream(segments: AsyncIterator[Segment]) -> StreamingResponse:
+    """The ``stream=true`` response: server-sent events as segments are decoded.
+
+    A ``transcript.text.delta`` event per segment with text, in order, then
+    ``transcript.text.done`` with the whole text (the deltas joined); a failure ends
+    the stream with ``data: {"error": {...}}`` (the openai SDK raises it as ``APIError``).
+    """
+
+    async def events() -> AsyncIterator[bytes]:
+        texts: list[str] = []
+        try:
+            async for segment in segments:
+                if not segment.text:
+                    continue
+                delta = segment.text if not texts else f" {segment.text}"
+                texts.append(segment.text)
+                yield _event(TextDeltaEvent(delta=delta).model_dump())
+        except Exception as exc:
+            _, body = error_body(exc)
+            yield _event(body.model_dump())
+            return
+        yield _event(TextDoneEvent(text=" ".join(texts)).model_dump())
+
+    return StreamingResponse(events(), media_type="text/event-stream", headers=EVENT_STREAM_HEADERS)
