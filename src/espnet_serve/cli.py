@@ -18,6 +18,16 @@ def _add_eval(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=evaluation.main)
 
 
+def _add_transcribe(subparsers: argparse._SubParsersAction) -> None:
+    from espnet_serve.longform import cli
+
+    parser = subparsers.add_parser(
+        "transcribe", help="Transcribe a recording of any length (text, JSON, SRT or VTT)."
+    )
+    cli.add_arguments(parser)
+    parser.set_defaults(handler=cli.main)
+
+
 def _add_build(subparsers: argparse._SubParsersAction) -> None:
     from espnet_serve import build
 
@@ -38,6 +48,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("-v", "--verbose", action="store_true", help="Debug logging.")
     subparsers = parser.add_subparsers(dest="command", required=True)
     _add_eval(subparsers)
+    _add_transcribe(subparsers)
     _add_build(subparsers)
     return parser
 

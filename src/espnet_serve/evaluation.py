@@ -318,7 +318,7 @@ def _mode_line(report: EvalReport) -> str:
 
 
 @contextlib.contextmanager
-def _library_output_to_stderr(quiet: bool) -> Iterator[None]:
+def library_output_to_stderr(quiet: bool) -> Iterator[None]:
     """Send library prints to stderr and, when ``quiet``, drop INFO logs (per-utterance chatter).
 
     espnet2 logs every beam search at INFO level and prints at import time;
@@ -349,7 +349,7 @@ def main(args: argparse.Namespace) -> int:
     clips = load_heldout(args.limit, directory=args.heldout_dir)
     quiet = not getattr(args, "verbose", False)
     with (
-        _library_output_to_stderr(quiet),
+        library_output_to_stderr(quiet),
         tempfile.TemporaryDirectory(prefix="espnet-serve-eval-") as tmp,
     ):
         start = time.perf_counter()

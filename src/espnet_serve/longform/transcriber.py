@@ -110,7 +110,6 @@ class LongFormTranscriber:
         progress: Progress | None = None,
     ) -> Transcript:
         """The whole transcript of ``source`` (see :meth:`segments`)."""
-        segments: list[Segment] = []
         duration = 0.0
 
         def track(read: float, declared: float | None) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from espnet_serve.longform.align import Alignment, TimedWord
@@ -90,6 +90,6 @@ class Transcript:
         return [word for segment in self.segments for word in segment.words]
 
 
-def join_texts(texts: Sequence[str] | object) -> str:
+def join_texts(texts: Iterable[str]) -> str:
     """Join segment texts with single spaces, skipping empty ones."""
-    return " ".join(text for text in texts if text)  # type: ignore[union-attr]
+    return " ".join(text for text in texts if text)
