@@ -1,9 +1,11 @@
-"""Shared fixtures: a tiny random-initialised espnet2 ASR model, bundled and packed."""
+"""Shared fixtures: a tiny random-initialised espnet2 ASR model, bundled and packed; a long
+synthetic recording with exact word times."""
 
 from __future__ import annotations
 
 import os
 import textwrap
+from dataclasses import dataclass
 from pathlib import Path
 
 # Everything under test is offline: no hub lookups, no nltk downloads.
@@ -98,3 +100,28 @@ def espnet2_packed_archive(tmp_path_factory: pytest.TempPathFactory, tiny_bundle
 def speech() -> np.ndarray:
     """Half a second of quiet noise at 16 kHz."""
     return (np.random.default_rng(0).standard_normal(8000) * 0.05).astype(np.float32)
+
+
+@dataclass(frozen=True)
+class LongRecording:
+    """A synthetic recording of digit strings with pauses, and when each word is spoken."""
+
+    path: Path
+    truth: list  # list[digits_recipe.longfile.TimedString]
+
+    @property
+    def text(self) -> str:
+        return " ".join(string.text for string in self.truth)
+
+
+LONG_RECORDING_MINUTES = 2.0
+
+
+@pytest.fixture(scope="session")
+def long_recording(tmp_path_factory: pytest.TempPathFactory) -> LongRecording:
+    """Two minutes of held-out-style digit strings (espeak-ng voices unseen in training)."""
+    from digits_recipe.longfile import write_long_file
+
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    truth = write_long_file(path, minutes=LONG_RECORDING_MINUTES, seed=4404)
+    return LongRecording(path, truth)

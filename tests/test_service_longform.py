@@ -1,0 +1,161 @@
+"""Long recordings through a real ``bentoml serve`` and the unchanged openai SDK.
+
+verbose_json with segment and word times, srt, vtt, ``stream=True`` (and an
+error in the middle of a stream), refused option combinations, and short
+requests answered while a long one decodes.
+"""
+
+from __future__ import annotations
+
+import re
+from concurrent.futures import ThreadPoolExecutor
+from types import SimpleNamespace
+
+import httpx
+import numpy as np
+import openai
+import pytest
+from digits_recipe.longscore import score
+
+from espnet_serve.assets import load_heldout
+from tests.conftest import LongRecording
+from tests.server import BentoServer, serve_default_model
+
+pytestmark = pytest.mark.slow
+
+MODEL = "espnet-digits-asr"
+MAX_WER = 0.06
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
+    server = serve_default_model(tmp_path_factory.mktemp("bentoml_home"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def sdk(server: BentoServer) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def verbose(sdk: openai.OpenAI, long_recording: LongRecording):
+    with long_recording.path.open("rb") as audio:
+        return sdk.audio.transcriptions.create(
+            model=MODEL,
+            file=audio,
+            response_format="verbose_json",
+            timestamp_granularities=["word", "segment"],
+        )
+
+
+def test_verbose_json_has_timed_segments_and_words(verbose, long_recording: LongRecording):
+    segments = [
+        SimpleNamespace(
+            start=s.start,
+            end=s.end,
+            text=s.text,
+            words=[w for w in verbose.words if s.start - 0.25 <= w.start < s.end + 0.1],
+        )
+        for s in verbose.segments
+    ]
+    result = score(segments, long_recording.truth)
+    assert result.wer <= MAX_WER, result.summary()
+    assert verbose.text == " ".join(s.text for s in verbose.segments if s.text)
+    assert [w.word for w in verbose.words] == verbose.text.split()
+    assert verbose.duration == pytest.approx(long_recording.truth[-1].end, abs=2.0)
+    assert verbose.usage.type == "duration" and verbose.usage.seconds == verbose.duration
+    for errors in (result.segment_start, result.word_start, result.word_end):
+        assert np.median(errors) <= 0.2 and np.percentile(errors, 95) <= 0.5, result.summary()
+    assert [s.id for s in verbose.segments] == list(range(len(verbose.segments)))
+    assert all(s.seek == round(s.start * 100) for s in verbose.segments)  # 10 ms frames
+    first = verbose.segments[0]
+    assert first.temperature == 0.0
+    assert first.tokens and first.avg_logprob < 0.0 and 0.0 <= first.no_speech_prob <= 1.0
+    assert first.compression_ratio > 0.0
+
+
+def test_srt_and_vtt_through_the_sdk(sdk, verbose, long_recording: LongRecording):
+    texted = [s for s in verbose.segments if s.text]
+    with long_recording.path.open("rb") as audio:
+        srt = sdk.audio.transcriptions.create(model=MODEL, file=audio, response_format="srt")
+    cues = srt.strip().split("\n\n")
+    assert [cue.split("\n")[2] for cue in cues] == [s.text for s in texted]
+    assert re.fullmatch(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", cues[0][: 2 + 29])
+    with long_recording.path.open("rb") as audio:
+        vtt = sdk.audio.transcriptions.create(model=MODEL, file=audio, response_format="vtt")
+    assert vtt.startswith("WEBVTT")
+    assert vtt.count(" --> ") == len(texted)
+    assert re.search(r"\n\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n", vtt)
+
+
+def test_stream_sends_a_delta_per_segment_then_the_whole_text(
+    sdk, verbose, long_recording: LongRecording
+):
+    with long_recording.path.open("rb") as audio:
+        events = list(sdk.audio.transcriptions.create(model=MODEL, file=audio, stream=True))
+    deltas = [e for e in events if e.type == "transcript.text.delta"]
+    assert [e.type for e in events[-1:]] == ["transcript.text.done"]
+    assert len(deltas) == len([s for s in verbose.segments if s.text])
+    assert "".join(e.delta for e in deltas) == events[-1].text == verbose.text
+
+
+def test_an_error_in_the_middle_of_a_stream_is_an_error_event(
+    server: BentoServer, sdk, long_recording: LongRecording
+):
+    """A FLAC file cut short: its segments stream, then the error arrives as an event."""
+    data = long_recording.path.read_bytes()
+    cut = data[: len(data) * 2 // 3]
+    events = []
+    with pytest.raises(openai.APIError, match="cut short"):
+        for event in sdk.audio.transcriptions.create(
+            model=MODEL, file=("cut.flac", cut, "audio/flac"), stream=True
+        ):
+            events.append(event)
+    assert events and all(e.type == "transcript.text.delta" for e in events)
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+
+
+@pytest.mark.parametrize(
+    ("form", "param"),
+    [
+        (
+            {"response_format": "json", "timestamp_granularities[]": "word"},
+            "timestamp_granularities[]",
+        ),
+        ({"response_format": "srt", "stream": "true"}, "stream"),
+        ({"response_format": "verbose_json", "stream": "true"}, "stream"),
+    ],
+)
+def test_options_that_do_not_go_together_are_400(server: BentoServer, form, param):
+    clip = load_heldout(1)[0]
+    response = httpx.post(
+        f"{server.url}/v1/audio/transcriptions",
+        files={"file": (clip.path.name, clip.path.read_bytes(), "audio/flac")},
+        data={"model": MODEL, **form},
+        timeout=60,
+    )
+    assert response.status_code == 400, response.text
+    assert response.json()["error"]["param"] == param
+
+
+def test_short_requests_are_answered_while_a_long_one_decodes(
+    sdk, server: BentoServer, long_recording: LongRecording
+):
+    clips = load_heldout(8)  # decoded exactly by the model (tests/test_default_model.py)
+
+    def long_one() -> str:
+        with long_recording.path.open("rb") as audio:
+            return sdk.audio.transcriptions.create(model=MODEL, file=audio).text
+
+    def short_one(index: int) -> tuple[str, str]:
+        clip = clips[index % len(clips)]
+        with clip.path.open("rb") as audio:
+            return sdk.audio.transcriptions.create(model=MODEL, file=audio).text, clip.text
+
+    with ThreadPoolExecutor(5) as pool:
+        long_text = pool.submit(long_one)
+        shorts = list(pool.map(short_one, range(16)))
+    assert long_text.result()
+    assert [got for got, _ in shorts] == [want for _, want in shorts]
