@@ -8,6 +8,8 @@ requests answered while a long one decodes.
 from __future__ import annotations
 
 import re
+import subprocess
+import sys
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
@@ -19,7 +21,7 @@ from digits_recipe.longscore import score
 
 from espnet_serve.assets import load_heldout
 from tests.conftest import LongRecording
-from tests.server import BentoServer, serve_default_model
+from tests.server import REPO_ROOT, BentoServer, serve_default_model
 
 pytestmark = pytest.mark.slow
 
@@ -159,3 +161,28 @@ def test_short_requests_are_answered_while_a_long_one_decodes(
         shorts = list(pool.map(short_one, range(16)))
     assert long_text.result()
     assert [got for got, _ in shorts] == [want for _, want in shorts]
+
+
+def readme_long_recording_examples() -> list[tuple[str, str]]:
+    """The (language, code) blocks of the README's long-recordings section."""
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("### Long recordings, timestamps, subtitles, streaming")
+    section = readme[start : readme.index("\n### ", start + 1)]
+    return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
+
+
+def test_readme_long_recording_examples_work_as_written(server: BentoServer, tmp_path):
+    (clip,) = [clip for clip in load_heldout(limit=2) if clip.uttid == "heldout_00001"]
+    examples = readme_long_recording_examples()
+    assert [language for language, _ in examples] == ["python", "bash"]
+    outputs = {}
+    for language, code in examples:
+        code = code.replace("http://127.0.0.1:3000", server.url)
+        code = code.replace("/tmp/long.flac", str(tmp_path / "long.flac"))
+        command = ["bash", "-ec", code] if language == "bash" else [sys.executable, "-c", code]
+        run = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stderr
+        assert clip.text in run.stdout, (code, run.stdout)
+        outputs[language] = run.stdout
+    assert "transcript.text.done" in outputs["python"]
+    assert "WEBVTT" in outputs["bash"] and " --> " in outputs["bash"]
