@@ -65,6 +65,7 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "digest": "sha256:" + "ab" * 32,
         },
         "requestTimeoutSeconds": 300,
+        "apiTimeoutSeconds": 7200,
         "gracefulShutdown": {"preStopSleepSeconds": 15, "useSleepAction": True},
         "gpu": {"enabled": True, "count": 2, "runtimeClassName": "nvidia"},
         "api": {
@@ -506,6 +507,7 @@ def test_settings_configmap_holds_espnet_serve_settings(case: Case) -> None:
         else:
             assert data[key] == str(value)
     assert data["ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS"] == str(vals["requestTimeoutSeconds"])
+    assert data["ESPNET_SERVE_API_TIMEOUT_SECONDS"] == str(vals["apiTimeoutSeconds"])
     drain = int(data["ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS"])
     assert drain == vals["requestTimeoutSeconds"] + 5
     quiet = 2  # ServeSettings.drain_quiet_seconds: a model pod's idle wait after draining
@@ -534,7 +536,7 @@ def test_settings_map_takes_new_keys_and_drops_nulls(chart: helm_python.Chart) -
     assert data["ESPNET_SERVE_BRAND_NEW_KNOB"] == "on"
     assert data["ESPNET_SERVE_WARMUP"] == "false"
     assert data["ESPNET_SERVE_MAX_AUDIO_SECONDS"] == "12.5"
-    assert data["ESPNET_SERVE_MAX_AUDIO_BYTES"] == "26214400"  # no float formatting
+    assert data["ESPNET_SERVE_MAX_AUDIO_BYTES"] == "1073741824"  # no float formatting
     assert "ESPNET_SERVE_MAX_BATCH_SIZE" not in data
 
 
@@ -549,8 +551,8 @@ def test_bentoml_configuration_is_accepted_by_bentoml(case: Case, tmp_path: Path
     # the v2 schema when a new-style service starts (Service.inject_config).
     BentoMLConfiguration(override_config_file=str(config_file), use_version=1)
     config = BentoMLConfiguration(override_config_file=str(config_file), use_version=2).to_dict()
-    for service in ("Transcriber", "AsrModel"):
-        assert config["services"][service]["traffic"]["timeout"] == vals["requestTimeoutSeconds"]
+    assert config["services"]["Transcriber"]["traffic"]["timeout"] == vals["apiTimeoutSeconds"]
+    assert config["services"]["AsrModel"]["traffic"]["timeout"] == vals["requestTimeoutSeconds"]
 
     for name, deployment in of_kind(objects, "Deployment").items():
         container = the_container(deployment)
@@ -570,7 +572,7 @@ def test_extra_bentoml_config_is_merged(chart: helm_python.Chart) -> None:
         "bentoml_configuration.yaml"
     ]
     config = yaml.safe_load(text)
-    assert config["services"]["Transcriber"] == {"traffic": {"timeout": 120}, "workers": 3}
+    assert config["services"]["Transcriber"] == {"traffic": {"timeout": 3600}, "workers": 3}
     assert "version" not in config
 
 
@@ -997,6 +999,10 @@ TEMPLATE_REJECTS = [
         {"settings": {"ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS": 5}},
         r"settings.ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS is set by the chart from "
         r"requestTimeoutSeconds",
+    ),
+    (
+        {"settings": {"ESPNET_SERVE_API_TIMEOUT_SECONDS": 5}},
+        r"settings.ESPNET_SERVE_API_TIMEOUT_SECONDS is set by the chart from apiTimeoutSeconds",
     ),
     (
         {"settings": {"ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS": 5}},

@@ -176,7 +176,7 @@ Cross-field checks the JSON schema cannot express; fail with a message naming th
 {{- if and (not (kindIs "invalid" $g.terminationGracePeriodSeconds)) (le (int $g.terminationGracePeriodSeconds) (int $needed)) }}
 {{- fail (printf "gracefulShutdown.terminationGracePeriodSeconds (%v) must be longer than gracefulShutdown.preStopSleepSeconds + requestTimeoutSeconds + 5 (%v), or in-flight requests are killed on shutdown" $g.terminationGracePeriodSeconds $needed) }}
 {{- end }}
-{{- range $key, $from := dict "ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_GPU_COUNT" "gpu.enabled and gpu.count" "ESPNET_SERVE_API_KEY_HASHES_FILE" "auth.enabled with auth.existingSecret or auth.keyHashes" "ESPNET_SERVE_PROTECT_METRICS" "auth.protectMetrics" }}
+{{- range $key, $from := dict "ESPNET_SERVE_REQUEST_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_API_TIMEOUT_SECONDS" "apiTimeoutSeconds" "ESPNET_SERVE_DRAIN_TIMEOUT_SECONDS" "requestTimeoutSeconds" "ESPNET_SERVE_GPU_COUNT" "gpu.enabled and gpu.count" "ESPNET_SERVE_API_KEY_HASHES_FILE" "auth.enabled with auth.existingSecret or auth.keyHashes" "ESPNET_SERVE_PROTECT_METRICS" "auth.protectMetrics" }}
 {{- if hasKey $.Values.settings $key }}
 {{- fail (printf "settings.%s is set by the chart from %s; set that instead" $key $from) }}
 {{- end }}
