@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # A lone process (eval, bench) decodes faster with the default policy.
 serve test bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock eval recipe bench bench-serve clean
+.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
@@ -52,6 +52,10 @@ lock:
 	uv pip compile requirements/requirements.in --python-version 3.11 \
 	  --python-platform x86_64-manylinux_2_28 \
 	  --override requirements/overrides.txt -o requirements/lock.txt
+
+## lock-runtime: derive requirements/runtime-lock.txt (what the Bento installs) from the lock
+lock-runtime: setup
+	$(BIN)/python requirements/runtime_lock.py
 
 ## eval: word error rate and real-time factor of the default model on the held-out set
 eval: setup
