@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # A lone process (eval, bench) decodes faster with the default policy.
 serve test bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve clean
+.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve image image-check clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
@@ -72,6 +72,14 @@ bench: setup
 ## bench-serve: the served path under load vs in-process batching and a naive peer (JSON + PNG)
 bench-serve: setup
 	$(BIN)/python bench/serve.py
+
+## image: the Bento's OCI image, built offline with podman (docker/build-image.sh; root)
+image: setup
+	docker/build-image.sh
+
+## image-check: run the image as the chart does; cold start, transcripts vs make serve, SIGTERM
+image-check: setup
+	$(BIN)/python -m e2e.check_image
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
