@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # A lone process (eval, bench) decodes faster with the default policy.
 serve test bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve image image-check clean
+.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve image image-check e2e clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
@@ -80,6 +80,10 @@ image: setup
 ## image-check: run the image as the chart does; cold start, transcripts vs make serve, SIGTERM
 image-check: setup
 	$(BIN)/python -m e2e.check_image
+
+## e2e: the chart's pods on a real single-node Kubernetes 1.20 (e2e/run.sh; root, see docs/e2e.md)
+e2e: setup
+	e2e/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
