@@ -22,7 +22,7 @@ BIN=$ROOT/.venv/bin
 mkdir -p "$WORK/base" "$WORK/context/wheels"
 
 command -v podman >/dev/null && command -v runc >/dev/null && command -v debootstrap >/dev/null || {
-  apt-get update -qq && apt-get install -y -qq --no-install-recommends podman runc debootstrap; }
+  apt-get update -qq && apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends podman runc debootstrap; }
 WORK=$WORK/base docker/base.sh
 
 export BENTOML_HOME=$WORK/bentoml HF_HUB_OFFLINE=1 BENTOML_DO_NOT_TRACK=true

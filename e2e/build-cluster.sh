@@ -8,7 +8,7 @@
 set -euo pipefail
 C=${E2E_CACHE:-$HOME/.cache/espnet-serve-e2e}
 K8S_DEB=1.20.5+really1.20.2-1.1+deb12u1
-command -v rsync >/dev/null || apt-get install -y -qq --no-install-recommends rsync  # Kubernetes' make
+command -v rsync >/dev/null || apt-get install -y -qq -o DPkg::Lock::Timeout=600 --no-install-recommends rsync  # Kubernetes' make
 mkdir -p "$C"/{deb,lists/partial,apt/archives/partial,bin}
 cd "$C"
 if [ ! -x bin/kubelet ]; then
