@@ -78,6 +78,7 @@ up() {
   rm -rf "$RUN"; mkdir -p "$RUN/cni/bin" "$RUN/cni/net.d" "$RUN/kubelet"
   # Paths the kubelet creates whatever --root-dir says: removed by `down` unless they were here.
   for d in /var/lib/kubelet /var/log/pods /var/log/containers; do [ -e "$d" ] || echo "$d" >> "$RUN/stray-dirs"; done
+  ls /run/netns > "$RUN/netns-before" 2>/dev/null || true
   network; pki
   start etcd etcd --data-dir "$RUN/etcd" --listen-client-urls http://127.0.0.1:12379 \
     --advertise-client-urls http://127.0.0.1:12379 --listen-peer-urls http://127.0.0.1:12380 \
@@ -133,6 +134,10 @@ down() {
   if ls "$RUN"/*.pid > /dev/null 2>&1; then echo "still running: $(cat "$RUN"/*.pid)" >&2; exit 1; fi
   # Mounts under the run directory (pod volumes, container root filesystems, sandbox netns).
   grep -o " $RUN[^ ]*" /proc/self/mounts | sort -r | while read -r m; do umount -l "$m" 2>/dev/null || true; done
+  # The pods' network namespaces (containerd's cni-*) that a killed sandbox left behind.
+  for n in $(ls /run/netns 2>/dev/null | grep '^cni-'); do
+    grep -qx "$n" "$RUN/netns-before" 2>/dev/null || ip netns del "$n" 2>/dev/null || true
+  done
   [ ! -e "$NS_PATH" ] || ip netns del "$NETNS"
   [ ! -e "$RUN/stray-dirs" ] || xargs -r rm -rf < "$RUN/stray-dirs"
   rm -rf "$RUN"

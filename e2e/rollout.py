@@ -43,6 +43,7 @@ NAMESPACE = "speech"
 PORT = 3000
 ROLLOUT_TIMEOUT = "900s"
 DRAIN_LOG_LINE = "drained; shutting down"
+SIGTERM_LOG_LINE = "SIGTERM; draining"
 # Where the kubelet keeps container logs, whatever its --root-dir.
 POD_LOGS = Path("/var/log/pods")
 
@@ -174,6 +175,26 @@ def container_log(pod: dict[str, Any]) -> Path:
     return POD_LOGS / f"{NAMESPACE}_{meta['name']}_{meta['uid']}" / "bentoml" / f"{restarts}.log"
 
 
+def prestop_timing(metadata: dict[str, Any], log: str) -> dict[str, Any]:
+    """When the old pod was deleted and when its server got SIGTERM (after the preStop hook).
+
+    ``deletionTimestamp`` is the deletion time plus the grace period; the SIGTERM time is the
+    kubelet's timestamp of the first drain line in the container's log.
+    """
+    timing: dict[str, Any] = {"deleted_at": None, "sigterm_at": None, "delete_to_sigterm_s": None}
+    if metadata.get("deletionTimestamp"):
+        grace = metadata.get("deletionGracePeriodSeconds", 0)
+        timing["deleted_at"] = seconds(metadata["deletionTimestamp"]) - grace
+    for line in log.splitlines():
+        if SIGTERM_LOG_LINE in line:
+            stamp = line.split(" ", 1)[0]  # RFC 3339 with nanoseconds
+            timing["sigterm_at"] = seconds(stamp[:26] + "+00:00" if "." in stamp else stamp)
+            break
+    if timing["deleted_at"] is not None and timing["sigterm_at"] is not None:
+        timing["delete_to_sigterm_s"] = round(timing["sigterm_at"] - timing["deleted_at"], 1)
+    return timing
+
+
 def rolling_update(release: str, expected: dict[str, str], out_dir: Path) -> dict[str, Any]:
     """Change a setting while clients send requests; what they got and how the old pod went."""
     old = ready_pod(release, "server")
@@ -191,7 +212,9 @@ def rolling_update(release: str, expected: dict[str, str], out_dir: Path) -> dic
              "--set", "settings.ESPNET_SERVE_MAX_BATCH_SIZE=16")  # fmt: skip
         new = ready_pod(release, "server")
         deadline = time.time() + 300
-        while any(p["metadata"]["name"] == old_name for p in pods_of(release, "server")):
+        deleted: dict[str, Any] = {}
+        while olds := [p for p in pods_of(release, "server") if p["metadata"]["name"] == old_name]:
+            deleted = olds[0]["metadata"] if "deletionTimestamp" in olds[0]["metadata"] else deleted
             if time.time() > deadline:
                 raise TimeoutError(f"{old_name} still there 300 s after the update")
             time.sleep(0.5)
@@ -205,6 +228,7 @@ def rolling_update(release: str, expected: dict[str, str], out_dir: Path) -> dic
     return {
         **counts,
         "old_pod": old_name,
+        **prestop_timing(deleted, old_log),
         "new_pod": start_to_ready(new),
         "update_to_old_pod_gone_s": round(rolled, 1),
         "endpoint_changes": [(round(t - started, 1), ips) for t, ips in endpoints.seen],
@@ -286,6 +310,8 @@ def main() -> int:
         and update["wrong"] == 0
         and update["sent"] > 0,
         "old pod drained": update["old_pod_drained"],
+        "SIGTERM only after the preStop sleep": (update["delete_to_sigterm_s"] or 0)
+        >= yaml.safe_load(VALUES.read_text())["gracefulShutdown"]["preStopSleepSeconds"] - 1,
         "restricted pod admitted": report["admission"]["restricted_admitted"],
         "privileged pod rejected": report["admission"]["privileged_rejected"],
     }
