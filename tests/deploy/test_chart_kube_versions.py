@@ -2,7 +2,7 @@
 
 Rendered offline by Helm's engine (helm-python-sdk) with a given Kubernetes version, as
 ``helm template --kube-version`` does. A real 1.20 API server checks the same objects in
-``make e2e`` (tests/e2e): there is no 1.20 schema in kubernetes-validate.
+``make e2e`` (e2e/rollout.py): there is no 1.20 schema in kubernetes-validate.
 """
 
 from __future__ import annotations
