@@ -11,7 +11,7 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # A lone process (eval, bench) decodes faster with the default policy.
 serve test bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock eval recipe bench bench-serve clean
+.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve image image-check e2e clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
@@ -53,6 +53,10 @@ lock:
 	  --python-platform x86_64-manylinux_2_28 \
 	  --override requirements/overrides.txt -o requirements/lock.txt
 
+## lock-runtime: derive requirements/runtime-lock.txt (what the Bento installs) from the lock
+lock-runtime: setup
+	$(BIN)/python requirements/runtime_lock.py
+
 ## eval: word error rate and real-time factor of the default model on the held-out set
 eval: setup
 	$(BIN)/espnet-serve eval
@@ -68,6 +72,18 @@ bench: setup
 ## bench-serve: the served path under load vs in-process batching and a naive peer (JSON + PNG)
 bench-serve: setup
 	$(BIN)/python bench/serve.py
+
+## image: the Bento's OCI image, built offline with podman (docker/build-image.sh; root)
+image: setup
+	docker/build-image.sh
+
+## image-check: run the image as the chart does; cold start, transcripts vs make serve, SIGTERM
+image-check: setup
+	$(BIN)/python -m e2e.check_image
+
+## e2e: the chart's pods on a real single-node Kubernetes 1.20 (e2e/run.sh; root, see docs/e2e.md)
+e2e: setup
+	e2e/run.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache

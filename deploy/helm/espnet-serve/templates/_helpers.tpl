@@ -129,10 +129,33 @@ The API is always reachable at the Service named after the release's fullname.
 {{- end }}
 
 {{/*
-In split mode, the URL the API pods reach the model service at.
+In split mode, the URL the API pods reach the model service at: bento.modelUrl, else the model
+Service's cluster DNS name.
 */}}
 {{- define "espnet-serve.modelUrl" -}}
-{{- printf "http://%s-model.%s.svc:%v" (include "espnet-serve.fullname" .) .Release.Namespace .Values.model.service.port }}
+{{- .Values.bento.modelUrl | default (printf "http://%s-model.%s.svc:%v" (include "espnet-serve.fullname" .) .Release.Namespace .Values.model.service.port) }}
+{{- end }}
+
+{{/*
+API versions of PodDisruptionBudget (policy/v1 from Kubernetes 1.21, policy/v1beta1 before) and
+HorizontalPodAutoscaler (autoscaling/v2 from 1.23, autoscaling/v2beta2 before). Against a
+cluster, .Capabilities.APIVersions is what the server serves; offline (helm template, lint)
+Helm's default set holds every version, so the Kubernetes version (--kube-version) decides.
+*/}}
+{{- define "espnet-serve.pdbApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "policy/v1") (semverCompare ">=1.21-0" .Capabilities.KubeVersion.Version) -}}
+policy/v1
+{{- else -}}
+policy/v1beta1
+{{- end }}
+{{- end }}
+
+{{- define "espnet-serve.hpaApiVersion" -}}
+{{- if and (.Capabilities.APIVersions.Has "autoscaling/v2") (semverCompare ">=1.23-0" .Capabilities.KubeVersion.Version) -}}
+autoscaling/v2
+{{- else -}}
+autoscaling/v2beta2
+{{- end }}
 {{- end }}
 
 {{/*
@@ -195,6 +218,9 @@ Cross-field checks the JSON schema cannot express; fail with a message naming th
 {{- if and $auth.protectMetrics .Values.serviceMonitor.enabled (not .Values.serviceMonitor.authorization) }}
 {{- fail "auth.protectMetrics with serviceMonitor.enabled needs serviceMonitor.authorization (secretName, secretKey of a Secret holding a plain API key for Prometheus), or every scrape gets 401" }}
 {{- end }}
+{{- end }}
+{{- if and $g.useSleepAction (semverCompare "<1.30-0" .Capabilities.KubeVersion.Version) }}
+{{- fail (printf "gracefulShutdown.useSleepAction needs Kubernetes >= 1.30 (this cluster: %s): leave it false to run sleep in the container" .Capabilities.KubeVersion.Version) }}
 {{- end }}
 {{- if hasKey .Values.bento.config "version" }}
 {{- fail "bento.config must not set version: BentoML reads the file with both its v1 and v2 schemas, and only a file without version passes both" }}

@@ -1,0 +1,1 @@
+"""End-to-end checks on real containers and a real kubelet (``make image-check``, ``make e2e``)."""
