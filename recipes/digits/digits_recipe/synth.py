@@ -159,7 +159,7 @@ def render(utt: Utterance, sample_rate: int) -> np.ndarray:
     return np.clip(signal, -1.0, 1.0).astype(np.float32)
 
 
-def _write_tsv(path: Path, rows: Sequence[Sequence[object]]) -> None:
+def write_tsv(path: Path, rows: Sequence[Sequence[object]]) -> None:
     """Write tab-separated rows."""
     with path.open("w", encoding="utf-8", newline="") as f:
         csv.writer(f, delimiter="\t", lineterminator="\n").writerows(rows)
@@ -195,9 +195,9 @@ def synthesise_set(
 
     with ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
         list(pool.map(write, utterances))
-    _write_tsv(out_dir / TRANSCRIPTS, [(u.uttid, u.text) for u in utterances])
+    write_tsv(out_dir / TRANSCRIPTS, [(u.uttid, u.text) for u in utterances])
     fields = [f.name for f in dataclasses.fields(Utterance)]
-    _write_tsv(
+    write_tsv(
         out_dir / CONDITIONS,
         [fields, *([getattr(u, name) for name in fields] for u in utterances)],
     )
