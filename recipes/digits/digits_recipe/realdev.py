@@ -160,13 +160,17 @@ def _write(out_dir: Path, uttid: str, audio: np.ndarray) -> None:
     sf.write(out_dir / f"{uttid}.flac", audio.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
 
 
+def build_dev_set(out_dir: Path) -> Path:
+    """Fetch the sources into a scratch directory and write the dev set into ``out_dir``."""
+    with tempfile.TemporaryDirectory(prefix="digits-realdev-") as scratch:
+        return build(out_dir, Path(scratch))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the dev set into the given directory; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="Set directory to write.")
-    args = parser.parse_args(argv)
-    with tempfile.TemporaryDirectory() as scratch:
-        build(args.out_dir, Path(scratch))
+    build_dev_set(parser.parse_args(argv).out_dir)
     return 0
 
 
