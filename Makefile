@@ -61,7 +61,10 @@ eval: setup
 
 ## recipe: re-train the embedded default model from scratch (synthetic speech; ~20 min on 2 cores),
 ## then score it and the bundle it replaced on every held-out set and the real-speech dev set
+## (ffmpeg decodes the wideband real-speech dev set's G.722 prompts; only the recipe needs it)
 recipe: setup sysdeps
+	@command -v ffmpeg >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg; }
 	cd recipes/digits && ../../.venv/bin/python -m digits_recipe.run --install --score
 
 ## bench: throughput of the batched backend vs Speech2Text (JSON + PNG under bench/results/)

@@ -8,6 +8,8 @@ unpacked with ``dpkg-deb -x``; nothing is installed. Sources:
   CC-BY-SA-3.0. Her single-digit prompts ``digits/{0..9,oh}.wav`` are used
   alone and joined, with short pauses, into digit strings, the way an IVR
   speaks a number.
+- ``asterisk-core-sounds-en-g722`` (``--wideband``): the same recordings as
+  G.722 (16 kHz wideband), decoded with ``ffmpeg``; same texts and pauses.
 - ``pocketsphinx-testdata``: CMU Sphinx test recordings (BSD-2), of which
   ``cards/004.wav`` is a person saying "five five" (1 speaker).
 
@@ -18,11 +20,14 @@ so ``espnet-serve eval --heldout-dir DIR`` scores it.
 Usage (from ``recipes/digits``)::
 
     ../../.venv/bin/python -m digits_recipe.realdev work/data/real_dev
+    ../../.venv/bin/python -m digits_recipe.realdev --wideband work/data/real_dev_wideband
 """
 
 from __future__ import annotations
 
 import argparse
+import io
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -44,10 +49,10 @@ PAUSE_S = (0.05, 0.25)  # pause between joined words, uniform
 EDGE_S = 0.2  # silence before and after each clip
 TRIM_LEVEL = 0.02  # prompt silence: below 2% of the peak
 
-ASTERISK_PACKAGE = "asterisk-core-sounds-en-wav"
 ASTERISK_DIGITS = "usr/share/asterisk/sounds/en_US_f_Allison/digits"
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ASTERISK_FILES = {**{word: f"{n}.wav" for n, word in enumerate(DIGIT_WORDS)}, "oh": "oh.wav"}
+ASTERISK_STEMS = {**{word: str(n) for n, word in enumerate(DIGIT_WORDS)}, "oh": "oh"}
+FFMPEG = "ffmpeg"
 POCKETSPHINX_PACKAGE = "pocketsphinx-testdata"
 POCKETSPHINX_CLIPS = {"cards/004.wav": "five five"}
 POCKETSPHINX_DATA = "usr/share/pocketsphinx/test/data"
@@ -62,7 +67,20 @@ class Source:
     licence: str
 
 
-ASTERISK = Source(ASTERISK_PACKAGE, "Allison Smith", "CC-BY-SA-3.0")
+@dataclass(frozen=True)
+class Prompts:
+    """One encoding of the Asterisk digit prompts."""
+
+    source: Source
+    suffix: str  # file suffix of the prompts: ``.wav`` (8 kHz PCM) or ``.g722`` (16 kHz)
+
+
+ASTERISK_8K = Prompts(
+    Source("asterisk-core-sounds-en-wav", "Allison Smith", "CC-BY-SA-3.0"), ".wav"
+)
+ASTERISK_WIDEBAND = Prompts(
+    Source("asterisk-core-sounds-en-g722", "Allison Smith", "CC-BY-SA-3.0"), ".g722"
+)
 POCKETSPHINX = Source(POCKETSPHINX_PACKAGE, "CMU Sphinx test speaker", "BSD-2-Clause")
 
 
@@ -90,8 +108,19 @@ def _trim(audio: np.ndarray) -> np.ndarray:
 
 
 def read_clip(path: Path) -> np.ndarray:
-    """Read a clip as float64 mono at ``SAMPLE_RATE``, silence trimmed."""
-    audio, rate = sf.read(str(path), dtype="float64", always_2d=True)
+    """Read a clip as float64 mono at ``SAMPLE_RATE``, silence trimmed.
+
+    G.722 files are decoded with ffmpeg; anything else with soundfile.
+    """
+    if path.suffix == ".g722":
+        wav = subprocess.run(
+            [FFMPEG, "-loglevel", "error", "-f", "g722", "-i", str(path), "-f", "wav", "-"],
+            capture_output=True,
+            check=True,
+        ).stdout
+        audio, rate = sf.read(io.BytesIO(wav), dtype="float64", always_2d=True)
+    else:
+        audio, rate = sf.read(str(path), dtype="float64", always_2d=True)
     return _trim(soxr.resample(audio.mean(axis=1), rate, SAMPLE_RATE))
 
 
@@ -116,28 +145,41 @@ def join(parts: Sequence[np.ndarray], rng: np.random.Generator) -> np.ndarray:
     return np.concatenate(pieces)
 
 
-def build(out_dir: Path, scratch: Path) -> Path:
+def build(out_dir: Path, scratch: Path, prompts: Prompts = ASTERISK_8K) -> Path:
     """Fetch the sources and write the dev set into ``out_dir``.
 
     Args:
         out_dir: The set directory to write (created; existing clips replaced).
         scratch: Where packages are downloaded and unpacked.
+        prompts: Which encoding of the Asterisk prompts to use (the texts and
+            pauses are the same for each).
 
     Returns:
         Path: ``out_dir``.
+
+    Raises:
+        FileNotFoundError: If ``prompts`` is G.722 and ffmpeg is not installed.
     """
+    if prompts.suffix == ".g722" and shutil.which(FFMPEG) is None:
+        raise FileNotFoundError(
+            "the wideband dev set decodes G.722 with ffmpeg: apt-get install ffmpeg"
+        )
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
-    asterisk = fetch_package(ASTERISK_PACKAGE, scratch) / ASTERISK_DIGITS
-    recordings = {word: read_clip(asterisk / name) for word, name in ASTERISK_FILES.items()}
+    asterisk = fetch_package(prompts.source.package, scratch) / ASTERISK_DIGITS
+    recordings = {
+        word: read_clip(asterisk / f"{stem}{prompts.suffix}")
+        for word, stem in ASTERISK_STEMS.items()
+    }
     rows: list[tuple[str, str]] = []
     sources: list[tuple[str, str, str, str, str]] = []
-    for index, words in enumerate(plan_strings(list(ASTERISK_FILES), rng)):
+    source = prompts.source
+    for index, words in enumerate(plan_strings(list(ASTERISK_STEMS), rng)):
         uttid = f"asterisk_{index:03d}"
         audio = join([recordings[w] for w in words], rng)
         _write(out_dir, uttid, audio)
         rows.append((uttid, " ".join(words)))
-        sources.append((uttid, ASTERISK.package, ASTERISK.speaker, ASTERISK.licence, "joined"))
+        sources.append((uttid, source.package, source.speaker, source.licence, "joined"))
     sphinx = fetch_package(POCKETSPHINX_PACKAGE, scratch) / POCKETSPHINX_DATA
     for index, (name, text) in enumerate(POCKETSPHINX_CLIPS.items()):
         uttid = f"pocketsphinx_{index:03d}"
@@ -160,17 +202,21 @@ def _write(out_dir: Path, uttid: str, audio: np.ndarray) -> None:
     sf.write(out_dir / f"{uttid}.flac", audio.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")
 
 
-def build_dev_set(out_dir: Path) -> Path:
+def build_dev_set(out_dir: Path, prompts: Prompts = ASTERISK_8K) -> Path:
     """Fetch the sources into a scratch directory and write the dev set into ``out_dir``."""
     with tempfile.TemporaryDirectory(prefix="digits-realdev-") as scratch:
-        return build(out_dir, Path(scratch))
+        return build(out_dir, Path(scratch), prompts)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Build the dev set into the given directory; returns the exit status."""
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="Set directory to write.")
-    build_dev_set(parser.parse_args(argv).out_dir)
+    parser.add_argument(
+        "--wideband", action="store_true", help="Use the G.722 (16 kHz) prompts (needs ffmpeg)."
+    )
+    args = parser.parse_args(argv)
+    build_dev_set(args.out_dir, ASTERISK_WIDEBAND if args.wideband else ASTERISK_8K)
     return 0
 
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
 from digits_recipe.data import prepare_data_dir, token_list
 from digits_recipe.pack import pack
-from digits_recipe.realdev import build_dev_set
+from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, build_dev_set
 from digits_recipe.score import markdown_table, score
 from digits_recipe.synth import plan_set, synthesise_set
 from digits_recipe.train import train
@@ -30,6 +30,7 @@ STAGES = ("synth", "prepare", "train", "pack")
 ROLES = ("train", "valid", "heldout")  # a set's ``role`` in the config
 INSTALLED_HELDOUT = "heldout"  # the held-out set shipped in the package (espeak-ng voices)
 REAL_DEV = "real_dev"  # the real-speech dev set's directory under work/data
+REAL_DEV_WIDEBAND = "real_dev_wideband"  # ... its 16 kHz version (built where ffmpeg is)
 ASSETS_DIR = RECIPE_DIR.parent.parent / "src" / "espnet_serve" / "assets"
 ARCHIVE_NAME = "digits_asr.tar.gz"
 
@@ -133,8 +134,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         install(archive, set_dirs[INSTALLED_HELDOUT])
         logger.info("installed %s and the held-out set into %s", ARCHIVE_NAME, ASSETS_DIR)
     if args.score:
-        real_dev = build_dev_set(work / "data" / REAL_DEV)
-        scored = [set_dirs[name] for name in roles["heldout"]] + [real_dev]
+        scored = [set_dirs[name] for name in roles["heldout"]]
+        scored.append(build_dev_set(work / "data" / REAL_DEV))
+        if shutil.which(FFMPEG):
+            scored.append(build_dev_set(work / "data" / REAL_DEV_WIDEBAND, ASTERISK_WIDEBAND))
+        else:
+            logger.info("no %s: scoring without the wideband real-speech dev set", FFMPEG)
         reports = score({"before": previous, "after": archive}, scored)
         print(markdown_table(scored, reports))
     return 0

@@ -1,10 +1,10 @@
 """Synthesise spoken digit strings with text-to-speech engines and sox.
 
-Engines (:mod:`digits_recipe.engines`): espeak-ng, flite and festival. Each set
-is planned up front from its seed (texts, voices, speeds, noise,
-augmentation), so the result does not depend on how many processes render it. A set directory
-holds ``<uttid>.flac`` (16-bit, mono), ``transcripts.tsv`` (``uttid<TAB>text``)
-and ``conditions.tsv`` (how each utterance was made).
+Engines (:mod:`digits_recipe.engines`): espeak-ng, flite and festival. Each
+set is planned up front from its seed (texts, voices, speeds, noise,
+augmentation), so the result does not depend on how many processes render it.
+A set directory holds ``<uttid>.flac`` (16-bit, mono), ``transcripts.tsv``
+(``uttid<TAB>text``) and ``conditions.tsv`` (how each utterance was made).
 """
 
 from __future__ import annotations
