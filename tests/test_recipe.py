@@ -76,6 +76,20 @@ def test_telephone_channels_cut_the_high_band(channel: str) -> None:
     assert _high_band_fraction(phone) < 0.1 * _high_band_fraction(wide)
 
 
+def _longest_zero_run(audio: np.ndarray) -> int:
+    """Length of the longest run of exactly-zero samples."""
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[1], audio != 0, [1]]))))
+    return int(runs[::2].max()) if runs.size else 0
+
+
+def test_words_reading_joins_the_words_with_silence() -> None:
+    quiet = dataclasses.replace(ESPEAK, noise="none", pad_before_s=0.0, pad_after_s=0.0)
+    phrase = render(quiet, SAMPLE_RATE)
+    words = render(dataclasses.replace(quiet, reading="words"), SAMPLE_RATE)
+    assert _longest_zero_run(phrase) < 0.05 * SAMPLE_RATE
+    assert _longest_zero_run(words) >= 0.05 * SAMPLE_RATE
+
+
 def test_augmentation_changes_the_audio_not_the_plan() -> None:
     config = load_config()
     plain = SetSpec.from_config(config, "heldout")

@@ -72,7 +72,9 @@ class SetSpec:
         reverb: Inclusive range of the sox reverberance (0-100).
         channels: Channels to choose from, uniformly (``wideband``, ``ulaw``,
             ``gsm``, ``amr``); list one several times to weight it.
-        pause_prob: Fraction of utterances read as a list, with pauses.
+        readings: How the words are read, uniformly (``phrase``, ``list``,
+            ``words``; see :class:`digits_recipe.synth.Utterance`).
+        noise_free_prob: Fraction of utterances without added noise.
     """
 
     name: str
@@ -93,7 +95,8 @@ class SetSpec:
     reverb_prob: float = 0.0
     reverb: tuple[int, int] = (0, 0)
     channels: tuple[str, ...] = ("wideband",)
-    pause_prob: float = 0.0
+    readings: tuple[str, ...] = ("phrase",)
+    noise_free_prob: float = 0.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], name: str) -> SetSpec:
@@ -124,7 +127,8 @@ class SetSpec:
             reverb_prob=float(entry.get("reverb_prob", cls.reverb_prob)),
             reverb=_pair(entry.get("reverb", cls.reverb), int),
             channels=tuple(entry.get("channels", cls.channels)),
-            pause_prob=float(entry.get("pause_prob", cls.pause_prob)),
+            readings=tuple(entry.get("readings", cls.readings)),
+            noise_free_prob=float(entry.get("noise_free_prob", cls.noise_free_prob)),
         )
 
 

@@ -17,6 +17,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import soundfile as sf
@@ -27,6 +28,7 @@ from digits_recipe.engines import ESPEAK_NG, required_tools, speak
 TRANSCRIPTS = "transcripts.tsv"
 CONDITIONS = "conditions.tsv"
 NOISE_KINDS = ("white", "pink")
+NO_NOISE = "none"  # augmentation: no added noise, so pads and pauses are digital silence
 PEAK_LEVEL = 0.5
 TRIM_LEVEL = 0.01  # the engines' leading/trailing silence: below 1% of the peak
 AUGMENT_STREAM = 1  # second seed word of the augmentation draws (kept apart from the base draws)
@@ -40,6 +42,11 @@ CODEC_ARGS = {
 }
 CHANNELS = (WIDEBAND, *CODEC_ARGS)
 RENDER_CHUNK = 25  # utterances per engine call (festival renders a chunk in one process)
+# How the engine reads the words: as one phrase, as a list ("three, one, four"), or one word
+# at a time, the recordings joined with digital silence (the way an IVR strings prompts).
+PHRASE, LIST, WORDS = "phrase", "list", "words"
+READINGS = (PHRASE, LIST, WORDS)
+WORD_PAUSE_S = (0.05, 0.35)  # silence between the words of a WORDS reading, uniform
 
 
 @dataclass(frozen=True)
@@ -56,7 +63,7 @@ class Utterance:
         speed_wpm: espeak-ng speed (espeak-ng only).
         pitch: espeak-ng pitch (espeak-ng only).
         speed_perturb: sox ``speed`` factor (tempo and pitch).
-        noise: Noise colour, ``white`` or ``pink``.
+        noise: Noise colour, ``white`` or ``pink``, or ``none``.
         snr_db: Signal-to-noise ratio of the added noise.
         gain_db: Overall gain.
         pad_before_s: Extra leading silence.
@@ -68,8 +75,9 @@ class Utterance:
         pitch_cents: sox ``pitch`` shift.
         reverb: sox ``reverb`` reverberance, 0-100 (0: none).
         channel: ``wideband``, or a telephone channel (``ulaw``, ``gsm``, ``amr``).
-        pauses: Speak the words as a list (``"three, one, four"``), with a pause
-            after each, the way people read out digits.
+        reading: ``phrase``, ``list`` (``"three, one, four"``: a pause after
+            each word, the way people read out digits) or ``words`` (each word
+            synthesised alone, joined with 0.05-0.35 s of silence).
     """
 
     uttid: str
@@ -90,12 +98,21 @@ class Utterance:
     pitch_cents: int = 0
     reverb: int = 0
     channel: str = WIDEBAND
-    pauses: bool = False
+    reading: str = PHRASE
 
     @property
     def spoken_text(self) -> str:
-        """The text the engine reads: the words, comma-separated when ``pauses``."""
-        return ", ".join(self.text.split()) if self.pauses else self.text
+        """The text the engine reads: the words, comma-separated for a ``list`` reading."""
+        return ", ".join(self.text.split()) if self.reading == LIST else self.text
+
+    def pieces(self) -> list[Utterance]:
+        """What the engine synthesises: the utterance, or each word alone for ``words``."""
+        if self.reading != WORDS:
+            return [self]
+        return [
+            dataclasses.replace(self, uttid=f"{self.uttid}_w{i}", text=word, reading=PHRASE)
+            for i, word in enumerate(self.text.split())
+        ]
 
 
 def plan_set(spec: SetSpec, words: Sequence[str], num_words: tuple[int, int]) -> list[Utterance]:
@@ -121,38 +138,39 @@ def plan_set(spec: SetSpec, words: Sequence[str], num_words: tuple[int, int]) ->
         count = int(rng.integers(num_words[0], num_words[1] + 1))
         text = " ".join(str(w) for w in rng.choice(words, size=count))
         accent, variant = str(rng.choice(spec.accents)), str(rng.choice(spec.variants))
-        utterances.append(
-            Utterance(
-                uttid=f"{spec.name}_{index:05d}",
-                text=text,
-                voice=f"{accent}+{variant}" if accent else variant,
-                speed_wpm=int(rng.integers(spec.speed_wpm[0], spec.speed_wpm[1] + 1)),
-                pitch=int(rng.integers(spec.pitch[0], spec.pitch[1] + 1)),
-                speed_perturb=float(rng.choice(spec.speed_perturb)),
-                noise=str(rng.choice(NOISE_KINDS)),
-                snr_db=round(float(rng.uniform(*spec.snr_db)), 2),
-                gain_db=round(float(rng.uniform(*spec.gain_db)), 2),
-                pad_before_s=round(float(rng.uniform(*spec.pad_s)), 3),
-                pad_after_s=round(float(rng.uniform(*spec.pad_s)), 3),
-                noise_seed=int(rng.integers(2**31)),
-                engine=spec.engine,
-                **_augmentation(spec, augment_rng),
-            )
-        )
+        fields: dict[str, Any] = {
+            "uttid": f"{spec.name}_{index:05d}",
+            "text": text,
+            "voice": f"{accent}+{variant}" if accent else variant,
+            "speed_wpm": int(rng.integers(spec.speed_wpm[0], spec.speed_wpm[1] + 1)),
+            "pitch": int(rng.integers(spec.pitch[0], spec.pitch[1] + 1)),
+            "speed_perturb": float(rng.choice(spec.speed_perturb)),
+            "noise": str(rng.choice(NOISE_KINDS)),
+            "snr_db": round(float(rng.uniform(*spec.snr_db)), 2),
+            "gain_db": round(float(rng.uniform(*spec.gain_db)), 2),
+            "pad_before_s": round(float(rng.uniform(*spec.pad_s)), 3),
+            "pad_after_s": round(float(rng.uniform(*spec.pad_s)), 3),
+            "noise_seed": int(rng.integers(2**31)),
+            "engine": spec.engine,
+        }
+        utterances.append(Utterance(**{**fields, **_augmentation(spec, augment_rng)}))
     return utterances
 
 
-def _augmentation(spec: SetSpec, rng: np.random.Generator) -> dict[str, object]:
-    """Draw the augmentation fields of one utterance."""
+def _augmentation(spec: SetSpec, rng: np.random.Generator) -> dict[str, Any]:
+    """Draw the augmentation fields of one utterance (``noise`` only when it drops it)."""
     reverb = rng.random() < spec.reverb_prob
-    return {
+    fields: dict[str, Any] = {
         "stretch": round(float(rng.uniform(*spec.stretch)), 3),
         "tempo": round(float(rng.uniform(*spec.tempo)), 3),
         "pitch_cents": int(rng.integers(spec.pitch_cents[0], spec.pitch_cents[1] + 1)),
         "reverb": int(rng.integers(spec.reverb[0], spec.reverb[1] + 1)) if reverb else 0,
         "channel": str(rng.choice(spec.channels)),
-        "pauses": bool(rng.random() < spec.pause_prob),
+        "reading": str(rng.choice(spec.readings)),
     }
+    if rng.random() < spec.noise_free_prob:
+        fields["noise"] = NO_NOISE
+    return fields
 
 
 def _effects(utt: Utterance, sample_rate: int) -> list[str]:
@@ -239,20 +257,30 @@ def render(utt: Utterance, sample_rate: int) -> np.ndarray:
     Returns:
         np.ndarray: float32 samples in [-1, 1].
     """
-    (wav,) = speak([utt])
-    return _finish(utt, wav, sample_rate)
+    return _finish(utt, speak(utt.pieces()), sample_rate)
 
 
-def _finish(utt: Utterance, wav: bytes, sample_rate: int) -> np.ndarray:
-    """Turn an engine's WAV into the utterance's final samples (see :func:`render`)."""
-    speech = _trim(_to_float(utt, wav, sample_rate).astype(np.float64))
+def _join(utt: Utterance, parts: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
+    """Concatenate the words of a ``words`` reading with random silences between them."""
+    rng = np.random.default_rng([utt.noise_seed, AUGMENT_STREAM])
+    pieces = [parts[0]]
+    for part in parts[1:]:
+        pieces += [np.zeros(round(rng.uniform(*WORD_PAUSE_S) * sample_rate)), part]
+    return np.concatenate(pieces)
+
+
+def _finish(utt: Utterance, wavs: Sequence[bytes], sample_rate: int) -> np.ndarray:
+    """Turn the engine's WAV(s) into the utterance's final samples (see :func:`render`)."""
+    parts = [_trim(_to_float(utt, wav, sample_rate).astype(np.float64)) for wav in wavs]
+    speech = _join(utt, parts, sample_rate) if len(parts) > 1 else parts[0]
     speech *= PEAK_LEVEL / (np.abs(speech).max() + 1e-12)
     before = np.zeros(round(utt.pad_before_s * sample_rate))
     after = np.zeros(round(utt.pad_after_s * sample_rate))
     signal = np.concatenate([before, speech, after])
-    noise_rms = np.sqrt(np.mean(speech**2)) / 10 ** (utt.snr_db / 20)
-    rng = np.random.default_rng(utt.noise_seed)
-    signal += noise_rms * _noise(utt.noise, signal.size, rng)
+    if utt.noise != NO_NOISE:
+        noise_rms = np.sqrt(np.mean(speech**2)) / 10 ** (utt.snr_db / 20)
+        rng = np.random.default_rng(utt.noise_seed)
+        signal += noise_rms * _noise(utt.noise, signal.size, rng)
     if utt.channel != WIDEBAND:
         signal = _telephone(signal, utt.channel, sample_rate)
     signal *= 10 ** (utt.gain_db / 20)
@@ -290,8 +318,10 @@ def synthesise_set(
     out_dir.mkdir(parents=True)
 
     def write(chunk: Sequence[Utterance]) -> None:
-        for utt, wav in zip(chunk, speak(chunk), strict=True):
-            audio = _finish(utt, wav, sample_rate)
+        pieces = [utt.pieces() for utt in chunk]
+        wavs = iter(speak([piece for utt_pieces in pieces for piece in utt_pieces]))
+        for utt, utt_pieces in zip(chunk, pieces, strict=True):
+            audio = _finish(utt, [next(wavs) for _ in utt_pieces], sample_rate)
             sf.write(out_dir / f"{utt.uttid}.flac", audio, sample_rate, subtype="PCM_16")
 
     chunks = [utterances[i : i + RENDER_CHUNK] for i in range(0, len(utterances), RENDER_CHUNK)]
