@@ -20,6 +20,7 @@ RECIPE_DIR = Path(__file__).absolute().parent.parent / "recipes" / "digits"
 sys.path.insert(0, str(RECIPE_DIR))
 
 from digits_recipe.config import SetSpec, load_config  # noqa: E402
+from digits_recipe.realdev import read_clip  # noqa: E402
 from digits_recipe.synth import CHANNELS, WIDEBAND, Utterance, plan_set, render  # noqa: E402
 
 TOOLS = ("espeak-ng", "flite", "festival", "sox")
@@ -114,6 +115,27 @@ def test_heldout_plan_renders_the_shipped_clips() -> None:
         rendered = np.round(render(utt, rate).astype(np.float64) * 32767)
         assert rate == int(synthesis["sample_rate"])
         np.testing.assert_allclose(rendered, shipped, atol=1)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate", "subtype"), [(".au", 8000, "ULAW"), (".raw", 16000, "PCM_16")]
+)
+def test_real_dev_reads_headerless_clips(
+    tmp_path: Path, suffix: str, rate: int, subtype: str
+) -> None:
+    # saytime's digits are headerless 8 kHz mu-law .au, pocketsphinx's .raw 16 kHz PCM
+    t = np.arange(rate // 2) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    audio = np.concatenate([np.zeros(rate // 10), tone, np.zeros(rate // 10)])
+    path = tmp_path / f"clip{suffix}"
+    sf.write(str(path), audio, rate, format="RAW", subtype=subtype, endian="LITTLE")
+    assert path.read_bytes()[:4] != b".snd"
+
+    clip = read_clip(path)
+
+    # resampled to 16 kHz, the leading and trailing silence trimmed: the tone is left
+    assert abs(len(clip) - SAMPLE_RATE // 2) < SAMPLE_RATE // 100
+    assert np.abs(clip).max() == pytest.approx(0.5, abs=0.03)
 
 
 @pytest.mark.slow

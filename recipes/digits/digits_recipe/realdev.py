@@ -10,8 +10,14 @@ unpacked with ``dpkg-deb -x``; nothing is installed. Sources:
   speaks a number.
 - ``asterisk-core-sounds-en-g722`` (``--wideband``): the same recordings as
   G.722 (16 kHz wideband), decoded with ``ffmpeg``; same texts and pauses.
+- ``saytime`` (``--prompts saytime``): the talking clock's recordings of
+  ``0`` … ``9`` and ``oh`` by David C Dawson (1 speaker, male, 8 kHz μ-law
+  without a header), licence GPL (the package's copyright file names no
+  version); joined into the same texts with the same pauses.
 - ``pocketsphinx-testdata``: CMU Sphinx test recordings (BSD-2), of which
-  ``cards/004.wav`` is a person saying "five five" (1 speaker).
+  ``cards/004.wav`` is a person saying "five five" and ``tidigits/dhd.2934z.raw``
+  (a TIDIGITS utterance that CMU ships as test data, 16 kHz raw PCM) another
+  saying "two nine three four zero" (2 speakers).
 
 The set is written like the synthesised ones (``<uttid>.flac`` at 16 kHz,
 ``transcripts.tsv``) plus ``SOURCES.txt`` naming each clip's origin and licence,
@@ -21,6 +27,7 @@ Usage (from ``recipes/digits``)::
 
     ../../.venv/bin/python -m digits_recipe.realdev work/data/real_dev
     ../../.venv/bin/python -m digits_recipe.realdev --wideband work/data/real_dev_wideband
+    ../../.venv/bin/python -m digits_recipe.realdev --prompts saytime work/data/real_dev_saytime
 """
 
 from __future__ import annotations
@@ -50,11 +57,18 @@ EDGE_S = 0.2  # silence before and after each clip
 TRIM_LEVEL = 0.02  # prompt silence: below 2% of the peak
 
 ASTERISK_DIGITS = "usr/share/asterisk/sounds/en_US_f_Allison/digits"
+SAYTIME_DIGITS = "usr/share/saytime"
+ULAW_RATE = 8000  # saytime's .au files: headerless 8 kHz μ-law
+RAW_RATE = 16000  # pocketsphinx's .raw files: headerless 16 kHz 16-bit little-endian PCM
+AU_MAGIC = b".snd"  # the header a Sun .au file starts with
 DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
-ASTERISK_STEMS = {**{word: str(n) for n, word in enumerate(DIGIT_WORDS)}, "oh": "oh"}
+DIGIT_STEMS = {**{word: str(n) for n, word in enumerate(DIGIT_WORDS)}, "oh": "oh"}
 FFMPEG = "ffmpeg"
 POCKETSPHINX_PACKAGE = "pocketsphinx-testdata"
-POCKETSPHINX_CLIPS = {"cards/004.wav": "five five"}
+POCKETSPHINX_CLIPS = {
+    "cards/004.wav": "five five",
+    "tidigits/dhd.2934z.raw": "two nine three four zero",
+}
 POCKETSPHINX_DATA = "usr/share/pocketsphinx/test/data"
 
 
@@ -69,10 +83,12 @@ class Source:
 
 @dataclass(frozen=True)
 class Prompts:
-    """One encoding of the Asterisk digit prompts."""
+    """One speaker's recordings of the single digits, in one encoding."""
 
     source: Source
-    suffix: str  # file suffix of the prompts: ``.wav`` (8 kHz PCM) or ``.g722`` (16 kHz)
+    suffix: str  # ``.wav`` (PCM), ``.g722`` (16 kHz G.722) or ``.au`` (8 kHz μ-law)
+    directory: str = ASTERISK_DIGITS  # where the package keeps them
+    prefix: str = "asterisk"  # utterance ids: ``<prefix>_<index>``
 
 
 ASTERISK_8K = Prompts(
@@ -81,7 +97,14 @@ ASTERISK_8K = Prompts(
 ASTERISK_WIDEBAND = Prompts(
     Source("asterisk-core-sounds-en-g722", "Allison Smith", "CC-BY-SA-3.0"), ".g722"
 )
-POCKETSPHINX = Source(POCKETSPHINX_PACKAGE, "CMU Sphinx test speaker", "BSD-2-Clause")
+SAYTIME = Prompts(
+    Source("saytime", "David C Dawson", "GPL (no version stated)"),
+    ".au",
+    SAYTIME_DIGITS,
+    "saytime",
+)
+PROMPTS = {"asterisk": ASTERISK_8K, "asterisk-g722": ASTERISK_WIDEBAND, "saytime": SAYTIME}
+POCKETSPHINX = Source(POCKETSPHINX_PACKAGE, "CMU Sphinx test speakers", "BSD-2-Clause")
 
 
 def fetch_package(package: str, into: Path) -> Path:
@@ -110,9 +133,32 @@ def _trim(audio: np.ndarray) -> np.ndarray:
 def read_clip(path: Path) -> np.ndarray:
     """Read a clip as float64 mono at ``SAMPLE_RATE``, silence trimmed.
 
-    G.722 files are decoded with ffmpeg; anything else with soundfile.
+    G.722 files are decoded with ffmpeg; ``.au`` files without a Sun header
+    are read as 8 kHz μ-law and ``.raw`` files as 16 kHz 16-bit PCM; anything
+    else with soundfile.
     """
-    if path.suffix == ".g722":
+    if path.suffix == ".au" and path.read_bytes()[:4] != AU_MAGIC:
+        audio, rate = sf.read(
+            str(path),
+            samplerate=ULAW_RATE,
+            channels=1,
+            format="RAW",
+            subtype="ULAW",
+            dtype="float64",
+            always_2d=True,
+        )
+    elif path.suffix == ".raw":
+        audio, rate = sf.read(
+            str(path),
+            samplerate=RAW_RATE,
+            channels=1,
+            format="RAW",
+            subtype="PCM_16",
+            endian="LITTLE",
+            dtype="float64",
+            always_2d=True,
+        )
+    elif path.suffix == ".g722":
         wav = subprocess.run(
             [FFMPEG, "-loglevel", "error", "-f", "g722", "-i", str(path), "-f", "wav", "-"],
             capture_output=True,
@@ -151,8 +197,8 @@ def build(out_dir: Path, scratch: Path, prompts: Prompts = ASTERISK_8K) -> Path:
     Args:
         out_dir: The set directory to write (created; existing clips replaced).
         scratch: Where packages are downloaded and unpacked.
-        prompts: Which encoding of the Asterisk prompts to use (the texts and
-            pauses are the same for each).
+        prompts: Whose digit recordings to join, in which encoding (the texts
+            and pauses are the same for each).
 
     Returns:
         Path: ``out_dir``.
@@ -166,16 +212,15 @@ def build(out_dir: Path, scratch: Path, prompts: Prompts = ASTERISK_8K) -> Path:
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(SEED)
-    asterisk = fetch_package(prompts.source.package, scratch) / ASTERISK_DIGITS
+    digits = fetch_package(prompts.source.package, scratch) / prompts.directory
     recordings = {
-        word: read_clip(asterisk / f"{stem}{prompts.suffix}")
-        for word, stem in ASTERISK_STEMS.items()
+        word: read_clip(digits / f"{stem}{prompts.suffix}") for word, stem in DIGIT_STEMS.items()
     }
     rows: list[tuple[str, str]] = []
     sources: list[tuple[str, str, str, str, str]] = []
     source = prompts.source
-    for index, words in enumerate(plan_strings(list(ASTERISK_STEMS), rng)):
-        uttid = f"asterisk_{index:03d}"
+    for index, words in enumerate(plan_strings(list(DIGIT_STEMS), rng)):
+        uttid = f"{prompts.prefix}_{index:03d}"
         audio = join([recordings[w] for w in words], rng)
         _write(out_dir, uttid, audio)
         rows.append((uttid, " ".join(words)))
@@ -213,10 +258,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("out_dir", type=Path, help="Set directory to write.")
     parser.add_argument(
-        "--wideband", action="store_true", help="Use the G.722 (16 kHz) prompts (needs ffmpeg)."
+        "--prompts", choices=sorted(PROMPTS), default="asterisk", help="Whose digit recordings."
+    )
+    parser.add_argument(
+        "--wideband", action="store_true", help="Same as --prompts asterisk-g722 (needs ffmpeg)."
     )
     args = parser.parse_args(argv)
-    build_dev_set(args.out_dir, ASTERISK_WIDEBAND if args.wideband else ASTERISK_8K)
+    build_dev_set(args.out_dir, ASTERISK_WIDEBAND if args.wideband else PROMPTS[args.prompts])
     return 0
 
 

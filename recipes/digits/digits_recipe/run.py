@@ -21,7 +21,7 @@ from pathlib import Path
 from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
 from digits_recipe.data import prepare_data_dir, token_list
 from digits_recipe.pack import pack
-from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, build_dev_set
+from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, SAYTIME, build_dev_set
 from digits_recipe.score import markdown_table, score
 from digits_recipe.synth import plan_set, synthesise_set
 from digits_recipe.train import train
@@ -31,6 +31,7 @@ ROLES = ("train", "valid", "heldout")  # a set's ``role`` in the config
 INSTALLED_HELDOUT = "heldout"  # the held-out set shipped in the package (espeak-ng voices)
 REAL_DEV = "real_dev"  # the real-speech dev set's directory under work/data
 REAL_DEV_WIDEBAND = "real_dev_wideband"  # ... its 16 kHz version (built where ffmpeg is)
+REAL_DEV_SAYTIME = "real_dev_saytime"  # the same texts by a second speaker (saytime's clips)
 ASSETS_DIR = RECIPE_DIR.parent.parent / "src" / "espnet_serve" / "assets"
 ARCHIVE_NAME = "digits_asr.tar.gz"
 
@@ -140,6 +141,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             scored.append(build_dev_set(work / "data" / REAL_DEV_WIDEBAND, ASTERISK_WIDEBAND))
         else:
             logger.info("no %s: scoring without the wideband real-speech dev set", FFMPEG)
+        scored.append(build_dev_set(work / "data" / REAL_DEV_SAYTIME, SAYTIME))
         reports = score({"before": previous, "after": archive}, scored)
         print(markdown_table(scored, reports))
     return 0
