@@ -23,10 +23,12 @@ $(STAMP): requirements/lock.txt pyproject.toml
 	$(BIN)/python -c "import espnet2, bentoml, torch, torchaudio, espnet_serve"
 	touch $@
 
-## sysdeps: Debian packages the recipe and tests use (espeak-ng, sox, libsndfile, curl)
+## sysdeps: Debian packages the recipe and tests use (TTS engines and voices, sox, libsndfile, curl)
+SYSDEPS := espeak-ng flite festival festvox-kallpc16k festvox-kdlpc16k festvox-us-slt-hts \
+  sox libsndfile1 curl
 sysdeps:
-	@command -v espeak-ng >/dev/null && command -v sox >/dev/null && command -v curl >/dev/null || \
-	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends espeak-ng sox libsndfile1 curl; }
+	@dpkg -s $(SYSDEPS) >/dev/null 2>&1 || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSDEPS); }
 
 ## serve: serve the embedded default model on $(HOST):$(PORT), offline
 serve: setup
@@ -61,9 +63,13 @@ lock-runtime: setup
 eval: setup
 	$(BIN)/espnet-serve eval
 
-## recipe: re-train the embedded default model from scratch (synthetic speech; ~20 min on 2 cores)
+## recipe: re-train the embedded default model from scratch (synthetic speech; ~20 min on 2 cores),
+## then score it and the bundle it replaced on every held-out set and the real-speech dev set
+## (ffmpeg decodes the wideband real-speech dev set's G.722 prompts; only the recipe needs it)
 recipe: setup sysdeps
-	cd recipes/digits && ../../.venv/bin/python -m digits_recipe.run --install
+	@command -v ffmpeg >/dev/null || \
+	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends ffmpeg; }
+	cd recipes/digits && ../../.venv/bin/python -m digits_recipe.run --install --score
 
 ## bench: throughput of the batched backend vs Speech2Text (JSON + PNG under bench/results/)
 bench: setup

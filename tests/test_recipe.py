@@ -1,30 +1,144 @@
-"""The digits recipe runs end to end at toy scale (synthesise, train, pack, load, decode)."""
+"""The digits recipe: its engines and augmentation, and a toy-scale run end to end."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import soundfile as sf
 
 from espnet_serve import InferenceSession
-from espnet_serve.assets import load_heldout
+from espnet_serve.assets import HELDOUT_DIR, load_heldout
 
 RECIPE_DIR = Path(__file__).absolute().parent.parent / "recipes" / "digits"
+sys.path.insert(0, str(RECIPE_DIR))
 
-pytestmark = [
-    pytest.mark.slow,
-    pytest.mark.skipif(
-        shutil.which("espeak-ng") is None or shutil.which("sox") is None,
-        reason="needs espeak-ng and sox (make sysdeps)",
-    ),
-]
+from digits_recipe.config import SetSpec, load_config  # noqa: E402
+from digits_recipe.realdev import read_clip  # noqa: E402
+from digits_recipe.synth import CHANNELS, WIDEBAND, Utterance, plan_set, render  # noqa: E402
+
+TOOLS = ("espeak-ng", "flite", "festival", "sox")
+FESTIVAL_VOICES = Path("/usr/share/festival/voices")
+SAMPLE_RATE = 16000
+HIGH_BAND_HZ = 3600  # above the telephone band (300-3400 Hz)
+WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "oh")
+
+pytestmark = pytest.mark.skipif(
+    any(shutil.which(tool) is None for tool in TOOLS)
+    or not (FESTIVAL_VOICES / "english" / "ked_diphone").is_dir(),
+    reason=f"needs {', '.join(TOOLS)} and the festival voices (make sysdeps)",
+)
+
+ESPEAK = Utterance(
+    uttid="u",
+    text="three one four",
+    voice="en-us+m3",
+    speed_wpm=150,
+    pitch=50,
+    speed_perturb=1.0,
+    noise="white",
+    snr_db=40.0,
+    gain_db=0.0,
+    pad_before_s=0.1,
+    pad_after_s=0.1,
+    noise_seed=1,
+)
+ENGINE_VOICES = {"espeak-ng": "en-us+m3", "flite": "kal16", "festival": "ked_diphone"}
 
 
+def _high_band_fraction(audio: np.ndarray) -> float:
+    """Fraction of the signal's energy above ``HIGH_BAND_HZ``."""
+    power = np.abs(np.fft.rfft(audio)) ** 2
+    freqs = np.fft.rfftfreq(audio.size, 1 / SAMPLE_RATE)
+    return float(power[freqs > HIGH_BAND_HZ].sum() / power.sum())
+
+
+@pytest.mark.parametrize("engine", sorted(ENGINE_VOICES))
+def test_each_engine_renders_speech(engine: str) -> None:
+    utt = dataclasses.replace(ESPEAK, engine=engine, voice=ENGINE_VOICES[engine])
+    audio = render(utt, SAMPLE_RATE)
+    assert audio.dtype == np.float32
+    assert 0.3 * SAMPLE_RATE < audio.size < 5 * SAMPLE_RATE
+    assert 0.1 < np.abs(audio).max() <= 1.0
+
+
+@pytest.mark.parametrize("channel", [c for c in CHANNELS if c != WIDEBAND])
+def test_telephone_channels_cut_the_high_band(channel: str) -> None:
+    wide = render(ESPEAK, SAMPLE_RATE)
+    phone = render(dataclasses.replace(ESPEAK, channel=channel), SAMPLE_RATE)
+    assert abs(phone.size - wide.size) < 0.05 * wide.size
+    assert _high_band_fraction(wide) > 0.001
+    assert _high_band_fraction(phone) < 0.1 * _high_band_fraction(wide)
+
+
+def _longest_zero_run(audio: np.ndarray) -> int:
+    """Length of the longest run of exactly-zero samples."""
+    runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[1], audio != 0, [1]]))))
+    return int(runs[::2].max()) if runs.size else 0
+
+
+def test_words_reading_joins_the_words_with_silence() -> None:
+    quiet = dataclasses.replace(ESPEAK, noise="none", pad_before_s=0.0, pad_after_s=0.0)
+    phrase = render(quiet, SAMPLE_RATE)
+    words = render(dataclasses.replace(quiet, reading="words"), SAMPLE_RATE)
+    assert _longest_zero_run(phrase) < 0.05 * SAMPLE_RATE
+    assert _longest_zero_run(words) >= 0.05 * SAMPLE_RATE
+
+
+def test_augmentation_changes_the_audio_not_the_plan() -> None:
+    config = load_config()
+    plain = SetSpec.from_config(config, "heldout")
+    augmented = dataclasses.replace(
+        plain, tempo=(0.8, 1.2), pitch_cents=(-300, 300), reverb_prob=1.0, reverb=(10, 70)
+    )
+    base = plan_set(plain, WORDS, (1, 5))[:5]
+    other = plan_set(augmented, WORDS, (1, 5))[:5]
+    neutral = ("tempo", "pitch_cents", "reverb")
+    strip = {name: getattr(ESPEAK, name) for name in neutral}
+    assert [dataclasses.replace(u, **strip) for u in other] == base
+    assert all(u.reverb > 0 for u in other)
+    assert render(other[0], SAMPLE_RATE).size != render(base[0], SAMPLE_RATE).size
+
+
+def test_heldout_plan_renders_the_shipped_clips() -> None:
+    config = load_config()
+    spec = SetSpec.from_config(config, "heldout")
+    synthesis = config["synthesis"]
+    for utt in plan_set(spec, synthesis["words"], tuple(synthesis["num_words"]))[:3]:
+        shipped, rate = sf.read(str(HELDOUT_DIR / f"{utt.uttid}.flac"), dtype="int16")
+        rendered = np.round(render(utt, rate).astype(np.float64) * 32767)
+        assert rate == int(synthesis["sample_rate"])
+        np.testing.assert_allclose(rendered, shipped, atol=1)
+
+
+@pytest.mark.parametrize(
+    ("suffix", "rate", "subtype"), [(".au", 8000, "ULAW"), (".raw", 16000, "PCM_16")]
+)
+def test_real_dev_reads_headerless_clips(
+    tmp_path: Path, suffix: str, rate: int, subtype: str
+) -> None:
+    # saytime's digits are headerless 8 kHz mu-law .au, pocketsphinx's .raw 16 kHz PCM
+    t = np.arange(rate // 2) / rate
+    tone = 0.5 * np.sin(2 * np.pi * 440 * t)
+    audio = np.concatenate([np.zeros(rate // 10), tone, np.zeros(rate // 10)])
+    path = tmp_path / f"clip{suffix}"
+    sf.write(str(path), audio, rate, format="RAW", subtype=subtype, endian="LITTLE")
+    assert path.read_bytes()[:4] != b".snd"
+
+    clip = read_clip(path)
+
+    # resampled to 16 kHz, the leading and trailing silence trimmed: the tone is left
+    assert abs(len(clip) - SAMPLE_RATE // 2) < SAMPLE_RATE // 100
+    assert np.abs(clip).max() == pytest.approx(0.5, abs=0.03)
+
+
+@pytest.mark.slow
 def test_toy_recipe_end_to_end(tmp_path: Path) -> None:
     work = tmp_path / "work"
     env = {

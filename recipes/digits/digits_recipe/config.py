@@ -56,14 +56,25 @@ class SetSpec:
         name: Set name, also the utterance-id prefix.
         seed: Seed of every random choice in the set.
         size: Number of utterances.
-        accents: espeak-ng accent (language) names.
-        variants: espeak-ng voice variant names.
+        accents: espeak-ng accent (language) names; ``("",)`` for other engines.
+        variants: espeak-ng voice variant names; the voice names of other engines.
         speed_wpm: Inclusive range of espeak-ng speeds (words per minute).
         pitch: Inclusive range of espeak-ng pitch (0-99).
         speed_perturb: sox ``speed`` factors to choose from.
         snr_db: Range of the signal-to-noise ratio of the added noise.
         gain_db: Range of the overall gain.
         pad_s: Range of the extra silence before and after the speech.
+        engine: Text-to-speech engine (``espeak-ng``, ``flite``, ``festival``).
+        stretch: Range of the duration stretch (flite and festival).
+        tempo: Range of the sox ``tempo`` factor.
+        pitch_cents: Inclusive range of the sox ``pitch`` shift.
+        reverb_prob: Fraction of utterances with reverberation.
+        reverb: Inclusive range of the sox reverberance (0-100).
+        channels: Channels to choose from, uniformly (``wideband``, ``ulaw``,
+            ``gsm``, ``amr``); list one several times to weight it.
+        readings: How the words are read, uniformly (``phrase``, ``list``,
+            ``words``; see :class:`digits_recipe.synth.Utterance`).
+        noise_free_prob: Fraction of utterances without added noise.
     """
 
     name: str
@@ -77,16 +88,31 @@ class SetSpec:
     snr_db: tuple[float, float]
     gain_db: tuple[float, float]
     pad_s: tuple[float, float]
+    engine: str = "espeak-ng"
+    stretch: tuple[float, float] = (1.0, 1.0)
+    tempo: tuple[float, float] = (1.0, 1.0)
+    pitch_cents: tuple[int, int] = (0, 0)
+    reverb_prob: float = 0.0
+    reverb: tuple[int, int] = (0, 0)
+    channels: tuple[str, ...] = ("wideband",)
+    readings: tuple[str, ...] = ("phrase",)
+    noise_free_prob: float = 0.0
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], name: str) -> SetSpec:
-        """Build the spec of set ``name`` from a loaded recipe config."""
+        """Build the spec of set ``name`` from a loaded recipe config.
+
+        A set marked ``augmented: true`` takes the config's ``augmentation``
+        values over its own.
+        """
         entry = config["sets"][name]
+        if entry.get("augmented"):
+            entry = {**entry, **config["augmentation"]}
         return cls(
             name=name,
             seed=int(config["seeds"][entry["seed_key"]]),
             size=int(entry["size"]),
-            accents=tuple(entry["accents"]),
+            accents=tuple(entry.get("accents", [""])),
             variants=tuple(entry["variants"]),
             speed_wpm=_pair(entry["speed_wpm"], int),
             pitch=_pair(entry["pitch"], int),
@@ -94,6 +120,15 @@ class SetSpec:
             snr_db=_pair(entry["snr_db"], float),
             gain_db=_pair(entry["gain_db"], float),
             pad_s=_pair(entry["pad_s"], float),
+            engine=str(entry.get("engine", cls.engine)),
+            stretch=_pair(entry.get("stretch", cls.stretch), float),
+            tempo=_pair(entry.get("tempo", cls.tempo), float),
+            pitch_cents=_pair(entry.get("pitch_cents", cls.pitch_cents), int),
+            reverb_prob=float(entry.get("reverb_prob", cls.reverb_prob)),
+            reverb=_pair(entry.get("reverb", cls.reverb), int),
+            channels=tuple(entry.get("channels", cls.channels)),
+            readings=tuple(entry.get("readings", cls.readings)),
+            noise_free_prob=float(entry.get("noise_free_prob", cls.noise_free_prob)),
         )
 
 

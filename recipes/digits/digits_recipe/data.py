@@ -8,7 +8,7 @@ lines) plus the shape files its batch sampler reads: ``speech_shape``
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import soundfile as sf
@@ -32,26 +32,26 @@ def _write_lines(path: Path, lines: Iterable[str]) -> None:
     path.write_text("".join(f"{line}\n" for line in lines), encoding="utf-8")
 
 
-def prepare_data_dir(set_dir: Path, data_dir: Path) -> Path:
-    """Write the espnet2 data directory of a synthesised set.
+def prepare_data_dir(set_dirs: Sequence[Path], data_dir: Path) -> Path:
+    """Write the espnet2 data directory of one or more synthesised sets (concatenated).
 
     Args:
-        set_dir: A directory written by :func:`digits_recipe.synth.synthesise_set`.
+        set_dirs: Directories written by :func:`digits_recipe.synth.synthesise_set`.
         data_dir: The data directory to write.
 
     Returns:
         Path: ``data_dir``.
     """
     data_dir.mkdir(parents=True, exist_ok=True)
-    items = read_transcripts(set_dir)
-    audio = {uttid: (set_dir / f"{uttid}.flac").absolute() for uttid, _ in items}
-    _write_lines(data_dir / "wav.scp", (f"{uttid} {audio[uttid]}" for uttid, _ in items))
-    _write_lines(data_dir / "text", (f"{uttid} {text}" for uttid, text in items))
+    items = [(set_dir, *item) for set_dir in set_dirs for item in read_transcripts(set_dir)]
+    audio = {uttid: (set_dir / f"{uttid}.flac").absolute() for set_dir, uttid, _ in items}
+    _write_lines(data_dir / "wav.scp", (f"{uttid} {audio[uttid]}" for _, uttid, _ in items))
+    _write_lines(data_dir / "text", (f"{uttid} {text}" for _, uttid, text in items))
     _write_lines(
         data_dir / "speech_shape",
-        (f"{uttid} {sf.info(str(audio[uttid])).frames}" for uttid, _ in items),
+        (f"{uttid} {sf.info(str(audio[uttid])).frames}" for _, uttid, _ in items),
     )
-    _write_lines(data_dir / "text_shape", (f"{uttid} {len(text)}" for uttid, text in items))
+    _write_lines(data_dir / "text_shape", (f"{uttid} {len(text)}" for _, uttid, text in items))
     return data_dir
 
 

@@ -5,6 +5,7 @@ Usage (from ``recipes/digits``)::
     ../../.venv/bin/python -m digits_recipe.run                 # full recipe
     ../../.venv/bin/python -m digits_recipe.run --install       # ... and copy into the package
     ../../.venv/bin/python -m digits_recipe.run --config conf/toy.yaml --work-dir /tmp/toy
+    ../../.venv/bin/python -m digits_recipe.run --stages --score  # score work/'s bundle only
 """
 
 from __future__ import annotations
@@ -20,11 +21,17 @@ from pathlib import Path
 from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
 from digits_recipe.data import prepare_data_dir, token_list
 from digits_recipe.pack import pack
+from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, SAYTIME, build_dev_set
+from digits_recipe.score import markdown_table, score
 from digits_recipe.synth import plan_set, synthesise_set
 from digits_recipe.train import train
 
 STAGES = ("synth", "prepare", "train", "pack")
-SETS = ("train", "valid", "heldout")
+ROLES = ("train", "valid", "heldout")  # a set's ``role`` in the config
+INSTALLED_HELDOUT = "heldout"  # the held-out set shipped in the package (espeak-ng voices)
+REAL_DEV = "real_dev"  # the real-speech dev set's directory under work/data
+REAL_DEV_WIDEBAND = "real_dev_wideband"  # ... its 16 kHz version (built where ffmpeg is)
+REAL_DEV_SAYTIME = "real_dev_saytime"  # the same texts by a second speaker (saytime's clips)
 ASSETS_DIR = RECIPE_DIR.parent.parent / "src" / "espnet_serve" / "assets"
 ARCHIVE_NAME = "digits_asr.tar.gz"
 
@@ -39,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--work-dir", type=Path, default=RECIPE_DIR / "work", help="Where everything is written."
     )
     parser.add_argument(
-        "--stages", nargs="+", choices=STAGES, default=list(STAGES), help="Stages to run."
+        "--stages", nargs="*", choices=STAGES, default=list(STAGES), help="Stages to run."
     )
     parser.add_argument(
         "--threads",
@@ -52,6 +59,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--install",
         action="store_true",
         help=f"Copy the archive and held-out set into {ASSETS_DIR}.",
+    )
+    parser.add_argument(
+        "--score",
+        action="store_true",
+        help="At the end, build the real-speech dev set (apt-get download) and print the WER "
+        "of the packaged bundle before and of the new one after, on it and every held-out set.",
     )
     return parser
 
@@ -81,16 +94,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         config["training"]["threads"] = args.threads
     work = args.work_dir.absolute()
     synthesis = config["synthesis"]
-    set_dirs = {name: work / "data" / name for name in SETS}
-    dump_dirs = {name: work / "dump" / name for name in SETS}
+    roles = {role: [n for n, e in config["sets"].items() if e["role"] == role] for role in ROLES}
+    set_dirs = {name: work / "data" / name for name in config["sets"]}
+    dump_dirs = {role: work / "dump" / role for role in ("train", "valid")}
     token_file = work / "dump" / "tokens.txt"
     exp_dir = work / "exp" / "asr"
     archive = work / ARCHIVE_NAME
+    previous = work / f"previous_{ARCHIVE_NAME}"
+    if args.score:
+        shutil.copyfile(ASSETS_DIR / ARCHIVE_NAME, previous)
 
     for stage in args.stages:
         start = time.perf_counter()
         if stage == "synth":
-            for name in SETS:
+            for name in config["sets"]:
                 spec = SetSpec.from_config(config, name)
                 utterances = plan_set(spec, synthesis["words"], tuple(synthesis["num_words"]))
                 synthesise_set(
@@ -100,8 +117,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                     jobs=int(synthesis["jobs"]),
                 )
         elif stage == "prepare":
-            for name in SETS:
-                prepare_data_dir(set_dirs[name], dump_dirs[name])
+            for role, dump_dir in dump_dirs.items():
+                prepare_data_dir([set_dirs[name] for name in roles[role]], dump_dir)
             token_file.write_text("\n".join(token_list(synthesis["words"])) + "\n")
         elif stage == "train":
             train(
@@ -115,8 +132,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             pack(config, exp_dir=exp_dir, bundle_dir=work / "bundle", archive=archive)
         logger.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
     if args.install:
-        install(archive, set_dirs["heldout"])
+        install(archive, set_dirs[INSTALLED_HELDOUT])
         logger.info("installed %s and the held-out set into %s", ARCHIVE_NAME, ASSETS_DIR)
+    if args.score:
+        scored = [set_dirs[name] for name in roles["heldout"]]
+        scored.append(build_dev_set(work / "data" / REAL_DEV))
+        if shutil.which(FFMPEG):
+            scored.append(build_dev_set(work / "data" / REAL_DEV_WIDEBAND, ASTERISK_WIDEBAND))
+        else:
+            logger.info("no %s: scoring without the wideband real-speech dev set", FFMPEG)
+        scored.append(build_dev_set(work / "data" / REAL_DEV_SAYTIME, SAYTIME))
+        reports = score({"before": previous, "after": archive}, scored)
+        print(markdown_table(scored, reports))
     return 0
 
 

@@ -1,0 +1,121 @@
+"""Text-to-speech engines of the recipe: each turns utterances into WAV bytes.
+
+All three are Debian packages that synthesise offline (``make sysdeps``):
+
+- ``espeak-ng``: formant synthesis; voice ``accent+variant``, speed in words
+  per minute and pitch from the utterance.
+- ``flite``: CMU Flite's built-in voices (``kal``, ``kal16``, ``awb``, ``rms``,
+  ``slt``; diphone and cluster-unit voices of real speakers); the
+  utterance's ``stretch`` sets ``duration_stretch``.
+- ``festival``: Festival voices by name (``kal_diphone``, ``ked_diphone``,
+  ``cmu_us_slt_arctic_hts``; packages ``festvox-kallpc16k``,
+  ``festvox-kdlpc16k``, ``festvox-us-slt-hts``); ``stretch`` sets
+  ``Duration_Stretch``. One festival process renders a whole chunk.
+"""
+
+from __future__ import annotations
+
+import subprocess
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from digits_recipe.synth import Utterance
+
+ESPEAK_NG = "espeak-ng"
+FLITE = "flite"
+FESTIVAL = "festival"
+ENGINES = (ESPEAK_NG, FLITE, FESTIVAL)
+SOX = "sox"
+
+
+def required_tools(utterances: Iterable[Utterance]) -> set[str]:
+    """The programs needed to render ``utterances`` (their engines and sox)."""
+    return {SOX, *(utt.engine for utt in utterances)}
+
+
+def _espeak_ng(utt: Utterance) -> bytes:
+    """One utterance through espeak-ng."""
+    return subprocess.run(
+        [
+            *(ESPEAK_NG, "-v", utt.voice, "-s", str(utt.speed_wpm), "-p", str(utt.pitch)),
+            *("--stdout", utt.spoken_text),
+        ],
+        capture_output=True,
+        check=True,
+    ).stdout
+
+
+def _flite(utt: Utterance, scratch: Path) -> bytes:
+    """One utterance through flite (it writes WAV only to a file)."""
+    out = scratch / f"{utt.uttid}.wav"
+    subprocess.run(
+        [
+            *(FLITE, "-voice", utt.voice, "--setf", f"duration_stretch={utt.stretch}"),
+            *("-t", utt.spoken_text, "-o", str(out)),
+        ],
+        capture_output=True,
+        check=True,
+    )
+    return out.read_bytes()
+
+
+def _festival_string(text: str) -> str:
+    """A Scheme string literal."""
+    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _festival(utts: Sequence[Utterance], scratch: Path) -> list[bytes]:
+    """A chunk of utterances through one festival process (voices switched as needed)."""
+    lines: list[str] = []
+    voice = None
+    outs = []
+    for utt in utts:
+        if utt.voice != voice:
+            voice = utt.voice
+            lines.append(f"(voice_{voice})")
+        out = scratch / f"{utt.uttid}.wav"
+        outs.append(out)
+        lines.append(f"(Parameter.set 'Duration_Stretch {utt.stretch})")
+        lines.append(
+            f"(utt.save.wave (utt.synth (Utterance Text {_festival_string(utt.spoken_text)}))"
+            f" {_festival_string(str(out))} 'riff)"
+        )
+    script = scratch / "render.scm"
+    script.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    subprocess.run([FESTIVAL, "-b", str(script)], capture_output=True, check=True)
+    missing = [str(out) for out in outs if not out.is_file()]
+    if missing:
+        raise RuntimeError(f"festival wrote no audio for {missing[:3]} (is the voice installed?)")
+    return [out.read_bytes() for out in outs]
+
+
+def speak(utts: Sequence[Utterance]) -> list[bytes]:
+    """Synthesise utterances (any mix of engines) as WAV bytes, in order.
+
+    Args:
+        utts: Planned utterances.
+
+    Returns:
+        list[bytes]: One WAV file's bytes per utterance.
+
+    Raises:
+        ValueError: If an utterance names an unknown engine.
+    """
+    unknown = {utt.engine for utt in utts} - set(ENGINES)
+    if unknown:
+        raise ValueError(f"unknown engines {sorted(unknown)}; known: {ENGINES}")
+    wavs: dict[str, bytes] = {}
+    with tempfile.TemporaryDirectory(prefix="digits-tts-") as tmp:
+        scratch = Path(tmp)
+        festival = [utt for utt in utts if utt.engine == FESTIVAL]
+        if festival:
+            wavs.update(zip((u.uttid for u in festival), _festival(festival, scratch), strict=True))
+        for utt in utts:
+            if utt.engine == ESPEAK_NG:
+                wavs[utt.uttid] = _espeak_ng(utt)
+            elif utt.engine == FLITE:
+                wavs[utt.uttid] = _flite(utt, scratch)
+    return [wavs[utt.uttid] for utt in utts]
