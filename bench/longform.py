@@ -11,7 +11,8 @@ One run, one heavy process at a time:
 3. Server (``bentoml serve`` of the embedded model, default settings): the short and the
    long file through the openai SDK (``verbose_json`` with word times), the RSS of each
    process sampled every 0.2 s during each request (its peak per file), audio-s/s, and the
-   time to the first ``transcript.text.delta`` of ``stream=True`` on the short file.
+   time to the first ``transcript.text.delta`` of ``stream=True`` on the short file. The short
+   file is sent twice more before the long one, to see whether memory settles.
 4. ``--compare-vad``: Silero (ours), webrtcvad and an energy threshold on the short file,
    each region list padded and decoded the same way: regions, matched strings, WER.
 
@@ -58,6 +59,7 @@ MODEL = "espnet-digits-asr"
 SHORT_SEED, LONG_SEED = 4404, 6606
 RSS_INTERVAL_S = 0.2
 VAD_FRAME_S = 0.03
+SHORT_REPEATS = 2  # the short file again: does memory settle or keep growing?
 
 
 def long_file(work: Path, minutes: float, seed: int) -> Path:
@@ -210,6 +212,9 @@ def served(work: Path, short: Path, long: Path) -> dict:
             base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=7200
         )
         result = {"short": served_file(client, server, short)}
+        result["short_again"] = [
+            served_file(client, server, short)["peak_rss_mb"] for _ in range(SHORT_REPEATS)
+        ]
         result["stream_short"] = first_delta(client, short)
         result["long"] = served_file(client, server, long)
         return result
