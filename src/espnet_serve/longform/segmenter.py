@@ -88,12 +88,23 @@ class Segmenter:
     Args:
         sample_rate: Rate of the blocks (the model's); the VAD hears a 16 kHz copy.
         options: Thresholds and lengths.
+        declared_seconds: The recording's length as its header declares it: at most
+            ``max_segment_seconds`` skips the VAD (one whole segment) unless the audio
+            turns out longer.
     """
 
-    def __init__(self, sample_rate: int, options: SegmentationOptions | None = None) -> None:
+    def __init__(
+        self,
+        sample_rate: int,
+        options: SegmentationOptions | None = None,
+        declared_seconds: float | None = None,
+    ) -> None:
         self.options = options or SegmentationOptions()
         self.sample_rate = sample_rate
-        self._vad = SpeechProbabilities()
+        short = (
+            declared_seconds is not None and declared_seconds <= self.options.max_segment_seconds
+        )
+        self._vad: SpeechProbabilities | None = None if short else SpeechProbabilities()
         self._to_vad_rate = (
             None
             if sample_rate == VAD_SAMPLE_RATE
@@ -120,11 +131,20 @@ class Segmenter:
         block = np.asarray(block, dtype=np.float32)
         self._buffer = np.concatenate([self._buffer, block])
         self._total += len(block)
+        if self._vad is None:
+            if self._short:
+                return []
+            held, self._buffer, self._total = self._buffer, np.zeros(0, np.float32), 0
+            self._vad = SpeechProbabilities()  # longer than declared: segment it after all
+            return self.push(held)
         vad_block = block if self._to_vad_rate is None else self._to_vad_rate.resample_chunk(block)
         return self._release(self._advance(self._vad.push(vad_block)))
 
     def finish(self) -> list[AudioSegment]:
         """End of the stream: the segments still open (or the whole short recording)."""
+        if self._vad is None:
+            duration = self._total / self.sample_rate
+            return [AudioSegment(0, 0.0, duration, 0.0, self._buffer.copy(), 0.0)]
         tail = np.zeros(0, np.float32)
         if self._to_vad_rate is not None:
             tail = self._to_vad_rate.resample_chunk(tail, last=True)
@@ -250,10 +270,13 @@ def _windows(seconds: float) -> int:
 
 
 def segment_stream(
-    blocks: Iterable[np.ndarray], sample_rate: int, options: SegmentationOptions | None = None
+    blocks: Iterable[np.ndarray],
+    sample_rate: int,
+    options: SegmentationOptions | None = None,
+    declared_seconds: float | None = None,
 ) -> Iterator[AudioSegment]:
     """Segments of a stream of audio blocks, in order, as soon as each is complete."""
-    segmenter = Segmenter(sample_rate, options)
+    segmenter = Segmenter(sample_rate, options, declared_seconds)
     for block in blocks:
         yield from segmenter.push(block)
     yield from segmenter.finish()

@@ -91,7 +91,7 @@ class LongFormTranscriber:
         with open_audio_stream(source, target_rate=self.sample_rate, limits=self.limits) as audio:
             declared = audio.info.declared_seconds
             batch: list[AudioSegment] = []
-            for segment in segment_stream(audio, self.sample_rate, self.options):
+            for segment in segment_stream(audio, self.sample_rate, self.options, declared):
                 batch.append(segment)
                 if len(batch) == self.batch_size:
                     yield from self.decode(batch, word_timestamps=word_timestamps)

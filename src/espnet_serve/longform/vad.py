@@ -10,6 +10,7 @@ dependency: nothing is downloaded.
 
 from __future__ import annotations
 
+import queue
 import threading
 import warnings
 from typing import Any
@@ -20,6 +21,9 @@ import torch
 VAD_SAMPLE_RATE = 16000
 WINDOW_SAMPLES = 512  # Silero's window at 16 kHz (32 ms)
 _LOAD_LOCK = threading.Lock()
+# Loaded models not in use: loading one takes ~0.1 s and its first calls are slow, so streams
+# reuse them (each model is stateful: one stream at a time, states reset on reuse).
+_IDLE_MODELS: queue.SimpleQueue = queue.SimpleQueue()
 
 
 def _load_model() -> Any:
@@ -48,7 +52,10 @@ class SpeechProbabilities:
     """
 
     def __init__(self) -> None:
-        self._model = _load_model()
+        try:
+            self._model = _IDLE_MODELS.get_nowait()
+        except queue.Empty:
+            self._model = _load_model()
         self._model.reset_states()
         self._pending = np.zeros(0, dtype=np.float32)
 
@@ -77,3 +84,11 @@ class SpeechProbabilities:
             ]
         finally:
             torch.set_num_threads(threads)
+            if last:
+                self._release()
+
+    def _release(self) -> None:
+        """Hand the model to the next stream (after the last block)."""
+        if self._model is not None:
+            _IDLE_MODELS.put(self._model)
+            self._model = None

@@ -56,7 +56,9 @@ class OpenedUpload:
             open_audio_stream(file, target_rate=info.sample_rate, limits=limits)
         )
         self._blocks = iter(self.stream)
-        self._segmenter = Segmenter(info.sample_rate)
+        self._segmenter = Segmenter(
+            info.sample_rate, declared_seconds=self.stream.info.declared_seconds
+        )
         self.finished = False
 
     @property
