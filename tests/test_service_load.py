@@ -166,7 +166,7 @@ def test_sigterm_drains_every_accepted_request(drain_home, alone):
 async def burst_then_sigterm(url: str, clips: list[Clip], pid: int) -> list[Outcome]:
     """A burst of new connections, and SIGTERM while its requests are being accepted."""
     sent = asyncio.create_task(burst(url + OPENAI_ROUTE, clips, requests=SIGTERM_BURST))
-    await asyncio.sleep(0.15)
+    await asyncio.sleep(0.5)  # some requests accepted, others still arriving
     os.kill(pid, signal.SIGTERM)
     return await sent
 
