@@ -135,19 +135,38 @@ def test_ctc_prefix_scorer_matches_espnet_per_utterance():
 
 
 # ------------------------------------------------------------------ equivalence
-# On the embedded default model (conformer encoder, transformer decoder, char
-# tokens) and its held-out speech, with the bundle's decoding (beam 4, CTC 0.3,
-# end detection) and a 2-best list.
+# On two real models and their held-out speech, each with a 2-best list: the embedded
+# default model (conformer encoder, CTC only, word tokens) with its CTC prefix beam search,
+# and the earlier embedded model (conformer encoder, transformer decoder, char tokens,
+# trained on espeak-ng voices only; kept in tests/assets to check the attention decoder's
+# beam search) with beam 4, CTC weight 0.3 and end detection.
 
-DIGITS_DECODING = {"beam_size": 4, "ctc_weight": 0.3, "nbest": 2}
+HYBRID_ARCHIVE = Path(__file__).absolute().parent / "assets" / "digits_hybrid_char.tar.gz"
+REAL_MODELS = {
+    "default": (DEFAULT_MODEL_ARCHIVE, {"beam_size": 4, "ctc_weight": 1.0, "nbest": 2}),
+    "hybrid": (HYBRID_ARCHIVE, {"beam_size": 4, "ctc_weight": 0.3, "nbest": 2}),
+}
 HELDOUT_CLIPS = None  # all 150 clips
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
-    root = safe_extract(DEFAULT_MODEL_ARCHIVE, tmp_path_factory.mktemp("digits"))
+def unpack(archive: Path, tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
+    """The training config and weights of a packed bundle."""
+    root = safe_extract(archive, tmp_path_factory.mktemp(archive.stem.split(".")[0]))
     artifacts = artifacts_from_directory(root)
     return AsrExperiment(Path(artifacts["asr_train_config"]), Path(artifacts["asr_model_file"]))
+
+
+@pytest.fixture(scope="module")
+def hybrid(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
+    return unpack(HYBRID_ARCHIVE, tmp_path_factory)
+
+
+@pytest.fixture(scope="module", params=sorted(REAL_MODELS))
+def real_model(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> tuple[AsrExperiment, dict]:
+    archive, decoding = REAL_MODELS[request.param]
+    return unpack(archive, tmp_path_factory), decoding
 
 
 @pytest.fixture(scope="module")
@@ -156,8 +175,9 @@ def heldout() -> list[np.ndarray]:
 
 
 @pytest.fixture(scope="module")
-def speech2text_nbest(digits, heldout) -> list[list]:
-    s2t = reference(digits, **DIGITS_DECODING)
+def speech2text_nbest(real_model, heldout) -> list[list]:
+    experiment, decoding = real_model
+    s2t = reference(experiment, **decoding)
     return [s2t(clip) for clip in heldout]
 
 
@@ -170,8 +190,9 @@ def in_calls(backend: BatchedSpeech2Text, clips: list[np.ndarray], size: int) ->
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32])
-def test_beam_search_matches_speech2text(batch_size, digits, heldout, speech2text_nbest):
-    backend = build(digits, max_batch_size=batch_size, **DIGITS_DECODING)
+def test_beam_search_matches_speech2text(batch_size, real_model, heldout, speech2text_nbest):
+    experiment, decoding = real_model
+    backend = build(experiment, max_batch_size=batch_size, **decoding)
     ours = in_calls(backend, heldout, batch_size)
     mismatches = {
         i: (token_ids(a), token_ids(b))
@@ -189,7 +210,7 @@ def test_beam_search_matches_speech2text(batch_size, digits, heldout, speech2tex
             assert torch.equal(hyp.yseq.cpu(), ref_hyp.yseq.cpu())
 
 
-def test_beam_search_length_limits_penalty_and_normalisation(digits, heldout):
+def test_beam_search_length_limits_penalty_and_normalisation(hybrid, heldout):
     """maxlen cut-off (<eos> appended at the last step), minlen, length bonus, normalisation."""
     options = {
         "beam_size": 3,
@@ -200,8 +221,8 @@ def test_beam_search_length_limits_penalty_and_normalisation(digits, heldout):
         "normalize_length": True,
     }
     clips = heldout[:14]
-    s2t = reference(digits, **options)
-    ours = in_calls(build(digits, max_batch_size=7, **options), clips, 7)
+    s2t = reference(hybrid, **options)
+    ours = in_calls(build(hybrid, max_batch_size=7, **options), clips, 7)
     assert [token_ids(o) for o in ours] == [token_ids(s2t(c)) for c in clips]
 
 
@@ -213,8 +234,8 @@ def per_sample_greedy(model, clip: np.ndarray) -> list[int]:
 
 
 @pytest.mark.parametrize("batch_size", [1, 7, 32])
-def test_greedy_ctc_matches_per_sample_greedy(batch_size, digits, heldout):
-    backend = build(digits, beam_size=1, ctc_weight=1.0, max_batch_size=batch_size)
+def test_greedy_ctc_matches_per_sample_greedy(batch_size, real_model, heldout):
+    backend = build(real_model[0], beam_size=1, ctc_weight=1.0, max_batch_size=batch_size)
     assert backend.greedy
     with torch.inference_mode():
         expected = [per_sample_greedy(backend.asr_model, clip) for clip in heldout]

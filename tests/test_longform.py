@@ -22,6 +22,7 @@ from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
 from espnet_serve.ingest import AudioInputError, IngestLimits, open_audio_stream
 from espnet_serve.longform import formats
+from espnet_serve.longform.align import TimedWord, _words
 from espnet_serve.longform.segmenter import SegmentationOptions, segment_stream
 from espnet_serve.longform.transcriber import LongFormTranscriber
 from espnet_serve.longform.transcript import Segment, Transcript
@@ -163,6 +164,23 @@ def test_subtitles_carry_each_segment(transcript: Transcript):
     vtt_cues = vtt.removeprefix("WEBVTT\n\n").strip().split("\n\n")
     assert [cue.split("\n")[1] for cue in vtt_cues] == [s.text for s in texted]
     assert all("." in cue.split("\n")[0] for cue in vtt_cues)
+
+
+@pytest.mark.parametrize(
+    ("tokens", "whole_words"),
+    [
+        (["t", "w", "o", "<space>", "o", "h"], False),  # characters
+        (["\u2581tw", "o", "\u2581oh"], False),  # sentencepiece pieces
+        (["two", "oh"], True),  # word tokens
+    ],
+)
+def test_aligned_tokens_are_grouped_into_words(tokens: list[str], whole_words: bool):
+    frames = {i: (2 * i, 2 * i + 1) for i, token in enumerate(tokens) if token != "<space>"}
+    words = _words(tokens, frames, 0.1, whole_words=whole_words)
+    last = 2 * (len(tokens) - 1) + 1
+    assert [w.word for w in words] == ["two", "oh"]
+    assert words[0].start == 0.0 and words[1].end == pytest.approx(0.1 * last)
+    assert all(isinstance(w, TimedWord) and w.start < w.end for w in words)
 
 
 @pytest.mark.slow

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import yaml
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import HELDOUT_DIR, load_heldout
@@ -159,6 +160,9 @@ def test_toy_recipe_end_to_end(tmp_path: Path) -> None:
     archive = work / "digits_asr.tar.gz"
     assert archive.is_file()
     assert (work / "bundle" / "src" / "output.py").is_file()
+    trained = yaml.safe_load((work / "bundle" / "exp" / "asr" / "config.yaml").read_text())
+    assert trained["token_type"] == "word"
+    assert trained["token_list"] == ["<blank>", "<unk>", *sorted(WORDS), "<sos/eos>"]
 
     session = InferenceSession.from_pretrained(
         str(archive), trust_user_code=True, downloader_kwargs={"cachedir": str(tmp_path / "cache")}

@@ -1,8 +1,9 @@
-"""Turn synthesised sets into espnet2 data directories and a character token list.
+"""Turn synthesised sets into espnet2 data directories and a word token list.
 
 An espnet2 data directory holds ``wav.scp`` and ``text`` (``uttid value``
 lines) plus the shape files its batch sampler reads: ``speech_shape``
-(samples) and ``text_shape`` (characters).
+(samples) and ``text_shape`` (words: the model's tokens are the vocabulary's
+words, espnet2's ``token_type: word``).
 """
 
 from __future__ import annotations
@@ -17,7 +18,6 @@ from digits_recipe.synth import TRANSCRIPTS
 
 BLANK = "<blank>"
 UNK = "<unk>"
-SPACE = "<space>"
 SOS_EOS = "<sos/eos>"
 
 
@@ -51,19 +51,19 @@ def prepare_data_dir(set_dirs: Sequence[Path], data_dir: Path) -> Path:
         data_dir / "speech_shape",
         (f"{uttid} {sf.info(str(audio[uttid])).frames}" for _, uttid, _ in items),
     )
-    _write_lines(data_dir / "text_shape", (f"{uttid} {len(text)}" for _, uttid, text in items))
+    _write_lines(
+        data_dir / "text_shape", (f"{uttid} {len(text.split())}" for _, uttid, text in items)
+    )
     return data_dir
 
 
-def token_list(texts: Iterable[str]) -> list[str]:
-    """The espnet2 character token list covering ``texts``.
+def token_list(words: Iterable[str]) -> list[str]:
+    """The espnet2 word token list of a vocabulary.
 
     Args:
-        texts: Transcripts.
+        words: The vocabulary (``zero`` ... ``nine``, ``oh``).
 
     Returns:
-        list[str]: ``<blank>``, ``<unk>``, the characters (sorted, space as
-        ``<space>``), ``<sos/eos>``.
+        list[str]: ``<blank>``, ``<unk>``, the words (sorted), ``<sos/eos>``.
     """
-    chars = sorted({char for text in texts for char in text} - {" "})
-    return [BLANK, UNK, *chars, SPACE, SOS_EOS]
+    return [BLANK, UNK, *sorted(set(words)), SOS_EOS]

@@ -89,7 +89,7 @@ def train(
             "--token_list",
             str(token_file),
             "--token_type",
-            "char",
+            str(yaml.safe_load(train_config.read_text(encoding="utf-8"))["token_type"]),
             *_data_args("train", train_dir),
             *_data_args("valid", valid_dir),
         ]

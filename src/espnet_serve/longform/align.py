@@ -63,11 +63,14 @@ class CtcAligner:
     """
 
     def __init__(self, backend: Any, sample_rate: int) -> None:
+        from espnet2.text.word_tokenizer import WordTokenizer  # model side only (HTTP layer: types)
+
         self.asr_model = backend.asr_model
         self.tokenizer = backend.tokenizer
         self.converter = backend.converter
         if getattr(self.asr_model, "ctc", None) is None or self.tokenizer is None:
             raise ValueError("Word timestamps need a model with a CTC head and a tokenizer.")
+        self.whole_word_tokens = isinstance(self.tokenizer, WordTokenizer)
         self.sample_rate = sample_rate
         self.blank = int(getattr(self.asr_model, "blank_id", 0))
         self.device = next(self.asr_model.parameters()).device
@@ -117,18 +120,36 @@ class CtcAligner:
         spans = audio_functional.merge_tokens(path[0], scores[0].exp())
         frames = [(span.start, span.end) for span in spans]
         aligned = dict(zip(keep, frames, strict=True))
-        words = _words(tokens, aligned, seconds_per_frame)
+        words = _words(tokens, aligned, seconds_per_frame, whole_words=self.whole_word_tokens)
         token_scores = scores[0][path[0] != self.blank]
         avg_logprob = float(token_scores.mean()) if token_scores.numel() else 0.0
         return Alignment(words=words, token_ids=tuple(token_ids), avg_logprob=round(avg_logprob, 4))
 
 
 def _words(
-    tokens: Sequence[str], frames: dict[int, tuple[int, int]], seconds_per_frame: float
+    tokens: Sequence[str],
+    frames: dict[int, tuple[int, int]],
+    seconds_per_frame: float,
+    *,
+    whole_words: bool = False,
 ) -> tuple[TimedWord, ...]:
-    """Group aligned tokens into words (split at space tokens and word-start pieces)."""
+    """Group aligned tokens into words.
+
+    Args:
+        tokens: The transcript's tokens.
+        frames: Token index to its ``(start, end)`` frames (tokens left out were not aligned).
+        seconds_per_frame: Duration of one encoder frame.
+        whole_words: Every token is a word (espnet2 ``token_type: word``); otherwise
+            words are split at space tokens and at sentencepiece word-start pieces.
+
+    Returns:
+        tuple[TimedWord, ...]: The words with their times.
+    """
     groups: list[list[int]] = []
     for index, token in enumerate(tokens):
+        if whole_words:
+            groups.append([index])
+            continue
         if token in SPACE_TOKENS:
             groups.append([])
             continue
