@@ -22,7 +22,7 @@ from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
 from espnet_serve.ingest import AudioInputError, IngestLimits, open_audio_stream
 from espnet_serve.longform import formats
-from espnet_serve.longform.align import TimedWord, _words
+from espnet_serve.longform.align import TimedWord, group_into_words
 from espnet_serve.longform.segmenter import SegmentationOptions, segment_stream
 from espnet_serve.longform.transcriber import LongFormTranscriber
 from espnet_serve.longform.transcript import Segment, Transcript
@@ -176,7 +176,7 @@ def test_subtitles_carry_each_segment(transcript: Transcript):
 )
 def test_aligned_tokens_are_grouped_into_words(tokens: list[str], whole_words: bool):
     frames = {i: (2 * i, 2 * i + 1) for i, token in enumerate(tokens) if token != "<space>"}
-    words = _words(tokens, frames, 0.1, whole_words=whole_words)
+    words = group_into_words(tokens, frames, 0.1, whole_words=whole_words)
     last = 2 * (len(tokens) - 1) + 1
     assert [w.word for w in words] == ["two", "oh"]
     assert words[0].start == 0.0 and words[1].end == pytest.approx(0.1 * last)

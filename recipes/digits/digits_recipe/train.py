@@ -12,7 +12,7 @@ import yaml
 from digits_recipe.config import RECIPE_DIR, deep_merge
 
 
-def write_train_config(config: Mapping[str, Any], path: Path) -> Path:
+def write_train_config(config: Mapping[str, Any], path: Path) -> dict[str, Any]:
     """Write the effective espnet2 config: the recipe's file plus its ``overrides``.
 
     Args:
@@ -20,14 +20,14 @@ def write_train_config(config: Mapping[str, Any], path: Path) -> Path:
         path: Where to write the merged espnet2 config.
 
     Returns:
-        Path: ``path``.
+        dict[str, Any]: The merged espnet2 config, as written.
     """
     training = config["training"]
     base = yaml.safe_load((RECIPE_DIR / training["config"]).read_text(encoding="utf-8"))
     merged = deep_merge(base, training.get("overrides") or {})
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(yaml.safe_dump(merged, sort_keys=False), encoding="utf-8")
-    return path
+    return merged
 
 
 def _data_args(split: str, data_dir: Path) -> list[str]:
@@ -55,7 +55,8 @@ def train(
     """Train from scratch into ``exp_dir`` (removed first) and return it.
 
     espnet2 writes ``config.yaml``, per-epoch checkpoints and, at the end, the
-    average of the best epochs by validation accuracy (``valid.acc.ave.pth``).
+    average of the best epochs by the config's ``best_model_criterion``
+    (``valid.cer_ctc.ave.pth``: CTC token error on the validation set).
 
     Args:
         config: The loaded recipe config (``training`` and ``seeds.training``).
@@ -76,7 +77,8 @@ def train(
 
     if exp_dir.exists():
         shutil.rmtree(exp_dir)
-    train_config = write_train_config(config, exp_dir.parent / f"{exp_dir.name}.train.yaml")
+    train_config = exp_dir.parent / f"{exp_dir.name}.train.yaml"
+    espnet_config = write_train_config(config, train_config)
     torch.set_num_threads(int(config["training"]["threads"]))
     ASRTask.main(
         cmd=[
@@ -89,7 +91,7 @@ def train(
             "--token_list",
             str(token_file),
             "--token_type",
-            str(yaml.safe_load(train_config.read_text(encoding="utf-8"))["token_type"]),
+            str(espnet_config["token_type"]),
             *_data_args("train", train_dir),
             *_data_args("valid", valid_dir),
         ]

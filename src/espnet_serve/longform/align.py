@@ -120,13 +120,15 @@ class CtcAligner:
         spans = audio_functional.merge_tokens(path[0], scores[0].exp())
         frames = [(span.start, span.end) for span in spans]
         aligned = dict(zip(keep, frames, strict=True))
-        words = _words(tokens, aligned, seconds_per_frame, whole_words=self.whole_word_tokens)
+        words = group_into_words(
+            tokens, aligned, seconds_per_frame, whole_words=self.whole_word_tokens
+        )
         token_scores = scores[0][path[0] != self.blank]
         avg_logprob = float(token_scores.mean()) if token_scores.numel() else 0.0
         return Alignment(words=words, token_ids=tuple(token_ids), avg_logprob=round(avg_logprob, 4))
 
 
-def _words(
+def group_into_words(
     tokens: Sequence[str],
     frames: dict[int, tuple[int, int]],
     seconds_per_frame: float,
