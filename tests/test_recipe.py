@@ -78,6 +78,12 @@ def test_telephone_channels_cut_the_high_band(channel: str) -> None:
     assert _high_band_fraction(phone) < 0.1 * _high_band_fraction(wide)
 
 
+@pytest.mark.parametrize("channel", [c for c in CHANNELS if c != WIDEBAND])
+def test_telephone_channels_render_the_same_every_time(channel: str) -> None:
+    utt = dataclasses.replace(ESPEAK, channel=channel)
+    np.testing.assert_array_equal(render(utt, SAMPLE_RATE), render(utt, SAMPLE_RATE))
+
+
 def _longest_zero_run(audio: np.ndarray) -> int:
     """Length of the longest run of exactly-zero samples."""
     runs = np.diff(np.flatnonzero(np.diff(np.concatenate([[1], audio != 0, [1]]))))

@@ -29,6 +29,9 @@ FLITE = "flite"
 FESTIVAL = "festival"
 ENGINES = (ESPEAK_NG, FLITE, FESTIVAL)
 SOX = "sox"
+# sox in repeatable mode: dither (added when it writes 8-bit or 16-bit codecs) seeded with a
+# fixed number instead of the clock, so a clip renders the same on every run
+SOX_COMMAND = (SOX, "-R")
 
 
 def required_tools(utterances: Iterable[Utterance]) -> set[str]:

@@ -23,7 +23,7 @@ import numpy as np
 import soundfile as sf
 
 from digits_recipe.config import SetSpec
-from digits_recipe.engines import ESPEAK_NG, required_tools, speak
+from digits_recipe.engines import ESPEAK_NG, SOX_COMMAND, required_tools, speak
 
 TRANSCRIPTS = "transcripts.tsv"
 CONDITIONS = "conditions.tsv"
@@ -194,7 +194,7 @@ def _to_float(utt: Utterance, wav: bytes, sample_rate: int) -> np.ndarray:
     """Run an engine's WAV through sox: float32 at ``sample_rate`` with the utterance's effects."""
     raw = subprocess.run(
         [
-            *("sox", "-t", "wav", "-"),
+            *(*SOX_COMMAND, "-t", "wav", "-"),
             *("-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1", "-r", str(sample_rate)),
             *("-", *_effects(utt, sample_rate)),
         ],
@@ -210,7 +210,7 @@ def _telephone(signal: np.ndarray, channel: str, sample_rate: int) -> np.ndarray
     as_float = ("-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1")
     encoded = subprocess.run(
         [
-            *("sox", *as_float, "-r", str(sample_rate), "-"),
+            *(*SOX_COMMAND, *as_float, "-r", str(sample_rate), "-"),
             *(*CODEC_ARGS[channel], "-r", str(TELEPHONE_RATE), "-c", "1", "-"),
             *("sinc", "300-3400"),
         ],
@@ -220,7 +220,7 @@ def _telephone(signal: np.ndarray, channel: str, sample_rate: int) -> np.ndarray
     ).stdout
     decoded = subprocess.run(
         [
-            *("sox", *CODEC_ARGS[channel], "-r", str(TELEPHONE_RATE), "-c", "1", "-"),
+            *(*SOX_COMMAND, *CODEC_ARGS[channel], "-r", str(TELEPHONE_RATE), "-c", "1", "-"),
             *(*as_float, "-r", str(sample_rate), "-"),
         ],
         input=encoded,
