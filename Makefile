@@ -63,7 +63,7 @@ lock-runtime: setup
 eval: setup
 	$(BIN)/espnet-serve eval
 
-## recipe: re-train the embedded default model from scratch (synthetic speech; ~18 min on 2 quiet cores),
+## recipe: re-train the embedded default model from scratch (synthetic speech; ~16 min on 2 quiet cores),
 ## then score it and the bundle it replaced on every held-out set and the real-speech dev set
 ## (ffmpeg decodes the wideband real-speech dev set's G.722 prompts; only the recipe needs it)
 recipe: setup sysdeps
