@@ -68,5 +68,5 @@ def test_burst_past_the_pending_bound_is_refused_early(server: BentoServer):
     )
     assert after.status_code == 200 and after.json()["text"] == clip.text
     metrics = httpx.get(f"{server.url}/metrics").text
-    overloaded = re.search(r'espnet_serve_errors_total\{kind="overloaded"\} ([0-9.]+)', metrics)
+    overloaded = re.search(r'espnet_serve_errors_total\{code="overloaded"\} ([0-9.]+)', metrics)
     assert overloaded and float(overloaded.group(1)) == len(refused)
