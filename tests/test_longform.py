@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +23,7 @@ from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
 from espnet_serve.audio.ingest import AudioInputError, IngestLimits, open_audio_stream
 from espnet_serve.audio.segmenter import AudioSegment, SegmentationOptions, segment_stream
+from espnet_serve.cli.main import main as cli
 from espnet_serve.pipeline import subtitles
 from espnet_serve.pipeline.align import group_into_words
 from espnet_serve.pipeline.decode import SegmentDecoder
@@ -230,9 +232,10 @@ def test_refused_audio_is_a_typed_error(session: InferenceSession):
 
 
 @pytest.mark.slow
-def test_cli_transcribes_a_shipped_clip_to_json_srt_and_vtt():
+def test_cli_transcribes_a_shipped_clip_to_json_srt_and_vtt(capsys: pytest.CaptureFixture[str]):
+    """The console command once as a user runs it (JSON with words); SRT and VTT in-process."""
     clip = load_heldout(1)[0]
-    command = [sys.executable, "-m", "espnet_serve.cli.main", "transcribe", str(clip.path)]
+    command = [str(Path(sys.executable).with_name("espnet-serve")), "transcribe", str(clip.path)]
     run = subprocess.run(
         [*command, "--format", "json", "--words"], capture_output=True, text=True, timeout=300
     )
@@ -241,9 +244,7 @@ def test_cli_transcribes_a_shipped_clip_to_json_srt_and_vtt():
     assert body["text"] == clip.text
     assert [w["word"] for w in body["segments"][0]["words"]] == clip.text.split()
     for output_format, first_line in (("srt", "1"), ("vtt", "WEBVTT")):
-        run = subprocess.run(
-            [*command, "--format", output_format], capture_output=True, text=True, timeout=300
-        )
-        assert run.returncode == 0, run.stderr
-        assert run.stdout.splitlines()[0] == first_line
-        assert clip.text in run.stdout
+        assert cli(["transcribe", str(clip.path), "--format", output_format, "--no-progress"]) == 0
+        output = capsys.readouterr().out
+        assert output.splitlines()[0] == first_line
+        assert clip.text in output

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import cached_property
 from typing import Any
 
 from espnet_serve.audio.segmenter import AudioSegment
@@ -43,19 +44,15 @@ class SegmentDecoder:
     def __init__(self, session: Any, sample_rate: int) -> None:
         self.session = session
         self.sample_rate = sample_rate
-        self._aligner: CtcAligner | None = None
-        self._aligner_checked = False
 
-    @property
+    @cached_property
     def aligner(self) -> CtcAligner | None:
         """The CTC aligner, or ``None`` when the model has no CTC head (built on first use)."""
-        if not self._aligner_checked:
-            self._aligner_checked = True
-            try:
-                self._aligner = CtcAligner(self.session.model, self.sample_rate)
-            except (AttributeError, ValueError) as exc:
-                logger.info("No word timestamps for this model: %s", exc)
-        return self._aligner
+        try:
+            return CtcAligner(self.session.model, self.sample_rate)
+        except (AttributeError, ValueError) as exc:
+            logger.info("No word timestamps for this model: %s", exc)
+            return None
 
     @property
     def word_timestamps(self) -> bool:
