@@ -9,18 +9,21 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 # Where processes share the cores (the server's API and model workers, test clients),
 # OpenMP threads must sleep instead of spinning: spinning stalls a busy 2-core machine.
 # A lone process (eval, bench) decodes faster with the default policy.
-serve test bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
+serve test test-fast bench-serve: export OMP_WAIT_POLICY ?= PASSIVE
 
-.PHONY: setup sysdeps serve test lint format lock lock-runtime eval recipe bench bench-serve image image-check e2e clean
+.PHONY: setup sysdeps serve test test-fast lint format lock lock-runtime eval recipe bench bench-serve image image-check e2e clean
 
 ## setup: create .venv from requirements/lock.txt (exact pins, no resolver run)
 setup: $(STAMP)
 
+# The repository root goes on the dev venv's path (espnet_serve_repo.pth): devkit/ (bundles and
+# random-weight models for tests, bench and the recipe) imports from anywhere; no Bento sees it.
 $(STAMP): requirements/lock.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --no-deps -r requirements/lock.txt 2>&1 | grep -v "is ignored: it is neither" || true
 	$(BIN)/pip install -q --no-deps --no-build-isolation -e . 2>&1 | grep -v "is ignored: it is neither" || true
-	$(BIN)/python -c "import espnet2, bentoml, torch, torchaudio, espnet_serve"
+	$(BIN)/python -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'espnet_serve_repo.pth').write_text('$(CURDIR)\n')"
+	$(BIN)/python -c "import espnet2, bentoml, torch, torchaudio, espnet_serve, devkit"
 	touch $@
 
 ## sysdeps: Debian packages the recipe and tests use (TTS engines and voices, sox, libsndfile, curl)
@@ -33,13 +36,19 @@ sysdeps:
 ## serve: serve the embedded default model on $(HOST):$(PORT), offline
 serve: setup
 	$(BIN)/espnet-serve import-default
-	$(BIN)/bentoml serve service:Transcriber --host $(HOST) --port $(PORT)
+	$(BIN)/bentoml serve service:ApiService --host $(HOST) --port $(PORT)
 
 ## test: lint, then the whole test suite
 test: setup sysdeps
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/python -m pytest
+
+## test-fast: lint, then the tests that need no real server, training or model build (< 3 min)
+test-fast: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/python -m pytest -m "not slow"
 
 lint: setup
 	$(BIN)/ruff check .

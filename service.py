@@ -1,4 +1,4 @@
-"""BentoML entry point: ``bentoml serve service:Transcriber``."""
+"""BentoML entry point: ``bentoml serve service:ApiService``."""
 
 import logging
 import os
@@ -8,11 +8,11 @@ import os
 # so the API could not reach the model while it drains the requests it accepted.
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 
-from espnet_serve.serving.api_service import Transcriber
-from espnet_serve.serving.model_service import AsrModel
+from espnet_serve.serving.api_service import ApiService
+from espnet_serve.serving.model_service import ModelService
 
 # BentoML's server logging leaves the root logger at WARNING: keep our INFO lines (one access
 # line per request with its id, model ready, SIGTERM drain).
 logging.getLogger("espnet_serve").setLevel(logging.INFO)
 
-__all__ = ["AsrModel", "Transcriber"]
+__all__ = ["ApiService", "ModelService"]

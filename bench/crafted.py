@@ -32,7 +32,7 @@ from tests.server import serve_default_model  # noqa: E402
 def api_worker_rss(server_pid: int) -> int:
     for child in psutil.Process(server_pid).children(recursive=True):
         command = child.cmdline()
-        if "--service-name" in command and "Transcriber" in command:
+        if "--service-name" in command and "ApiService" in command:
             return child.memory_info().rss
     raise RuntimeError("no API worker")
 

@@ -5,7 +5,7 @@ One run, one heavy process at a time:
 1. Writes the synthetic files (``digits_recipe.longfile``: held-out espeak-ng voices,
    digit strings with pauses, each word's start and end): ``--minutes`` (default 10,
    seed 4404) and ``--long-minutes`` (default 60, seed 6606).
-2. Library (``LongFormTranscriber``, batched backend, batch 16) on the short file with
+2. Library (``Transcriber``, batched backend, batch 16) on the short file with
    word times: WER and time errors (segment and word start/end, median and p95), beside
    the short-clip held-out WER and the 16-clip batched throughput on the same session.
 3. Server (``bentoml serve`` of the embedded model, default settings): the short and the
@@ -48,9 +48,9 @@ from digits_recipe.longscore import score  # noqa: E402
 
 from espnet_serve import InferenceSession  # noqa: E402
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout  # noqa: E402
-from espnet_serve.ingest import decode_audio  # noqa: E402
-from espnet_serve.longform.segmenter import AudioSegment, SegmentationOptions  # noqa: E402
-from espnet_serve.longform.transcriber import LongFormTranscriber  # noqa: E402
+from espnet_serve.audio.ingest import decode_audio  # noqa: E402
+from espnet_serve.audio.segmenter import AudioSegment, SegmentationOptions  # noqa: E402
+from espnet_serve.pipeline.transcriber import Transcriber  # noqa: E402
 from tests.server import serve_default_model  # noqa: E402
 
 SAMPLE_RATE = 16000
@@ -84,7 +84,7 @@ def load_session(cache: Path) -> InferenceSession:
 
 def library(session: InferenceSession, path: Path) -> dict:
     """The short file through the library, and the held-out set in batches of 16."""
-    transcriber = LongFormTranscriber(session, batch_size=BATCH)
+    transcriber = Transcriber(session, batch_size=BATCH)
     started = time.perf_counter()
     transcript = transcriber.transcribe(path, word_timestamps=True)
     seconds = time.perf_counter() - started
@@ -273,7 +273,7 @@ def webrtc_flags(audio: np.ndarray) -> np.ndarray:
 
 def compare_vad(session: InferenceSession, path: Path) -> dict:
     """Each VAD's regions on ``path``, decoded the same way, scored against the truth."""
-    transcriber = LongFormTranscriber(session, batch_size=BATCH)
+    transcriber = Transcriber(session, batch_size=BATCH)
     audio = decode_audio(path, target_rate=SAMPLE_RATE, limits=transcriber.limits).samples
     truth = read_truth(path)
     options = transcriber.options
@@ -299,9 +299,9 @@ def compare_vad(session: InferenceSession, path: Path) -> dict:
     return results
 
 
-def transcriber_segments(transcriber: LongFormTranscriber, path: Path):
-    from espnet_serve.ingest import open_audio_stream
-    from espnet_serve.longform.segmenter import segment_stream
+def transcriber_segments(transcriber: Transcriber, path: Path):
+    from espnet_serve.audio.ingest import open_audio_stream
+    from espnet_serve.audio.segmenter import segment_stream
 
     with open_audio_stream(path, target_rate=SAMPLE_RATE, limits=transcriber.limits) as audio:
         yield from segment_stream(audio, SAMPLE_RATE, transcriber.options)

@@ -20,7 +20,7 @@ from fastapi import FastAPI, File, Form, UploadFile
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE
-from espnet_serve.ingest import IngestLimits, decode_audio
+from espnet_serve.audio.ingest import IngestLimits, decode_audio
 
 SAMPLE_RATE = 16000
 

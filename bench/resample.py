@@ -48,7 +48,7 @@ Resampler = Callable[[np.ndarray, int, int], np.ndarray]
 
 
 def soxr_stream(quality: str) -> Resampler:
-    """soxr as ``espnet_serve.ingest`` runs it: 1 s blocks through a ResampleStream."""
+    """soxr as ``espnet_serve.audio.ingest`` runs it: 1 s blocks through a ResampleStream."""
 
     def run(x: np.ndarray, source: int, target: int) -> np.ndarray:
         stream = soxr.ResampleStream(source, target, 1, dtype="float32", quality=quality)

@@ -46,7 +46,7 @@ import numpy as np
 import psutil
 import torch
 
-from espnet_serve.random_init import write_random_asr_experiment
+from devkit.random_init import write_random_asr_experiment
 
 BATCH_SIZES = (1, 4, 16, 32)
 FALLBACK_BATCH = 16
@@ -209,8 +209,8 @@ def load_clips(source: str, limit: int) -> list[np.ndarray]:
 def default_model(workdir: Path) -> Model:
     """The embedded default model, staged and loaded as the server loads it (its spec)."""
     from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE
-    from espnet_serve.config import load_inference_config
-    from espnet_serve.store import session_from_bundle, stage_bundle
+    from espnet_serve.bundle.config import load_inference_config
+    from espnet_serve.bundle.store import session_from_bundle, stage_bundle
 
     bundle_dir = workdir / "default"
     spec, _ = stage_bundle(DEFAULT_MODEL_ARCHIVE, bundle_dir, trust_user_code=True)
@@ -339,7 +339,7 @@ def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace)
         model.asr_train_config, model.asr_model_file, dtype=args.dtype, **decoding
     )
     for size in args.batch_sizes:
-        backend.max_batch_size = size
+        backend.max_bucket_size = size
         backend(clips[:size])  # warm-up
         run, outputs = measure(
             f"batched b{size}",
@@ -399,7 +399,7 @@ def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace)
     }
     if args.profile:
         path = args.out / f"{args.label}-{model.name}-profile-b16.txt"
-        backend.max_batch_size = 16
+        backend.max_bucket_size = 16
         document["profile_b16"] = profile_batched(backend, clips, 16, path)
         document["profile_b16"]["listing"] = path.name
     return document

@@ -133,15 +133,15 @@ def served(clips: list[Clip], home: Path, durations: dict[str, float]) -> dict:
 def in_process(home: Path, waves: list[np.ndarray], batch_sizes: list[int]) -> dict:
     """``BatchedSpeech2Text`` loaded as the model service loads it, on consecutive batches."""
     os.environ["BENTOML_HOME"] = str(home)
+    from espnet_serve.bundle.store import load_session
     from espnet_serve.serving.settings import get_settings
-    from espnet_serve.store import load_session
 
     settings = get_settings()
     session = load_session(
         "espnet-digits-asr:latest",
         prefer_model_batch=True,
         batched_backend=True,
-        max_batch_size=settings.max_batch_size,
+        max_bucket_size=settings.max_batch_size,
     )
     session.forward_batch(waves[:2])
     audio = sum(len(w) for w in waves) / SAMPLE_RATE
@@ -230,7 +230,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     args = parser.parse_args()
     clips = load_clips()
-    from espnet_serve.ingest import read_audio_file
+    from espnet_serve.audio.ingest import read_audio_file
 
     with tempfile.TemporaryDirectory(prefix="bench-serve-") as tmp:
         home = Path(tmp) / "home"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import os
 import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,8 +18,9 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import numpy as np
 import pytest
 
-from espnet_serve.publish import pack_bundle, write_bundle
-from espnet_serve.random_init import AsrExperiment, write_random_asr_experiment
+from devkit.publish import pack_bundle, write_bundle
+from devkit.random_init import AsrExperiment, write_random_asr_experiment
+from tests.server import BentoServer, serve_default_model
 
 # Cheap decoding for a random model: short outputs, one beam.
 TINY_DECODING = {"beam_size": 1, "ctc_weight": 0.5, "maxlenratio": 0.2, "device": "auto"}
@@ -94,6 +96,18 @@ def espnet2_packed_archive(tmp_path_factory: pytest.TempPathFactory, tiny_bundle
     finally:
         os.chdir(cwd)
     return out
+
+
+@pytest.fixture(scope="session")
+def default_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServer]:
+    """The embedded model behind a real ``bentoml serve``: default settings, two API workers.
+
+    Shared by the modules that need nothing but a served default model (one start, not one
+    per module); modules that need other settings start their own.
+    """
+    server = serve_default_model(tmp_path_factory.mktemp("shared_home"), api_workers="2")
+    yield server
+    server.stop()
 
 
 @pytest.fixture()

@@ -1,8 +1,19 @@
-"""Fake backends for testing InferenceSession's control flow (never its only test)."""
+"""Fakes for control flow (never the only test of a capability): backends for
+``InferenceSession``, and the model service for the in-process HTTP tests."""
 
 from __future__ import annotations
 
 from typing import Any
+
+from espnet_serve.pipeline.types import Segment, Word
+from espnet_serve.serving.model_client import call_model
+from espnet_serve.serving.rpc import (
+    ModelInfo,
+    Readiness,
+    SegmentFailure,
+    SegmentRequest,
+    SegmentResult,
+)
 
 
 class RecordingBackend:
@@ -49,3 +60,69 @@ class SlotErrorBackend:
                 raise ValueError("cannot decode 'bad'")
             return f"out:{speech}"
         return [ValueError(f"cannot decode {s!r}") if s == "bad" else f"out:{s}" for s in speech]
+
+
+class FakeModelClient:
+    """The model service for in-process HTTP tests (control flow only; the real one is tested in
+    ``test_service*.py``).
+
+    Each segment is answered with its length, ``"<n> samples"``, and its own times, so a test
+    sees what reached the model; or with a chosen ``SegmentFailure``; or not ready; or by
+    raising the queued ``failures`` (through the real ``call_model``, as the service's client).
+    """
+
+    MIN_SAMPLES = 960
+
+    def __init__(self) -> None:
+        self.ready = Readiness(ready=True)
+        self.failure: SegmentFailure | None = None
+        self.fail_from_segment: int | None = None
+        self.failures: list[BaseException] = []
+        self.requests: list[SegmentRequest] = []
+
+    async def readiness(self) -> Readiness:
+        return self.ready
+
+    async def model_info(self) -> ModelInfo:
+        return ModelInfo(
+            name="fake",
+            version="v1",
+            sha256="0" * 64,
+            sample_rate=16000,
+            min_samples=self.MIN_SAMPLES,
+            languages=["en"],
+            created=1_700_000_000,
+            word_timestamps=True,
+        )
+
+    async def decode(self, request: SegmentRequest) -> SegmentResult:
+        async def once() -> SegmentResult:
+            if self.failures:
+                raise self.failures.pop(0)
+            self.requests.append(request)
+            failing = self.fail_from_segment is not None and request.index >= self.fail_from_segment
+            if self.failure is not None and (self.fail_from_segment is None or failing):
+                return SegmentResult(failure=self.failure)
+            return SegmentResult(segment=self.segment(request))
+
+        return await call_model(once, what="decode", retry_after_seconds=1)
+
+    @staticmethod
+    def segment(request: SegmentRequest) -> Segment:
+        """``"<n> samples"`` at the request's times; with ``words``, one word per ``n``."""
+        text = f"{len(request.samples)} samples"
+        words = (
+            (Word(word=text.split()[0], start=request.start, end=request.end),)
+            if request.words
+            else ()
+        )
+        return Segment(
+            id=request.index,
+            start=request.start,
+            end=request.end,
+            text=text,
+            words=words,
+            tokens=(1, 2) if request.words else (),
+            avg_logprob=-0.5 if request.words else 0.0,
+            no_speech_prob=request.no_speech_prob,
+        )

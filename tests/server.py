@@ -131,7 +131,7 @@ def serve_default_model(home: Path, **settings: str) -> BentoServer:
     """
     import_default_model(home)
     return start_server(
-        "service:Transcriber", env=serve_env(home, **settings), log_path=home / "serve.log"
+        "service:ApiService", env=serve_env(home, **settings), log_path=home / "serve.log"
     )
 
 
@@ -144,19 +144,19 @@ def serve_split(home: Path, **settings: str) -> tuple[BentoServer, BentoServer]:
     env = serve_env(home, **settings)
     start = (sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server")
     model = start_server(
-        "service:Transcriber",
+        "service:ApiService",
         env=env,
         log_path=home / "model.log",
         command=start,
-        extra_args=("--service-name", "AsrModel"),
+        extra_args=("--service-name", "ModelService"),
     )
     try:
         api = start_server(
-            "service:Transcriber",
+            "service:ApiService",
             env=env,
             log_path=home / "api.log",
             command=start,
-            extra_args=("--service-name", "Transcriber", "--depends", f"AsrModel={model.url}"),
+            extra_args=("--service-name", "ApiService", "--depends", f"ModelService={model.url}"),
         )
     except BaseException:
         model.stop()

@@ -8,7 +8,10 @@ import shutil
 import tarfile
 from pathlib import Path
 
+import bentoml
 import yaml
+
+from espnet_serve.bundle.spec import ModelSpec
 
 
 def tree(root: Path) -> set[Path]:
@@ -141,3 +144,8 @@ def stage_crafted_archive(tmp_path: Path, case: str) -> tuple[Path, Path]:
 
 
 CRAFTED_CASES = ("dotdot", "absolute", "symlink_out", "hardlink_out", "huge", "no_meta")
+
+
+def stored_spec(tag: str | bentoml.Tag) -> ModelSpec:
+    """The spec recorded when the stored model ``tag`` was imported."""
+    return ModelSpec.model_validate(bentoml.models.get(tag).info.metadata)

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from espnet_serve import InferenceSession
-from espnet_serve.archive import ArchiveLimits, check_archive, safe_extract
-from espnet_serve.errors import UnsafeArchiveError
+from espnet_serve.bundle.archive import ArchiveLimits, check_archive, safe_extract
+from espnet_serve.bundle.errors import UnsafeArchiveError
 
 
 def make_tar(path: Path, members: list[tarfile.TarInfo], payload: bytes = b"x") -> Path:

@@ -15,16 +15,16 @@ import torch
 from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 from espnet2.bin.asr_inference import Speech2Text
 
+from devkit.publish import write_bundle
+from devkit.random_init import AsrExperiment, write_random_asr_experiment
 from espnet_serve import InferenceSession
-from espnet_serve.archive import safe_extract
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
 from espnet_serve.backends import BatchedSpeech2Text, SampleError
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer
 from espnet_serve.backends.encoding import encode_padded, extract_features
-from espnet_serve.bundle import artifacts_from_directory
-from espnet_serve.publish import write_bundle
-from espnet_serve.random_init import AsrExperiment, write_random_asr_experiment
+from espnet_serve.bundle.archive import safe_extract
+from espnet_serve.bundle.layout import artifacts_from_directory
 
 BEAM = {"beam_size": 4, "ctc_weight": 0.3, "maxlenratio": 0.3}
 SMALL_CONFORMER = {
@@ -76,9 +76,9 @@ def reference(experiment: AsrExperiment, **options: object) -> Speech2Text:
 def test_length_buckets_sort_and_bound():
     lengths = [5, 9, 1, 9, 3, 7]
     assert length_buckets(lengths, 2) == [[1, 3], [5, 0], [4, 2]]
-    assert length_buckets(lengths, 4, max_batch_samples=20) == [[1, 3], [5, 0], [4, 2]]
-    assert length_buckets([30, 2], 4, max_batch_samples=10) == [[0], [1]]
-    with pytest.raises(ValueError, match="max_batch_size"):
+    assert length_buckets(lengths, 4, max_bucket_samples=20) == [[1, 3], [5, 0], [4, 2]]
+    assert length_buckets([30, 2], 4, max_bucket_samples=10) == [[0], [1]]
+    with pytest.raises(ValueError, match="max_bucket_size"):
         length_buckets(lengths, 0)
 
 
@@ -161,7 +161,14 @@ def hybrid(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
     return unpack(HYBRID_ARCHIVE, tmp_path_factory)
 
 
-@pytest.fixture(scope="module", params=sorted(REAL_MODELS))
+# make test-fast checks the default model at one batch size; make test every model and size.
+@pytest.fixture(
+    scope="module",
+    params=[
+        pytest.param(name, marks=[] if name == "default" else pytest.mark.slow)
+        for name in sorted(REAL_MODELS)
+    ],
+)
 def real_model(
     request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
 ) -> tuple[AsrExperiment, dict]:
@@ -181,6 +188,9 @@ def speech2text_nbest(real_model, heldout) -> list[list]:
     return [s2t(clip) for clip in heldout]
 
 
+BATCH_SIZES = [pytest.param(1, marks=pytest.mark.slow), 7, pytest.param(32, marks=pytest.mark.slow)]
+
+
 def in_calls(backend: BatchedSpeech2Text, clips: list[np.ndarray], size: int) -> list:
     """Decode ``clips`` in calls of ``size`` samples (one bucket per call)."""
     out: list = []
@@ -189,10 +199,10 @@ def in_calls(backend: BatchedSpeech2Text, clips: list[np.ndarray], size: int) ->
     return out
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 32])
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
 def test_beam_search_matches_speech2text(batch_size, real_model, heldout, speech2text_nbest):
     experiment, decoding = real_model
-    backend = build(experiment, max_batch_size=batch_size, **decoding)
+    backend = build(experiment, max_bucket_size=batch_size, **decoding)
     ours = in_calls(backend, heldout, batch_size)
     mismatches = {
         i: (token_ids(a), token_ids(b))
@@ -222,7 +232,7 @@ def test_beam_search_length_limits_penalty_and_normalisation(hybrid, heldout):
     }
     clips = heldout[:14]
     s2t = reference(hybrid, **options)
-    ours = in_calls(build(hybrid, max_batch_size=7, **options), clips, 7)
+    ours = in_calls(build(hybrid, max_bucket_size=7, **options), clips, 7)
     assert [token_ids(o) for o in ours] == [token_ids(s2t(c)) for c in clips]
 
 
@@ -233,9 +243,9 @@ def per_sample_greedy(model, clip: np.ndarray) -> list[int]:
     return path[path != 0].tolist()
 
 
-@pytest.mark.parametrize("batch_size", [1, 7, 32])
+@pytest.mark.parametrize("batch_size", BATCH_SIZES)
 def test_greedy_ctc_matches_per_sample_greedy(batch_size, real_model, heldout):
-    backend = build(real_model[0], beam_size=1, ctc_weight=1.0, max_batch_size=batch_size)
+    backend = build(real_model[0], beam_size=1, ctc_weight=1.0, max_bucket_size=batch_size)
     assert backend.greedy
     with torch.inference_mode():
         expected = [per_sample_greedy(backend.asr_model, clip) for clip in heldout]
@@ -251,7 +261,7 @@ def clips() -> list[np.ndarray]:
 
 
 def test_bad_samples_fail_alone(tiny_experiment, clips):
-    backend = build(tiny_experiment, max_batch_size=4, **BEAM)
+    backend = build(tiny_experiment, max_bucket_size=4, **BEAM)
     nan = clips[1].copy()
     nan[100] = np.nan
     batch = [
@@ -283,7 +293,7 @@ def test_bad_samples_fail_alone(tiny_experiment, clips):
 def test_failing_bucket_is_split_and_only_the_culprit_fails(tiny_experiment, clips, monkeypatch):
     from espnet_serve.backends import speech2text
 
-    backend = build(tiny_experiment, max_batch_size=8, **BEAM)
+    backend = build(tiny_experiment, max_bucket_size=8, **BEAM)
     culprit_frames = extract_features(backend.asr_model, torch.from_numpy(clips[2])).size(0)
     real_encode = speech2text.encode_padded
 
@@ -317,7 +327,7 @@ def batched_bundle(tmp_path_factory, tiny_experiment, user_code_dir) -> Path:
         tmp_path_factory.mktemp("batched_bundle") / "bundle",
         asr_train_config=tiny_experiment.asr_train_config,
         asr_model_file=tiny_experiment.asr_model_file,
-        decoding={**BEAM, "device": "auto", "max_batch_size": 32},
+        decoding={**BEAM, "device": "auto", "max_bucket_size": 32},
         backend="espnet_serve.backends.BatchedSpeech2Text",
         output_fn="src.output.output_fn",
         user_code_dir=user_code_dir,

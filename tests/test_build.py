@@ -16,8 +16,9 @@ import pytest
 import soundfile as sf
 import yaml
 
-from espnet_serve import cli, store
-from espnet_serve.publish import pack_bundle, write_bundle
+from devkit.publish import pack_bundle, write_bundle
+from espnet_serve.bundle import store
+from espnet_serve.cli import main as cli
 from tests.conftest import OUTPUT_FN_SOURCE, TINY_DECODING
 from tests.server import BentoServer, start_server
 from tests.store_helpers import CRAFTED_CASES, read_yaml, stage_crafted_archive, tree
@@ -135,7 +136,7 @@ def test_build_bento_wires_the_exact_model_tag(
     assert docker_text.index("COPY --from=ghcr.io/astral-sh/uv:") < docker_text.index("uv venv")
     requirements = (Path(bento.path) / "env" / "python" / "requirements.txt").read_text()
     assert "espnet==202511" in requirements
-    assert (Path(bento.path) / "src" / "espnet_serve" / "store.py").is_file()
+    assert (Path(bento.path) / "src" / "espnet_serve" / "bundle" / "store.py").is_file()
     assert not (Path(bento.path) / "src" / "espnet_serve" / "assets").exists()
 
 

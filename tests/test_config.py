@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from espnet_serve.config import load_inference_config, resolve_device
-from espnet_serve.errors import InferenceConfigError
+from espnet_serve.bundle.config import load_inference_config, resolve_device
+from espnet_serve.bundle.errors import InferenceConfigError
 
 
 def write(path: Path, text: str) -> Path:

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from espnet_serve import InferenceSession, cli
+from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HELDOUT_DIR, load_heldout
+from espnet_serve.cli import main as cli
 
 NUM_CLIPS = 20
 

@@ -12,16 +12,19 @@ import soundfile as sf
 import soxr
 import yaml
 
-from espnet_serve import cli, evaluation
 from espnet_serve.assets import (
     DEFAULT_MODEL_ARCHIVE,
     HELDOUT_DIR,
     TRANSCRIPTS_FILENAME,
     load_heldout,
 )
-from espnet_serve.bundle import train_config_sample_rate
-from espnet_serve.errors import UntrustedUserCodeError
-from espnet_serve.session import InferenceSession
+from espnet_serve.bundle.errors import UntrustedUserCodeError
+from espnet_serve.bundle.layout import train_config_sample_rate
+from espnet_serve.bundle.session import InferenceSession
+from espnet_serve.bundle.store import is_default_archive, load_local_session
+from espnet_serve.cli import main as cli
+from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.evaluate import evaluate
 
 NUM_CLIPS = 5
 
@@ -41,11 +44,11 @@ def resampled_copy(directory: Path, rate: int, *, stereo: bool = False) -> Path:
 
 
 def test_only_the_embedded_archive_is_the_default_model(tmp_path: Path):
-    assert evaluation.is_default_model(str(DEFAULT_MODEL_ARCHIVE))
+    assert is_default_archive(str(DEFAULT_MODEL_ARCHIVE))
     copy = tmp_path / "digits_asr.tar.gz"
     shutil.copy(DEFAULT_MODEL_ARCHIVE, copy)
-    assert not evaluation.is_default_model(str(copy))
-    assert not evaluation.is_default_model("espnet/some_model")
+    assert not is_default_archive(str(copy))
+    assert not is_default_archive("espnet/some_model")
 
 
 @pytest.mark.parametrize(
@@ -84,7 +87,7 @@ def test_eval_runs_a_trusted_bundle_with_the_flag(
 @pytest.fixture(scope="module")
 def session(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
     workdir = tmp_path_factory.mktemp("eval")
-    session, spec = evaluation.load_eval_session(str(DEFAULT_MODEL_ARCHIVE), workdir)
+    session, spec = load_local_session(str(DEFAULT_MODEL_ARCHIVE), workdir)
     assert spec.sample_rate == 16000 and spec.user_code_trusted
     return session
 
@@ -104,7 +107,8 @@ def test_resampled_copies_get_the_transcripts_of_the_originals(
 
     assert transcripts(copy) == transcripts(HELDOUT_DIR)
     clips = load_heldout(NUM_CLIPS, directory=copy)
-    report = evaluation.evaluate(session, clips, model="default", load_seconds=0, sample_rate=16000)
+    decoder = SegmentDecoder(session, 16000)
+    report = evaluate(decoder, clips, model="default", load_seconds=0)
     assert (report.wer, report.errors, report.mode) == (0.0, [], "batched")
     assert report.audio_seconds == pytest.approx(
         sum(sf.info(str(clip.path)).duration for clip in load_heldout(NUM_CLIPS)), abs=1e-3

@@ -1,73 +1,31 @@
 """The API's HTTP behaviour in-process: routes, formats, limits and errors, in milliseconds.
 
-The app is the one the BentoML service runs (``create_app``); a fake model client stands in
-for the model service (control flow only: the real model and server are tested in
-``test_service*.py``). It answers each clip with its length, so a test sees what reached it.
+The app is the one the BentoML service runs (``build_app``, under the service's edge
+middlewares: ``tests.inprocess.served_app``); a fake model client stands in for the model
+service (control flow only: the real model and server are tested in ``test_service*.py``).
+It answers each segment with its length, so a test sees what reached it.
 """
 
 from __future__ import annotations
 
 import asyncio
-import io
+import re
 
 import aiohttp
 import httpx
 import numpy as np
 import openai
 import pytest
-import soundfile as sf
 from pydantic import SecretStr
 
-from espnet_serve.serving.auth import key_digest
-from espnet_serve.serving.drain import InFlight
-from espnet_serve.serving.http_app import create_app, with_edge_middlewares
-from espnet_serve.serving.model_client import call_model
-from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
+from espnet_serve.audio import ingest
+from espnet_serve.serving.errors import as_api_error
+from espnet_serve.serving.middleware.auth import key_digest
+from espnet_serve.serving.rpc import Readiness, SegmentFailure
 from espnet_serve.serving.settings import ServeSettings
 from tests.crafted import CRAFTED_UPLOADS
-
-MIN_SAMPLES = 960
-
-
-class FakeModelClient:
-    """Answers ``"<n> samples"``; or a chosen ``ClipResult``; or not ready; or raises."""
-
-    def __init__(self) -> None:
-        self.ready = Readiness(ready=True)
-        self.result: ClipResult | None = None
-        self.failures: list[BaseException] = []
-        self.clips: list[ClipRequest] = []
-
-    async def readiness(self) -> Readiness:
-        return self.ready
-
-    async def model_info(self) -> ModelInfo:
-        return ModelInfo(
-            name="fake",
-            version="v1",
-            sha256="0" * 64,
-            sample_rate=16000,
-            min_samples=MIN_SAMPLES,
-            languages=["en"],
-            created=1_700_000_000,
-        )
-
-    async def transcribe(self, clip: ClipRequest) -> ClipResult:
-        async def once() -> ClipResult:
-            if self.failures:
-                raise self.failures.pop(0)
-            self.clips.append(clip)
-            return self.result or ClipResult(text=f"{len(clip.audio)} samples")
-
-        return await call_model(once, what="transcribe", retry_after_seconds=1)
-
-
-def wav(seconds: float = 1.0, rate: int = 16000, channels: int = 1) -> bytes:
-    t = np.arange(int(seconds * rate)) / rate
-    tone = (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
-    buffer = io.BytesIO()
-    sf.write(buffer, np.stack([tone] * channels, axis=1), rate, format="WAV")
-    return buffer.getvalue()
+from tests.fakes import FakeModelClient
+from tests.inprocess import AsyncBridge, sdk, served_app, wav
 
 
 @pytest.fixture()
@@ -82,46 +40,15 @@ def settings() -> ServeSettings:
 
 @pytest.fixture()
 def client(settings: ServeSettings, fake: FakeModelClient) -> AsyncBridge:
-    return AsyncBridge(
-        httpx.ASGITransport(app=served_app(settings, fake), raise_app_exceptions=False)
-    )
-
-
-def served_app(settings: ServeSettings, fake: FakeModelClient, *, draining: bool = False):
-    """The app with the service's edge middlewares (request ids, API keys when set)."""
-    app = create_app(settings, in_flight=InFlight(), is_draining=lambda: draining)
-    app.state.model_client = fake
-    return with_edge_middlewares(app, settings)
-
-
-class AsyncBridge:
-    """``post`` through an ASGI transport from synchronous tests."""
-
-    def __init__(self, transport: httpx.ASGITransport) -> None:
-        self.transport = transport
-
-    def post(
-        self,
-        path: str,
-        data: bytes,
-        content_type: str = "audio/wav",
-        headers: dict[str, str] | None = None,
-        **form: str,
-    ):
-        async def send() -> httpx.Response:
-            async with httpx.AsyncClient(transport=self.transport, base_url="http://t") as c:
-                files = {"file": ("a", data, content_type)}
-                return await c.post(path, files=files, data=form, headers=headers)
-
-        return asyncio.run(send())
+    return AsyncBridge(served_app(settings, fake))
 
 
 def test_transcribe_resamples_and_mixes_down_before_the_model(client, fake):
     response = client.post("/transcribe", wav(1.0, rate=44100, channels=2))
     assert response.status_code == 200, response.text
     assert response.json() == {"text": "16000 samples", "duration_seconds": 1.0, "model": "fake"}
-    (clip,) = fake.clips
-    assert clip.audio.dtype == np.float32 and clip.audio.shape == (16000,)
+    (request,) = fake.requests
+    assert request.samples.dtype == np.float32 and request.samples.shape == (16000,)
 
 
 @pytest.mark.parametrize(
@@ -161,6 +88,8 @@ def test_limits_and_content_types(client):
     assert too_long.status_code == 413 and "limit is 5 s" in too_long.json()["error"]["message"]
     not_audio = client.post("/transcribe", b"hello", content_type="text/plain")
     assert not_audio.status_code == 415
+    empty = client.post("/transcribe", b"")
+    assert empty.status_code == 400 and empty.json()["error"]["code"] == "empty_audio"
     too_short = client.post("/transcribe", wav(0.05))
     assert too_short.status_code == 400
     assert too_short.json()["error"]["message"] == (
@@ -173,14 +102,14 @@ def test_crafted_uploads_get_their_4xx(client, fake, name):
     data, status, code = CRAFTED_UPLOADS[name]
     response = client.post("/v1/audio/transcriptions", data, model="fake")
     assert response.status_code == status and response.json()["error"]["code"] == code
-    assert not fake.clips
+    assert not fake.requests
 
 
 def test_a_clip_the_model_refuses_is_400_and_a_model_failure_is_500(client, fake):
-    fake.result = ClipResult(error_kind="invalid_audio", error="too short", client_error=True)
+    fake.failure = SegmentFailure(code="invalid_audio", message="too short")
     refused = client.post("/transcribe", wav())
     assert refused.status_code == 400 and refused.json()["error"]["code"] == "invalid_audio"
-    fake.result = ClipResult(error_kind="decode_failed", error="CUDA out of memory")
+    fake.failure = SegmentFailure(code="decode_failed", message="CUDA out of memory")
     failed = client.post("/transcribe", wav())
     error = failed.json()["error"]
     assert failed.status_code == 500 and error["code"] == "decode_failed"
@@ -203,29 +132,19 @@ def test_a_dropped_connection_to_the_model_is_retried_once(client, fake):
 
 
 def test_draining_refuses_with_503_before_reading_the_upload(settings, fake):
-    app = create_app(settings, in_flight=InFlight(), is_draining=lambda: True)
-    app.state.model_client = fake
-    response = AsyncBridge(httpx.ASGITransport(app=app)).post("/transcribe", wav())
+    response = AsyncBridge(served_app(settings, fake, draining=True)).post("/transcribe", wav())
     assert response.status_code == 503 and response.json()["error"]["code"] == "draining"
-    assert response.headers["connection"] == "close" and not fake.clips
+    assert response.headers["connection"] == "close" and not fake.requests
 
 
 def test_the_openai_sdk_talks_to_the_app(settings, fake):
-    app = create_app(settings, in_flight=InFlight(), is_draining=lambda: False)
-    app.state.model_client = fake
-
     async def ask() -> str:
-        http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t/v1")
-        sdk = openai.AsyncOpenAI(base_url="http://t/v1", api_key="unused", http_client=http)
-        result = await sdk.audio.transcriptions.create(model="fake", file=("a.wav", wav(0.25)))
+        result = await sdk(served_app(settings, fake)).audio.transcriptions.create(
+            model="fake", file=("a.wav", wav(0.25))
+        )
         return result.text
 
     assert asyncio.run(ask()) == "4000 samples"
-
-
-def sdk(app, api_key: str = "unused") -> openai.AsyncOpenAI:
-    http = httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://t/v1")
-    return openai.AsyncOpenAI(base_url="http://t/v1", api_key=api_key, http_client=http)
 
 
 def test_models_list_and_retrieve_through_the_sdk(settings, fake):
@@ -258,7 +177,7 @@ def test_an_unknown_model_is_a_404_through_the_sdk(settings, fake):
 
     with pytest.raises(openai.NotFoundError) as raised:
         asyncio.run(ask())
-    assert raised.value.body["code"] == "model_not_found" and not fake.clips
+    assert raised.value.body["code"] == "model_not_found" and not fake.requests
 
 
 @pytest.mark.parametrize(
@@ -275,7 +194,7 @@ def test_language_is_validated(client, fake, language, status, code):
     response = client.post("/v1/audio/transcriptions", wav(0.5), model="fake", language=language)
     assert response.status_code == status, response.text
     if code:
-        assert response.json()["error"]["code"] == code and not fake.clips
+        assert response.json()["error"]["code"] == code and not fake.requests
     if code == "unsupported_language":
         assert "transcribes en only" in response.json()["error"]["message"]
 
@@ -344,3 +263,42 @@ def test_request_ids_are_kept_or_made_and_in_error_bodies(client):
     made = client.post("/transcribe", b"hello", "text/plain", headers={"X-Request-ID": "a b\n"})
     assert made.headers["x-request-id"] != "a b\n" and len(made.headers["x-request-id"]) == 32
     assert made.json()["error"]["request_id"] == made.headers["x-request-id"]
+
+
+@pytest.mark.parametrize(
+    ("error", "status"),
+    [
+        (ingest.UndecodableAudioError, 400),
+        (ingest.EmptyAudioError, 400),
+        (ingest.AudioTooShortError, 400),
+        (ingest.UnsupportedSampleRateError, 400),
+        (ingest.TooManyChannelsError, 400),
+        (ingest.TruncatedAudioError, 400),
+        (ingest.AudioTooLargeError, 413),
+        (ingest.UnsupportedMediaTypeError, 415),
+    ],
+)
+def test_each_audio_error_gets_its_status_and_keeps_its_code(error, status):
+    answered = as_api_error(error("a plain message"))
+    assert (answered.status, answered.code, answered.param) == (status, error.code, "file")
+    assert answered.message == "a plain message"
+
+
+def test_every_error_code_has_one_status():
+    """The codes the package raises all have their status in ``serving.errors.STATUS``."""
+    from pathlib import Path
+
+    import espnet_serve
+    from espnet_serve.pipeline import types
+    from espnet_serve.serving.errors import STATUS
+
+    source = "\n".join(p.read_text() for p in Path(espnet_serve.__file__).parent.rglob("*.py"))
+    raised = set(re.findall(r'ApiError\(\s*"([a-z_]+)"', source))
+    raised |= set(re.findall(r'code=?\s*"([a-z_]+)"', source))
+    raised |= {types.INVALID_AUDIO, types.DECODE_FAILED, types.BAD_MODEL_OUTPUT}
+    raised |= {error.code for error in _subclasses(ingest.AudioInputError)}
+    assert len(raised) > 15 and raised <= set(STATUS), raised - set(STATUS)
+
+
+def _subclasses(cls: type) -> set[type]:
+    return {cls} | {sub for child in cls.__subclasses__() for sub in _subclasses(child)}

@@ -27,7 +27,7 @@ import soxr
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
-from espnet_serve.ingest import (
+from espnet_serve.audio.ingest import (
     AudioInputError,
     AudioTooLargeError,
     AudioTooShortError,
@@ -118,7 +118,7 @@ def test_ingest_imports_only_numpy_soundfile_soxr():
     """The module stays cheap to import: no torch, espnet, bentoml, scipy or pydantic."""
     import ast
 
-    import espnet_serve.ingest as ingest
+    import espnet_serve.audio.ingest as ingest
 
     tree = ast.parse(Path(ingest.__file__).read_text(encoding="utf-8"))
     imported = {
@@ -129,7 +129,7 @@ def test_ingest_imports_only_numpy_soundfile_soxr():
     }
     stdlib = {name for name in imported if name.split(".")[0] in sys.stdlib_module_names}
     third_party = imported - stdlib - {"__future__"}
-    assert third_party == {"numpy", "soundfile", "soxr", "espnet_serve.riff"}
+    assert third_party == {"numpy", "soundfile", "soxr", "espnet_serve.audio.riff"}
 
 
 @pytest.mark.parametrize(
@@ -226,20 +226,22 @@ def test_min_samples_is_counted_at_the_target_rate():
 # ----------------------------------------------------------- typed errors
 
 
-def test_error_classes_carry_status_and_kind():
-    table = {
-        UndecodableAudioError: (400, "invalid_audio"),
-        EmptyAudioError: (400, "empty_audio"),
-        AudioTooShortError: (400, "audio_too_short"),
-        UnsupportedSampleRateError: (400, "unsupported_sample_rate"),
-        TooManyChannelsError: (400, "too_many_channels"),
-        TruncatedAudioError: (400, "truncated_audio"),
-        AudioTooLargeError: (413, "audio_too_large"),
-        UnsupportedMediaTypeError: (415, "unsupported_media_type"),
-    }
-    for error, (status, kind) in table.items():
+AUDIO_ERROR_CODES = {
+    UndecodableAudioError: "invalid_audio",
+    EmptyAudioError: "empty_audio",
+    AudioTooShortError: "audio_too_short",
+    UnsupportedSampleRateError: "unsupported_sample_rate",
+    TooManyChannelsError: "too_many_channels",
+    TruncatedAudioError: "truncated_audio",
+    AudioTooLargeError: "audio_too_large",
+    UnsupportedMediaTypeError: "unsupported_media_type",
+}
+
+
+def test_error_classes_carry_their_code():
+    for error, code in AUDIO_ERROR_CODES.items():
         assert issubclass(error, AudioInputError) and issubclass(error, ValueError)
-        assert (error.status_code, error.kind) == (status, kind)
+        assert error.code == code
 
 
 @pytest.mark.parametrize(
@@ -374,7 +376,7 @@ def test_crafted_headers_do_not_drive_native_memory(tmp_path: Path):
         import json, resource, sys
         from pathlib import Path
         import numpy as np, soundfile as sf, io
-        from espnet_serve.ingest import AudioInputError, IngestLimits, decode_audio
+        from espnet_serve.audio.ingest import AudioInputError, IngestLimits, decode_audio
         limits = IngestLimits(max_seconds=1e7, min_samples=1040)
         warm = io.BytesIO(); sf.write(warm, np.zeros(22050, np.float32), 22050, format="FLAC")
         decode_audio(warm.getvalue(), target_rate=16000, limits=limits)
@@ -385,7 +387,7 @@ def test_crafted_headers_do_not_drive_native_memory(tmp_path: Path):
                 decode_audio(path.read_bytes(), target_rate=16000, limits=limits)
                 kinds[path.stem] = "decoded"
             except AudioInputError as exc:
-                kinds[path.stem] = exc.kind
+                kinds[path.stem] = exc.code
         after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
         print(json.dumps({"growth_kib": after - before, "kinds": kinds}))
         """
@@ -422,7 +424,7 @@ def decode_within_bounds(data: bytes, limits: IngestLimits = LENIENT) -> None:
         decoded = decode_audio(data, target_rate=TARGET, limits=limits)
     except AudioInputError as exc:
         assert str(exc)
-        event(exc.kind)
+        event(exc.code)
         decoded = None
     finally:
         _, peak = tracemalloc.get_traced_memory()

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import tracemalloc
 from collections.abc import Iterator
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,12 +21,14 @@ from digits_recipe.longscore import score
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
-from espnet_serve.ingest import AudioInputError, IngestLimits, open_audio_stream
-from espnet_serve.longform import formats
-from espnet_serve.longform.align import TimedWord, group_into_words
-from espnet_serve.longform.segmenter import SegmentationOptions, segment_stream
-from espnet_serve.longform.transcriber import LongFormTranscriber
-from espnet_serve.longform.transcript import Segment, Transcript
+from espnet_serve.audio.ingest import AudioInputError, IngestLimits, open_audio_stream
+from espnet_serve.audio.segmenter import AudioSegment, SegmentationOptions, segment_stream
+from espnet_serve.cli.main import main as cli
+from espnet_serve.pipeline import subtitles
+from espnet_serve.pipeline.align import group_into_words
+from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.transcriber import Transcriber
+from espnet_serve.pipeline.types import Segment, Transcript, Word
 from tests.conftest import LongRecording
 
 SAMPLE_RATE = 16000
@@ -48,7 +51,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
 
 @pytest.fixture(scope="module")
 def transcript(session: InferenceSession, long_recording: LongRecording) -> Transcript:
-    return LongFormTranscriber(session).transcribe(long_recording.path, word_timestamps=True)
+    return Transcriber(session).transcribe(long_recording.path, word_timestamps=True)
 
 
 def segments_of(path, options: SegmentationOptions | None = None):
@@ -58,7 +61,10 @@ def segments_of(path, options: SegmentationOptions | None = None):
 
 def test_each_digit_string_is_one_segment_timed_by_its_speech(long_recording: LongRecording):
     segments = segments_of(long_recording.path)
-    result = score([Segment(s.index, s.start, s.end, "") for s in segments], long_recording.truth)
+    result = score(
+        [Segment(id=s.index, start=s.start, end=s.end, text="") for s in segments],
+        long_recording.truth,
+    )
     assert abs(len(segments) - len(long_recording.truth)) <= 2
     assert result.matched >= 0.95 * len(long_recording.truth)
     for errors in (result.segment_start, result.segment_end):
@@ -137,7 +143,7 @@ def test_long_recording_transcript_words_and_times(
         if segment.words:
             assert segment.start - 0.25 <= segment.words[0].start
             assert segment.words[-1].end <= segment.end + 0.1
-        assert segment.token_ids and segment.avg_logprob < 0.0
+        assert segment.tokens and segment.avg_logprob < 0.0
         assert 0.0 <= segment.no_speech_prob <= 1.0
     assert [s.id for s in transcript.segments] == list(range(len(transcript.segments)))
 
@@ -145,7 +151,7 @@ def test_long_recording_transcript_words_and_times(
 @pytest.mark.slow
 def test_subtitles_carry_each_segment(transcript: Transcript):
     texted = [s for s in transcript.segments if s.text]
-    srt = formats.to_srt(transcript.segments)
+    srt = subtitles.to_srt(transcript.segments)
     cues = srt.strip().split("\n\n")
     assert len(cues) == len(texted)
     stamp = r"(\d\d):(\d\d):(\d\d)[,.](\d\d\d)"
@@ -159,7 +165,7 @@ def test_subtitles_carry_each_segment(transcript: Transcript):
         assert start == pytest.approx(segment.start, abs=5e-4)
         assert end == pytest.approx(segment.end, abs=5e-4)
         assert re.fullmatch(f"{stamp} --> {stamp}", times) and "," in times
-    vtt = formats.to_vtt(transcript.segments)
+    vtt = subtitles.to_vtt(transcript.segments)
     assert vtt.startswith("WEBVTT\n\n")
     vtt_cues = vtt.removeprefix("WEBVTT\n\n").strip().split("\n\n")
     assert [cue.split("\n")[1] for cue in vtt_cues] == [s.text for s in texted]
@@ -180,15 +186,15 @@ def test_aligned_tokens_are_grouped_into_words(tokens: list[str], whole_words: b
     last = 2 * (len(tokens) - 1) + 1
     assert [w.word for w in words] == ["two", "oh"]
     assert words[0].start == 0.0 and words[1].end == pytest.approx(0.1 * last)
-    assert all(isinstance(w, TimedWord) and w.start < w.end for w in words)
+    assert all(isinstance(w, Word) and w.start < w.end for w in words)
 
 
 @pytest.mark.slow
 def test_alignment_of_a_held_out_clip_with_its_truth(session: InferenceSession):
     clip = load_heldout(1)[0]
     audio = clip.read_audio(SAMPLE_RATE)
-    transcriber = LongFormTranscriber(session)
-    aligned, empty = transcriber.aligner.align([audio, audio], [clip.text, ""])
+    aligner = Transcriber(session).decoder.aligner
+    aligned, empty = aligner.align([audio, audio], [clip.text, ""])
     assert [w.word for w in aligned.words] == clip.text.split()
     times = [t for w in aligned.words for t in (w.start, w.end)]
     assert times == sorted(times) and times[0] >= 0.0 and times[-1] <= len(audio) / SAMPLE_RATE
@@ -196,15 +202,40 @@ def test_alignment_of_a_held_out_clip_with_its_truth(session: InferenceSession):
 
 
 @pytest.mark.slow
-def test_refused_audio_is_a_typed_error(session: InferenceSession):
-    with pytest.raises(AudioInputError, match="could not decode"):
-        LongFormTranscriber(session).transcribe(b"not audio at all" * 10)
+def test_word_times_reuse_the_decode_pass_encoder_output(session: InferenceSession):
+    """One padded encoder pass serves decoding and alignment; the words are the same as from
+    a fresh encoding of each clip."""
+    clips = [clip.read_audio(SAMPLE_RATE) for clip in load_heldout(3)]
+    segments = [AudioSegment.whole(i, audio, SAMPLE_RATE) for i, audio in enumerate(clips)]
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    passes = []
+    encoder = session.model.asr_model.encoder
+    handle = encoder.register_forward_hook(lambda *_: passes.append(1))
+    try:
+        decoded = decoder.decode(segments, words=True)
+    finally:
+        handle.remove()
+    assert len(passes) == 1
+    fresh = decoder.aligner.align(clips, [segment.text for segment in decoded])
+    for segment, alignment in zip(decoded, fresh, strict=True):
+        assert segment.words and [w.word for w in segment.words] == segment.text.split()
+        assert segment.tokens == alignment.tokens
+        for word, again in zip(segment.words, alignment.words, strict=True):
+            assert word.word == again.word
+            assert (word.start, word.end) == pytest.approx((again.start, again.end), abs=1e-3)
 
 
 @pytest.mark.slow
-def test_cli_transcribes_a_shipped_clip_to_json_srt_and_vtt():
+def test_refused_audio_is_a_typed_error(session: InferenceSession):
+    with pytest.raises(AudioInputError, match="could not decode"):
+        Transcriber(session).transcribe(b"not audio at all" * 10)
+
+
+@pytest.mark.slow
+def test_cli_transcribes_a_shipped_clip_to_json_srt_and_vtt(capsys: pytest.CaptureFixture[str]):
+    """The console command once as a user runs it (JSON with words); SRT and VTT in-process."""
     clip = load_heldout(1)[0]
-    command = [sys.executable, "-m", "espnet_serve.cli", "transcribe", str(clip.path)]
+    command = [str(Path(sys.executable).with_name("espnet-serve")), "transcribe", str(clip.path)]
     run = subprocess.run(
         [*command, "--format", "json", "--words"], capture_output=True, text=True, timeout=300
     )
@@ -213,9 +244,7 @@ def test_cli_transcribes_a_shipped_clip_to_json_srt_and_vtt():
     assert body["text"] == clip.text
     assert [w["word"] for w in body["segments"][0]["words"]] == clip.text.split()
     for output_format, first_line in (("srt", "1"), ("vtt", "WEBVTT")):
-        run = subprocess.run(
-            [*command, "--format", output_format], capture_output=True, text=True, timeout=300
-        )
-        assert run.returncode == 0, run.stderr
-        assert run.stdout.splitlines()[0] == first_line
-        assert clip.text in run.stdout
+        assert cli(["transcribe", str(clip.path), "--format", output_format, "--no-progress"]) == 0
+        output = capsys.readouterr().out
+        assert output.splitlines()[0] == first_line
+        assert clip.text in output

@@ -22,14 +22,12 @@ import soundfile as sf
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
 from tests.crafted import CRAFTED_UPLOADS
-from tests.server import REPO_ROOT, BentoServer, serve_default_model
+from tests.server import REPO_ROOT, BentoServer
 
 pytestmark = pytest.mark.slow
 
-MAX_AUDIO_BYTES = 1_000_000
 SAMPLE_RATE = 16000
 MODEL = "espnet-digits-asr"
-MAX_AUDIO_SECONDS = 15
 
 
 @pytest.fixture(scope="module")
@@ -54,15 +52,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> list[HeldoutClip]:
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
-    server = serve_default_model(
-        tmp_path_factory.mktemp("bentoml_home"),
-        api_workers="2",
-        max_audio_bytes=str(MAX_AUDIO_BYTES),
-        max_audio_seconds=str(MAX_AUDIO_SECONDS),
-    )
-    yield server
-    server.stop()
+def server(default_server: BentoServer) -> BentoServer:
+    return default_server
 
 
 def post_file(
@@ -188,26 +179,12 @@ def test_corrupt_file_fails_alone(server: BentoServer, clips: list[HeldoutClip])
     assert [r.json()["text"] for r in responses] == [clip.text for clip in good]
 
 
-def test_limits_types_and_parameters(server: BentoServer, clips: list[HeldoutClip]):
+def test_bad_uploads_and_parameters_leave_the_server_serving(
+    server: BentoServer, clips: list[HeldoutClip]
+):
+    """Refusals through real uvicorn and multipart parsing (the limits themselves, 413 on size
+    and length: ``test_http_app.py``); the server keeps serving."""
     url = f"{server.url}/transcribe"
-    too_big = post_file(
-        url, b"\x00" * (MAX_AUDIO_BYTES + 100_000), name="a.wav", content_type="audio/wav"
-    )
-    assert too_big.status_code == 413 and too_big.json()["error"]["code"] == "audio_too_large"
-
-    long_audio = io.BytesIO()
-    sf.write(
-        long_audio,
-        np.zeros(16000 * (MAX_AUDIO_SECONDS + 5), np.int16),
-        16000,
-        format="WAV",
-        subtype="PCM_16",
-    )
-    assert len(long_audio.getvalue()) < MAX_AUDIO_BYTES
-    too_long = post_file(url, long_audio.getvalue(), name="long.wav", content_type="audio/wav")
-    assert too_long.status_code == 413, too_long.text
-    assert "limit" in too_long.json()["error"]["message"]
-
     wrong_type = post_file(url, b"hello", name="a.txt", content_type="text/plain")
     assert wrong_type.status_code == 415
     assert wrong_type.json()["error"]["code"] == "unsupported_media_type"
@@ -226,7 +203,6 @@ def test_limits_types_and_parameters(server: BentoServer, clips: list[HeldoutCli
         assert bad.status_code == 422, (form, bad.text)
         assert bad.json()["error"]["code"] == "invalid_parameters"
 
-    # The server is still serving.
     ok = post_file(url, audio, name="a.flac", content_type="audio/flac")
     assert ok.status_code == 200 and ok.json()["text"] == clips[0].text
 
@@ -249,7 +225,7 @@ def test_metrics_expose_our_series(server: BentoServer, clips: list[HeldoutClip]
     ):
         assert metric_values(metrics, series), series
     assert metric_values(metrics, "espnet_serve_audio_seconds_total")[0] > 0
-    assert re.search(r'espnet_serve_errors_total\{kind="invalid_audio"\} [1-9]', metrics)
+    assert re.search(r'espnet_serve_errors_total\{code="invalid_audio"\} [1-9]', metrics)
     assert re.search(
         r'espnet_serve_transcriptions_total\{outcome="ok",route="/transcribe"\}', metrics
     )
@@ -282,7 +258,7 @@ def api_worker(server: BentoServer) -> psutil.Process:
     """The API service's worker process (not the model service's)."""
     for child in psutil.Process(server.process.pid).children(recursive=True):
         command = child.cmdline()
-        if "--service-name" in command and "Transcriber" in command:
+        if "--service-name" in command and "ApiService" in command:
             return child
     raise AssertionError("no API worker found")
 

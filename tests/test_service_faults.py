@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from espnet_serve.publish import write_bundle
-from espnet_serve.random_init import AsrExperiment
+from devkit.publish import write_bundle
+from devkit.random_init import AsrExperiment
 from tests.conftest import TINY_DECODING
 from tests.server import BentoServer, serve_env, start_server, wait_for
 
@@ -71,7 +71,7 @@ def serve_bundle(home: Path, bundle: Path, name: str, *, wait_ready: bool = True
         check=True,
     )
     return start_server(
-        "service:Transcriber", env=env, log_path=home / "serve.log", wait_ready=wait_ready
+        "service:ApiService", env=env, log_path=home / "serve.log", wait_ready=wait_ready
     )
 
 
@@ -111,7 +111,7 @@ def test_a_backend_failure_is_a_500_with_an_error_id_counted_once(tmp_path, tiny
     assert "request fault-req-1: the model failed" in log
     assert "POST /transcribe 500" in log and "request_id=fault-req-1" in log
     assert fine.status_code == 200, fine.text
-    assert 'espnet_serve_errors_total{kind="decode_failed"} 1.0' in metrics
+    assert 'espnet_serve_errors_total{code="decode_failed"} 1.0' in metrics
 
 
 def test_a_model_that_cannot_decode_stays_unready_with_the_reason(tmp_path, tiny_experiment):

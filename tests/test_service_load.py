@@ -93,7 +93,7 @@ def test_burst_gets_only_200_or_503_json_then_serves_normally(server, alone):
     after = asyncio.run(closed_loop(server.url + OPENAI_ROUTE, alone, concurrency=8, requests=16))
     assert_all_ok(after)
     metrics = httpx.get(f"{server.url}/metrics").text
-    assert f'espnet_serve_errors_total{{kind="overloaded"}} {float(statuses[503])}' in metrics
+    assert f'espnet_serve_errors_total{{code="overloaded"}} {float(statuses[503])}' in metrics
 
 
 async def load_then_sigterm(url: str, clips: list[Clip], pids: list[int]) -> dict:

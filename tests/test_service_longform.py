@@ -1,8 +1,9 @@
 """Long recordings through a real ``bentoml serve`` and the unchanged openai SDK.
 
-verbose_json with segment and word times, srt, vtt, ``stream=True`` (and an
-error in the middle of a stream), refused option combinations, and short
-requests answered while a long one decodes.
+What only the real model and server show: verbose_json's segment and word times against
+the truth (the model service's alignment), short requests answered while a long one
+decodes (batching), and the README's examples. The formats, ``stream=True`` and its
+errors, and refused option combinations are HTTP behaviour: ``test_http_formats.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from types import SimpleNamespace
 
-import httpx
 import numpy as np
 import openai
 import pytest
@@ -21,7 +21,7 @@ from digits_recipe.longscore import score
 
 from espnet_serve.assets import load_heldout
 from tests.conftest import LongRecording
-from tests.server import REPO_ROOT, BentoServer, serve_default_model
+from tests.server import REPO_ROOT, BentoServer
 
 pytestmark = pytest.mark.slow
 
@@ -30,10 +30,8 @@ MAX_WER = 0.06
 
 
 @pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
-    server = serve_default_model(tmp_path_factory.mktemp("bentoml_home"))
-    yield server
-    server.stop()
+def server(default_server: BentoServer) -> BentoServer:
+    return default_server
 
 
 @pytest.fixture(scope="module")
@@ -76,70 +74,6 @@ def test_verbose_json_has_timed_segments_and_words(verbose, long_recording: Long
     assert first.temperature == 0.0
     assert first.tokens and first.avg_logprob < 0.0 and 0.0 <= first.no_speech_prob <= 1.0
     assert first.compression_ratio > 0.0
-
-
-def test_srt_and_vtt_through_the_sdk(sdk, verbose, long_recording: LongRecording):
-    texted = [s for s in verbose.segments if s.text]
-    with long_recording.path.open("rb") as audio:
-        srt = sdk.audio.transcriptions.create(model=MODEL, file=audio, response_format="srt")
-    cues = srt.strip().split("\n\n")
-    assert [cue.split("\n")[2] for cue in cues] == [s.text for s in texted]
-    assert re.fullmatch(r"1\n\d\d:\d\d:\d\d,\d{3} --> \d\d:\d\d:\d\d,\d{3}", cues[0][: 2 + 29])
-    with long_recording.path.open("rb") as audio:
-        vtt = sdk.audio.transcriptions.create(model=MODEL, file=audio, response_format="vtt")
-    assert vtt.startswith("WEBVTT")
-    assert vtt.count(" --> ") == len(texted)
-    assert re.search(r"\n\d\d:\d\d:\d\d\.\d{3} --> \d\d:\d\d:\d\d\.\d{3}\n", vtt)
-
-
-def test_stream_sends_a_delta_per_segment_then_the_whole_text(
-    sdk, verbose, long_recording: LongRecording
-):
-    with long_recording.path.open("rb") as audio:
-        events = list(sdk.audio.transcriptions.create(model=MODEL, file=audio, stream=True))
-    deltas = [e for e in events if e.type == "transcript.text.delta"]
-    assert [e.type for e in events[-1:]] == ["transcript.text.done"]
-    assert len(deltas) == len([s for s in verbose.segments if s.text])
-    assert "".join(e.delta for e in deltas) == events[-1].text == verbose.text
-
-
-def test_an_error_in_the_middle_of_a_stream_is_an_error_event(
-    server: BentoServer, sdk, long_recording: LongRecording
-):
-    """A FLAC file cut short: its segments stream, then the error arrives as an event."""
-    data = long_recording.path.read_bytes()
-    cut = data[: len(data) * 2 // 3]
-    events = []
-    with pytest.raises(openai.APIError, match="cut short"):
-        for event in sdk.audio.transcriptions.create(
-            model=MODEL, file=("cut.flac", cut, "audio/flac"), stream=True
-        ):
-            events.append(event)
-    assert events and all(e.type == "transcript.text.delta" for e in events)
-    assert httpx.get(f"{server.url}/readyz").status_code == 200
-
-
-@pytest.mark.parametrize(
-    ("form", "param"),
-    [
-        (
-            {"response_format": "json", "timestamp_granularities[]": "word"},
-            "timestamp_granularities[]",
-        ),
-        ({"response_format": "srt", "stream": "true"}, "stream"),
-        ({"response_format": "verbose_json", "stream": "true"}, "stream"),
-    ],
-)
-def test_options_that_do_not_go_together_are_400(server: BentoServer, form, param):
-    clip = load_heldout(1)[0]
-    response = httpx.post(
-        f"{server.url}/v1/audio/transcriptions",
-        files={"file": (clip.path.name, clip.path.read_bytes(), "audio/flac")},
-        data={"model": MODEL, **form},
-        timeout=60,
-    )
-    assert response.status_code == 400, response.text
-    assert response.json()["error"]["param"] == param
 
 
 def test_short_requests_are_answered_while_a_long_one_decodes(

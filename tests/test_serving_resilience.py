@@ -18,9 +18,10 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from fastapi import FastAPI
 from fastapi.responses import PlainTextResponse
 
-from espnet_serve.serving.admission import AdmissionMiddleware
-from espnet_serve.serving.drain import InFlight, SigtermDrain
-from espnet_serve.serving.http_errors import ServiceError, install_error_handlers
+from espnet_serve.serving.drain import SigtermDrain
+from espnet_serve.serving.errors import ApiError, install_error_handlers
+from espnet_serve.serving.middleware.admission import AdmissionMiddleware
+from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.model_client import call_model
 
 
@@ -71,10 +72,10 @@ def test_bentoml_session_manager_closes_sessions_with_calls_in_flight():
 def test_never_recycle_reaches_the_dependency_client():
     from _bentoml_impl.client.proxy2 import RemoteProxy
 
-    from espnet_serve.serving.model_service import NEVER_RECYCLE, AsrModel
+    from espnet_serve.serving.model_service import NEVER_RECYCLE, ModelService
 
-    AsrModel.inject_config()
-    manager = RemoteProxy("http://127.0.0.1:9", service=AsrModel)._async._session_manager
+    ModelService.inject_config()
+    manager = RemoteProxy("http://127.0.0.1:9", service=ModelService)._async._session_manager
     assert (manager.max_requests, manager.max_age) == (
         NEVER_RECYCLE["max_requests"],
         NEVER_RECYCLE["max_age"],
@@ -110,11 +111,11 @@ def test_bentoml_dispatcher_drops_queued_jobs_past_max_latency():
 
 
 def test_model_service_batcher_never_drops_before_the_request_timeout():
-    from espnet_serve.serving.model_service import AsrModel
+    from espnet_serve.serving.model_service import ModelService
     from espnet_serve.serving.settings import get_settings
 
     timeout_ms = get_settings().request_timeout_seconds * 1000
-    assert AsrModel.apis["transcribe"].max_latency_ms >= timeout_ms
+    assert ModelService.apis["decode"].max_latency_ms >= timeout_ms
 
 
 class Calls:
@@ -142,27 +143,27 @@ def test_a_connection_error_is_retried_once():
 
 def test_two_connection_errors_are_503_with_retry_after():
     calls = Calls(aiohttp.ClientOSError(), aiohttp.ClientConnectionError("Connector is closed"))
-    with pytest.raises(ServiceError) as raised:
+    with pytest.raises(ApiError) as raised:
         run_call(calls)
-    assert raised.value.status_code == 503 and raised.value.headers["Retry-After"] == "3"
+    assert raised.value.status == 503 and raised.value.headers["Retry-After"] == "3"
     assert calls.count == 2
 
 
 def test_a_timeout_is_504_and_never_retried():
     calls = Calls(TimeoutError())
-    with pytest.raises(ServiceError) as raised:
+    with pytest.raises(ApiError) as raised:
         run_call(calls)
-    assert raised.value.status_code == 504 and calls.count == 1
+    assert raised.value.status == 504 and calls.count == 1
 
 
 def test_model_not_ready_is_503_and_a_model_failure_is_500():
-    with pytest.raises(ServiceError) as unready:
+    with pytest.raises(ApiError) as unready:
         run_call(Calls(ServiceUnavailable("The model is not ready: loading.")))
-    assert unready.value.status_code == 503
+    assert unready.value.status == 503
     failure = Calls(BentoMLException("Internal Server Error"))
-    with pytest.raises(ServiceError) as failed:
+    with pytest.raises(ApiError) as failed:
         run_call(failure)
-    assert failed.value.status_code == 500 and failed.value.error_id
+    assert failed.value.status == 500 and failed.value.error_id
     assert failure.count == 1
 
 

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from espnet_serve import InferenceSession
-from espnet_serve.errors import InferenceConfigError
+from espnet_serve.bundle.errors import InferenceConfigError
 from tests.fakes import RecordingBackend, SlotErrorBackend, TwoInputBackend
 
 

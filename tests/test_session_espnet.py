@@ -17,7 +17,7 @@ from espnet2.asr.espnet_model import ESPnetASRModel
 from espnet2.bin.asr_inference import Speech2Text
 
 from espnet_serve import InferenceSession
-from espnet_serve.errors import (
+from espnet_serve.bundle.errors import (
     BackendResolutionError,
     BundleMetadataError,
     UntrustedUserCodeError,
@@ -228,7 +228,7 @@ def test_from_config_user_code_without_recipe_dir():
 
 
 def test_a_backend_class_in_bundle_code_is_not_imported_without_trust(tiny_bundle_dir, tmp_path):
-    from espnet_serve.bundle import artifacts_from_directory
+    from espnet_serve.bundle.layout import artifacts_from_directory
 
     bundle = copy_bundle(tiny_bundle_dir, tmp_path / "bundle")
     (bundle / "src" / "backend.py").write_text("raise SystemExit('imported!')\n")
@@ -242,7 +242,7 @@ def test_a_backend_class_in_bundle_code_is_not_imported_without_trust(tiny_bundl
 def test_from_pretrained_unpacks_a_local_archive_once_through_the_safe_path(
     espnet2_packed_archive, tmp_path, speech
 ):
-    from espnet_serve.sources import UNPACKED_MARKER
+    from espnet_serve.bundle.sources import UNPACKED_MARKER
 
     load = {"trust_user_code": True, "downloader_kwargs": {"cachedir": tmp_path}}
     first = InferenceSession.from_pretrained(str(espnet2_packed_archive), **load)
@@ -258,8 +258,8 @@ def test_unpacking_rebinds_config_paths_as_espnet2_does(tmp_path):
 
     import yaml
 
-    from espnet_serve.errors import BundleMetadataError
-    from espnet_serve.sources import unpack_bundle_archive
+    from espnet_serve.bundle.errors import BundleMetadataError
+    from espnet_serve.bundle.sources import unpack_bundle_archive
 
     def packed(name: str, meta: dict) -> Path:
         src = tmp_path / name

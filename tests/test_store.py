@@ -9,15 +9,15 @@ import bentoml
 import pytest
 import yaml
 
-from espnet_serve import store
-from espnet_serve.errors import (
+from devkit.publish import pack_bundle, write_bundle
+from espnet_serve.bundle import store
+from espnet_serve.bundle.errors import (
     BundleIntegrityError,
     BundleMetadataError,
     UnsafeArchiveError,
     UntrustedUserCodeError,
 )
-from espnet_serve.publish import pack_bundle, write_bundle
-from espnet_serve.sources import file_sha256
+from espnet_serve.bundle.sources import file_sha256
 from tests.conftest import TINY_DECODING
 from tests.store_helpers import (
     CRAFTED_CASES,
@@ -25,6 +25,7 @@ from tests.store_helpers import (
     hf_cache_from_bundle,
     read_yaml,
     stage_crafted_archive,
+    stored_spec,
     tree,
     with_token_list_file,
     write_yaml,
@@ -285,14 +286,13 @@ def test_a_model_not_imported_by_espnet_serve_is_refused(bentoml_home: Path):
 
 
 def test_ensure_default_model_imports_once_per_archive(
-    bentoml_home: Path, tiny_archive: Path, tmp_path: Path, monkeypatch
+    bentoml_home: Path, tiny_archive: Path, tmp_path: Path
 ):
     archive = tmp_path / "digits.tar.gz"
     shutil.copyfile(tiny_archive, archive)
-    monkeypatch.setattr(store, "default_model_archive", lambda: archive)
 
-    first = store.ensure_default_model()
-    again = store.ensure_default_model()
+    first = store.ensure_default_model(archive)
+    again = store.ensure_default_model(archive)
     assert first == again
     assert first.name == store.DEFAULT_MODEL_NAME
     model = bentoml.models.get(first)
@@ -300,7 +300,7 @@ def test_ensure_default_model_imports_once_per_archive(
 
     with archive.open("ab") as stream:  # a different archive: a new version
         stream.write(b"\0" * 1024)
-    updated = store.ensure_default_model()
+    updated = store.ensure_default_model(archive)
     assert updated != first
     assert bentoml.models.get(f"{store.DEFAULT_MODEL_NAME}:latest").tag == updated
 
@@ -336,7 +336,7 @@ def test_eval_and_bench_stage_the_bundle_the_store_holds(
 ):
     stored = store.import_bundle(tiny_archive, trust_user_code=True)
     spec, _ = store.stage_bundle(tiny_archive, tmp_path / "staged", trust_user_code=True)
-    assert spec == store.stored_spec(stored.tag)
+    assert spec == stored_spec(stored.tag)
     assert bundle_files(stored) == set(spec.files)
     staged = store.session_from_bundle(tmp_path / "staged", spec)(speech)
     assert staged == store.load_session(stored.tag)(speech)
@@ -350,4 +350,4 @@ def test_languages_come_from_meta_yaml_or_the_import(
     write_yaml(bundle / "meta.yaml", {**meta, "language": "EN"})
     assert store.import_bundle(bundle, trust_user_code=True).info.metadata["languages"] == ["en"]
     chosen = store.import_bundle(bundle, trust_user_code=True, languages=["de", "fr"])
-    assert store.stored_spec(chosen.tag).languages == ["de", "fr"]
+    assert stored_spec(chosen.tag).languages == ["de", "fr"]

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from espnet_serve.ingest import IngestLimits, read_audio_file
+from espnet_serve.audio.ingest import IngestLimits, read_audio_file
 
 ASSETS_DIR = Path(__file__).absolute().parent / "assets"
 DEFAULT_MODEL_ARCHIVE: Path = ASSETS_DIR / "digits_asr.tar.gz"
@@ -38,7 +38,7 @@ class HeldoutClip:
     text: str
 
     def read_audio(self, target_rate: int, limits: IngestLimits | None = None) -> np.ndarray:
-        """Read the clip through :mod:`espnet_serve.ingest`.
+        """Read the clip through :mod:`espnet_serve.audio.ingest`.
 
         Args:
             target_rate: Sample rate the model expects.

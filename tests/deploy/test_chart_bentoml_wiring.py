@@ -4,7 +4,7 @@ The rendered container args and BENTOML_CONFIG file are started exactly as the i
 starts them (`bentoml serve ...` / `python -m bentoml_cli._internal.start start-http-server ...`),
 with only the listen address changed (127.0.0.1 and free ports instead of 0.0.0.0:3000) and the
 model Service's DNS name pointed at the local model server. The stand-in services carry the names
-the chart wires (Transcriber depends on AsrModel), so this checks that split mode's `--depends`
+the chart wires (ApiService depends on ModelService), so this checks that split mode's `--depends`
 and `--service-name` really connect the two servers, and that SIGTERM stops them.
 """
 
@@ -44,16 +44,16 @@ STAND_IN_SERVICE = textwrap.dedent(
     import bentoml
 
 
-    @bentoml.service(name="AsrModel", workers=1)
-    class AsrModel:
+    @bentoml.service(name="ModelService", workers=1)
+    class ModelService:
         @bentoml.api(batchable=True, max_batch_size=8, max_latency_ms=100)
         def transcribe(self, clips: list[str]) -> list[str]:
             return [clip.upper() for clip in clips]
 
 
-    @bentoml.service(name="Transcriber", workers=1)
-    class Transcriber:
-        model = bentoml.depends(AsrModel)
+    @bentoml.service(name="ApiService", workers=1)
+    class ApiService:
+        model = bentoml.depends(ModelService)
 
         @bentoml.api
         async def transcribe(self, text: str) -> str:
@@ -111,16 +111,16 @@ def localize(args: list[str], port: int, model_port: int | None = None) -> list[
             arg = "127.0.0.1"
         elif arg == "3000":
             arg = str(port)
-        elif model_port is not None and arg.startswith("AsrModel=http://"):
-            assert arg == f"AsrModel=http://{FULLNAME}-model.{NAMESPACE}.svc:3000"
-            arg = f"AsrModel=http://127.0.0.1:{model_port}"
+        elif model_port is not None and arg.startswith("ModelService=http://"):
+            assert arg == f"ModelService=http://{FULLNAME}-model.{NAMESPACE}.svc:3000"
+            arg = f"ModelService=http://127.0.0.1:{model_port}"
         out.append(arg)
     return out
 
 
 def entrypoint(args: list[str], workdir: Path) -> list[str]:
     """What the image's entrypoint runs for ``args`` (with the Bento replaced by the stand-in)."""
-    bento = ["--working-dir", str(workdir), "service:Transcriber"]
+    bento = ["--working-dir", str(workdir), "service:ApiService"]
     if args[0] == "serve":
         return [sys.executable, "-m", "bentoml", *args, *bento]
     assert args[0] == "start-http-server"
@@ -227,7 +227,7 @@ def test_split_mode_args_wire_the_api_to_the_model_service(bento_env, tmp_path: 
     # The request went API pod -> model pod: the model server counted it.
     status, metrics = get(f"http://127.0.0.1:{model_port}/metrics")
     assert status == 200
-    assert 'service_name="AsrModel"' in metrics
+    assert 'service_name="ModelService"' in metrics
     assert "bentoml_service_request_total" in metrics
 
     # Without the model service the API stays alive (no restart) but is not ready (no traffic):

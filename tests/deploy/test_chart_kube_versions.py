@@ -143,5 +143,5 @@ def test_model_url_override_reaches_the_api_pods(chart) -> None:
         args[f"{RELEASE}-espnet-serve-api"],
         args[f"{RELEASE}-espnet-serve-model"],
     )
-    assert api_args[api_args.index("--depends") + 1] == f"AsrModel={url}"
+    assert api_args[api_args.index("--depends") + 1] == f"ModelService={url}"
     assert "--depends" not in model_args

@@ -170,8 +170,8 @@ def test_prestop_timing_from_the_deletion_and_the_kubelets_log_stamp() -> None:
     metadata = {"deletionTimestamp": "2026-12-02T00:35:46Z", "deletionGracePeriodSeconds": 60}
     log = (
         "2026-12-02T00:34:54.3Z stdout F [INFO] POST /transcribe 200 12116.8 ms\n"
-        "2026-12-02T00:34:56.363412168Z stdout F [INFO] AsrModel: SIGTERM; draining 0 request(s)\n"
-        "2026-12-02T00:34:56.364864181Z stdout F [INFO] Transcriber: SIGTERM; draining 0\n"
+        "2026-12-02T00:34:56.363412168Z stdout F [INFO] ModelService: SIGTERM; draining 0\n"
+        "2026-12-02T00:34:56.364864181Z stdout F [INFO] ApiService: SIGTERM; draining 0\n"
     )
     timing = rollout.prestop_timing(metadata, log)
     assert timing["delete_to_sigterm_s"] == 10.4

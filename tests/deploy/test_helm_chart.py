@@ -367,14 +367,14 @@ def test_bentoml_command_lines_parse_with_bentoml_cli(case: Case) -> None:
     else:
         sub, api = parsed["api"]
         assert sub == "start-http-server"
-        assert api["service_name"] == bento["apiService"] == "Transcriber"
+        assert api["service_name"] == bento["apiService"] == "ApiService"
         model_svc = of_kind(objects, "Service")[f"{FULLNAME}-model"]
         url = f"http://{FULLNAME}-model.{NAMESPACE}.svc:{model_svc['spec']['ports'][0]['port']}"
         assert api["depends"] == (f"{bento['modelService']}={url}",)
-        assert bento["modelService"] == "AsrModel"
+        assert bento["modelService"] == "ModelService"
         sub, model = parsed["model"]
         assert sub == "start-http-server"
-        assert model["service_name"] == "AsrModel"
+        assert model["service_name"] == "ModelService"
         assert not model["depends"]
 
 
@@ -551,8 +551,8 @@ def test_bentoml_configuration_is_accepted_by_bentoml(case: Case, tmp_path: Path
     # the v2 schema when a new-style service starts (Service.inject_config).
     BentoMLConfiguration(override_config_file=str(config_file), use_version=1)
     config = BentoMLConfiguration(override_config_file=str(config_file), use_version=2).to_dict()
-    assert config["services"]["Transcriber"]["traffic"]["timeout"] == vals["apiTimeoutSeconds"]
-    assert config["services"]["AsrModel"]["traffic"]["timeout"] == vals["requestTimeoutSeconds"]
+    assert config["services"]["ApiService"]["traffic"]["timeout"] == vals["apiTimeoutSeconds"]
+    assert config["services"]["ModelService"]["traffic"]["timeout"] == vals["requestTimeoutSeconds"]
 
     for name, deployment in of_kind(objects, "Deployment").items():
         container = the_container(deployment)
@@ -567,12 +567,12 @@ def test_bentoml_configuration_is_accepted_by_bentoml(case: Case, tmp_path: Path
 
 
 def test_extra_bentoml_config_is_merged(chart: helm_python.Chart) -> None:
-    objects = render(chart, {"bento": {"config": {"services": {"Transcriber": {"workers": 3}}}}})
+    objects = render(chart, {"bento": {"config": {"services": {"ApiService": {"workers": 3}}}}})
     text = of_kind(objects, "ConfigMap")[f"{FULLNAME}-bentoml"]["data"][
         "bentoml_configuration.yaml"
     ]
     config = yaml.safe_load(text)
-    assert config["services"]["Transcriber"] == {"traffic": {"timeout": 3600}, "workers": 3}
+    assert config["services"]["ApiService"] == {"traffic": {"timeout": 3600}, "workers": 3}
     assert "version" not in config
 
 

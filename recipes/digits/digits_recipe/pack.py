@@ -15,8 +15,8 @@ from typing import Any
 
 import yaml
 
+from devkit.publish import pack_bundle, write_bundle
 from digits_recipe.config import RECIPE_DIR
-from espnet_serve.publish import pack_bundle, write_bundle
 
 # Fields of espnet2's config.yaml that name training-time files or directories.
 TRAINING_PATH_FIELDS: dict[str, Any] = {

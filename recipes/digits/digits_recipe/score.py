@@ -21,7 +21,9 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 from espnet_serve.assets import load_heldout
-from espnet_serve.evaluation import EvalReport, evaluate, load_eval_session
+from espnet_serve.bundle.store import load_local_session
+from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.evaluate import EvalReport, evaluate
 
 
 def score(models: Mapping[str, Path], set_dirs: Sequence[Path]) -> dict[str, list[EvalReport]]:
@@ -38,15 +40,15 @@ def score(models: Mapping[str, Path], set_dirs: Sequence[Path]) -> dict[str, lis
     for label, archive in models.items():
         with tempfile.TemporaryDirectory(prefix="digits-score-") as tmp:
             start = time.perf_counter()
-            session, spec = load_eval_session(str(archive), Path(tmp), trust_user_code=True)
+            session, spec = load_local_session(str(archive), Path(tmp), trust_user_code=True)
             load_seconds = time.perf_counter() - start
+            decoder = SegmentDecoder(session, spec.sample_rate)
             reports[label] = [
                 evaluate(
-                    session,
+                    decoder,
                     load_heldout(directory=set_dir),
                     model=str(archive),
                     load_seconds=load_seconds,
-                    sample_rate=spec.sample_rate,
                 )
                 for set_dir in set_dirs
             ]

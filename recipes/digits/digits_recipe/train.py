@@ -71,7 +71,7 @@ def train(
     import torch
     from espnet2.tasks.asr import ASRTask
 
-    from espnet_serve.offline import block_runtime_downloads
+    from espnet_serve.backends.offline import block_runtime_downloads
 
     block_runtime_downloads()
 

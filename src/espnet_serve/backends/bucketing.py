@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 
 def length_buckets(
-    lengths: Sequence[int], max_batch_size: int, max_batch_samples: int | None = None
+    lengths: Sequence[int], max_bucket_size: int, max_bucket_samples: int | None = None
 ) -> list[list[int]]:
     """Group sample indices into buckets of similar length, longest first.
 
@@ -16,28 +16,28 @@ def length_buckets(
 
     Args:
         lengths: Length of each sample.
-        max_batch_size: Most samples per bucket.
-        max_batch_samples: Most padded samples per bucket (``size x longest``),
+        max_bucket_size: Most samples per bucket.
+        max_bucket_samples: Most padded samples per bucket (``size x longest``),
             or ``None`` for no bound. A sample longer than this gets a bucket alone.
 
     Returns:
         list[list[int]]: Indices into ``lengths``; each bucket longest first.
 
     Raises:
-        ValueError: If ``max_batch_size`` is not positive.
+        ValueError: If ``max_bucket_size`` is not positive.
     """
-    if max_batch_size < 1:
-        raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+    if max_bucket_size < 1:
+        raise ValueError(f"max_bucket_size must be at least 1, got {max_bucket_size}.")
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     buckets: list[list[int]] = []
     for index in order:
         current = buckets[-1] if buckets else None
         fits = (
             current is not None
-            and len(current) < max_batch_size
+            and len(current) < max_bucket_size
             and (
-                max_batch_samples is None
-                or lengths[current[0]] * (len(current) + 1) <= max_batch_samples
+                max_bucket_samples is None
+                or lengths[current[0]] * (len(current) + 1) <= max_bucket_samples
             )
         )
         if fits and current is not None:

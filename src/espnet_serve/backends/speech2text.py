@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +19,8 @@ from espnet_serve.backends.encoding import (
     too_short_for_subsampling,
 )
 from espnet_serve.backends.greedy import greedy_ctc
+from espnet_serve.backends.offline import block_runtime_downloads
 from espnet_serve.backends.sample_errors import InvalidSampleError, SampleDecodeError, SampleError
-from espnet_serve.offline import block_runtime_downloads
 
 DECODING_MODES = ("auto", "beam", "greedy_ctc")
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -39,7 +39,7 @@ class BatchedSpeech2Text:
     order; a call with one waveform returns its n-best list, like ``Speech2Text``.
 
     How: waveforms are bucketed by length (longest first, at most
-    ``max_batch_size`` per bucket); each bucket is encoded in one padded
+    ``max_bucket_size`` per bucket); each bucket is encoded in one padded
     encoder forward (see :mod:`espnet_serve.backends.encoding`) and decoded
     together: greedy CTC, or joint CTC/attention beam search vectorised over
     utterances x beams (:mod:`espnet_serve.backends.beam_search`) that
@@ -82,8 +82,8 @@ class BatchedSpeech2Text:
             ``ctc_weight == 1.0`` and ``beam_size == 1``, else beam search).
             Greedy CTC is the best path, which can differ from ``Speech2Text``'s
             beam-1 CTC prefix search.
-        max_batch_size: Most waveforms per bucket.
-        max_batch_samples: Most padded audio samples per bucket
+        max_bucket_size: Most waveforms per bucket (one padded encoder pass).
+        max_bucket_samples: Most padded audio samples per bucket
             (``size x longest``), or ``None`` for no bound.
 
     Raises:
@@ -113,8 +113,8 @@ class BatchedSpeech2Text:
         lm_weight: float = 1.0,
         ngram_weight: float = 0.9,
         decoding: str = "auto",
-        max_batch_size: int = 16,
-        max_batch_samples: int | None = None,
+        max_bucket_size: int = 16,
+        max_bucket_samples: int | None = None,
     ) -> None:
         block_runtime_downloads()
         from espnet2.bin.asr_inference import Speech2Text
@@ -132,8 +132,8 @@ class BatchedSpeech2Text:
                 "(lm_train_config / lm_file / ngram_file). Remove them from the inference "
                 "config, or use espnet2.bin.asr_inference.Speech2Text."
             )
-        if max_batch_size < 1:
-            raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}.")
+        if max_bucket_size < 1:
+            raise ValueError(f"max_bucket_size must be at least 1, got {max_bucket_size}.")
         reference = Speech2Text(
             asr_train_config=asr_train_config,
             asr_model_file=asr_model_file,
@@ -153,8 +153,9 @@ class BatchedSpeech2Text:
         self.device = device
         self.dtype = dtype
         self.nbest = nbest
-        self.max_batch_size = max_batch_size
-        self.max_batch_samples = max_batch_samples
+        self.max_bucket_size = max_bucket_size
+        self.max_bucket_samples = max_bucket_samples
+        self._kept: dict[int, torch.Tensor] | None = None
         self.greedy = decoding == "greedy_ctc" or (
             decoding == "auto" and ctc_weight == 1.0 and beam_size == 1
         )
@@ -197,6 +198,20 @@ class BatchedSpeech2Text:
                 )
             check_decoder_supported(model.decoder)
 
+    @contextlib.contextmanager
+    def keep_encoder_output(self) -> Iterator[dict[int, torch.Tensor]]:
+        """Within: each decoded waveform's encoder output ``(frames, dim)``, by ``id(waveform)``.
+
+        What a caller needs to reuse the decode pass's encoder output (for word
+        alignment) instead of encoding the waveforms again.
+        """
+        kept: dict[int, torch.Tensor] = {}
+        self._kept = kept
+        try:
+            yield kept
+        finally:
+            self._kept = None
+
     def __call__(self, speech: Any) -> NBest | list[NBest | SampleError]:
         """Recognise one waveform, or a list of them.
 
@@ -229,9 +244,11 @@ class BatchedSpeech2Text:
                 results[index] = error
         indices = list(feats)
         lengths = [len(samples[i]) for i in indices]
-        for bucket in length_buckets(lengths, self.max_batch_size, self.max_batch_samples):
+        keys = [id(sample) for sample in samples]
+        for bucket in length_buckets(lengths, self.max_bucket_size, self.max_bucket_samples):
             members = [indices[position] for position in bucket]
-            for index, result in zip(members, self._decode_or_split(members, feats), strict=True):
+            decoded = self._decode_or_split(members, feats, keys)
+            for index, result in zip(members, decoded, strict=True):
                 results[index] = result
         return [results[index] for index in range(len(samples))]
 
@@ -272,18 +289,18 @@ class BatchedSpeech2Text:
         return feats
 
     def _decode_or_split(
-        self, members: list[int], feats: dict[int, torch.Tensor]
+        self, members: list[int], feats: dict[int, torch.Tensor], keys: list[int]
     ) -> list[NBest | SampleError]:
         """Decode a bucket; if that fails, decode its members one by one."""
         try:
-            return self._decode([feats[i] for i in members])
+            return self._decode([feats[i] for i in members], [keys[i] for i in members])
         except Exception as error:
             if len(members) == 1:
                 return [_failure(members[0], error)]
         results: list[NBest | SampleError] = []
         for index in members:
             try:
-                results.append(self._decode([feats[index]])[0])
+                results.append(self._decode([feats[index]], [keys[index]])[0])
             except Exception as error:
                 results.append(_failure(index, error))
         return results
@@ -294,10 +311,13 @@ class BatchedSpeech2Text:
             return torch.autocast(device_type="cuda", dtype=HALF_DTYPES[self.dtype])
         return contextlib.nullcontext()
 
-    def _decode(self, feats: list[torch.Tensor]) -> list[NBest]:
+    def _decode(self, feats: list[torch.Tensor], keys: list[int]) -> list[NBest]:
         """Encode one bucket in one padded forward and decode all of it."""
         with self._autocast():
             enc, lengths = encode_padded(self.asr_model, feats)
+            if self._kept is not None:
+                for row, key in enumerate(keys):
+                    self._kept[key] = enc[row, : int(lengths[row])]
             if self.greedy:
                 hyps = greedy_ctc(self.asr_model, enc, lengths, self.options.sos, self.options.eos)
             else:

@@ -1,4 +1,4 @@
-"""The HTTP API service: the app of :mod:`espnet_serve.serving.http_app`, run by BentoML.
+"""The HTTP API service: the app of :func:`espnet_serve.serving.app.build_app`, run by BentoML.
 
 BentoML adds ``/livez``, ``/readyz`` (which also probes the model service) and ``/metrics``.
 On SIGTERM the worker reports unready, refuses new transcriptions with 503 and finishes the
@@ -10,10 +10,11 @@ from __future__ import annotations
 import bentoml
 from fastapi import HTTPException
 
-from espnet_serve.serving.drain import InFlight, SigtermDrain
-from espnet_serve.serving.http_app import create_app, edge_middlewares
+from espnet_serve.serving.app import build_app, connect, edge_middlewares
+from espnet_serve.serving.drain import SigtermDrain
+from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.model_client import BentoModelClient
-from espnet_serve.serving.model_service import AsrModel
+from espnet_serve.serving.model_service import ModelService
 from espnet_serve.serving.settings import get_settings
 
 settings = get_settings()
@@ -22,28 +23,28 @@ settings = get_settings()
 API_LINGER_SECONDS = 0.5
 API_IN_FLIGHT = InFlight()
 API_DRAIN = SigtermDrain(
-    "Transcriber",
+    "ApiService",
     API_IN_FLIGHT,
     timeout_seconds=settings.drain_timeout_seconds,
     quiet_seconds=settings.drain_quiet_seconds + API_LINGER_SECONDS,
 )
-app = create_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAIN.draining)
+app = build_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAIN.draining)
 
 
 @bentoml.service(
-    name="Transcriber",
+    name="ApiService",
     workers=settings.api_workers,
     traffic={"timeout": settings.api_timeout_seconds},
 )
 @bentoml.asgi_app(app)
-class Transcriber:
+class ApiService:
     """Front door: audio in, transcript out."""
 
-    model = bentoml.depends(AsrModel)
+    model = bentoml.depends(ModelService)
 
     def __init__(self) -> None:
         self.client = BentoModelClient(self.model, retry_after_seconds=settings.retry_after_seconds)
-        app.state.model_client = self.client
+        connect(app, self.client)
         API_DRAIN.install()
 
     async def __is_ready__(self) -> bool:
@@ -56,5 +57,5 @@ class Transcriber:
         return True
 
 
-for _middleware, _options in edge_middlewares(settings):
-    Transcriber.add_asgi_middleware(_middleware, **_options)
+for _middleware in edge_middlewares(settings):
+    ApiService.add_asgi_middleware(_middleware.cls, **_middleware.kwargs)

@@ -17,30 +17,10 @@ import time
 from types import FrameType
 from typing import Any
 
+from espnet_serve.serving.middleware.inflight import InFlight
+
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
-
-
-class InFlight:
-    """Counts the requests a worker is serving and when it last became idle."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        self.idle_since = time.monotonic()
-
-    def enter(self) -> None:
-        """A request started."""
-        self.count += 1
-
-    def exit(self) -> None:
-        """A request ended."""
-        self.count -= 1
-        if self.count == 0:
-            self.idle_since = time.monotonic()
-
-    def idle_for(self, seconds: float) -> bool:
-        """Whether nothing has been in flight for at least ``seconds``."""
-        return self.count == 0 and time.monotonic() - self.idle_since >= seconds
 
 
 class SigtermDrain:

@@ -49,7 +49,7 @@ def get_metrics() -> ServiceMetrics:
             namespace=NAMESPACE,
         ),
         errors=Counter(
-            "errors", "Failed requests or samples by kind.", ["kind"], namespace=NAMESPACE
+            "errors", "Failed requests and refusals by error code.", ["code"], namespace=NAMESPACE
         ),
         decode_seconds=Histogram(
             "decode_seconds",

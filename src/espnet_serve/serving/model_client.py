@@ -18,8 +18,8 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
-from espnet_serve.serving.http_errors import ServiceError, internal_error, model_unavailable
-from espnet_serve.serving.schemas import ClipRequest, ClipResult, ModelInfo, Readiness
+from espnet_serve.serving.errors import ApiError, InternalError, model_unavailable
+from espnet_serve.serving.rpc import ModelInfo, Readiness, SegmentRequest, SegmentResult
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -43,8 +43,9 @@ async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after
         The call's result.
 
     Raises:
-        ServiceError: 503 when the model service is unreachable or not ready, 504 on a
-            timeout, 500 when it failed.
+        ApiError: ``model_unavailable`` (503) when the model service is unreachable or not
+            ready, ``timeout`` (504) when it did not answer in time.
+        InternalError: When it failed (500).
     """
     for attempt in range(CONNECTION_RETRIES + 1):
         try:
@@ -52,11 +53,11 @@ async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after
         except ServiceUnavailable as exc:
             raise model_unavailable(_first_line(exc), retry_after_seconds) from exc
         except TimeoutError as exc:
-            raise ServiceError(
-                504, "timeout", f"The model service did not answer in time ({what})."
+            raise ApiError(
+                "timeout", f"The model service did not answer in time ({what})."
             ) from exc
         except BentoMLException as exc:
-            raise internal_error(f"the model service failed ({what})", exc) from exc
+            raise InternalError(f"the model service failed ({what})", exc) from exc
         except aiohttp.ClientError as exc:
             if is_connection_error(exc) and attempt < CONNECTION_RETRIES:
                 logger.warning("Model service connection failed (%s), retrying: %r", what, exc)
@@ -66,7 +67,7 @@ async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after
                     f"the model service cannot be reached ({type(exc).__name__})",
                     retry_after_seconds,
                 ) from exc
-            raise internal_error(f"the model service call failed ({what})", exc) from exc
+            raise InternalError(f"the model service call failed ({what})", exc) from exc
     raise AssertionError("unreachable")
 
 
@@ -84,12 +85,12 @@ class ModelClient(Protocol):
     async def model_info(self) -> ModelInfo:
         """The served model (name, version, sample rate, shortest input)."""
 
-    async def transcribe(self, clip: ClipRequest) -> ClipResult:
-        """One clip's transcript or error (batched with others by the model service)."""
+    async def decode(self, request: SegmentRequest) -> SegmentResult:
+        """One segment decoded, or its error (batched with others by the model service)."""
 
 
 class BentoModelClient:
-    """:class:`ModelClient` over a BentoML dependency (``bentoml.depends(AsrModel)``).
+    """:class:`ModelClient` over a BentoML dependency (``bentoml.depends(ModelService)``).
 
     Args:
         dependency: The dependency's client (its ``to_async`` calls are used).
@@ -112,11 +113,11 @@ class BentoModelClient:
             self._calls.model_info, what="model info", retry_after_seconds=self._retry_after
         )
 
-    async def transcribe(self, clip: ClipRequest) -> ClipResult:
+    async def decode(self, request: SegmentRequest) -> SegmentResult:
         """See :class:`ModelClient`."""
         (result,) = await call_model(
-            lambda: self._calls.transcribe([clip]),
-            what="transcribe",
+            lambda: self._calls.decode([request]),
+            what="decode",
             retry_after_seconds=self._retry_after,
         )
         return result

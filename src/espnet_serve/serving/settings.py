@@ -20,7 +20,11 @@ class ServeSettings(BaseSettings):
         batched_backend: Serve a bundle whose model is espnet2's per-utterance
             ``Speech2Text`` with ``BatchedSpeech2Text`` (same options, same
             hypotheses, one padded pass per batch); false serves the bundle's own.
-        max_batch_size: Largest adaptive batch the model service forms.
+        max_batch_size: Most segments the model service decodes in one call: the
+            largest batch BentoML's adaptive batcher forms, and the backend's largest
+            padded bucket.
+        max_segments_in_flight: Most segments of one request sent to the model
+            service at once (a long recording fills batches by itself up to this).
         max_audio_bytes: Largest accepted upload, in bytes (413 above); the upload
             is spooled to disk, not held in memory.
         max_audio_seconds: Longest accepted audio, in seconds (413 above); long
@@ -60,6 +64,7 @@ class ServeSettings(BaseSettings):
     model_tag: str = DEFAULT_MODEL_TAG
     batched_backend: bool = True
     max_batch_size: int = Field(default=32, ge=1)
+    max_segments_in_flight: int = Field(default=32, ge=1)
     max_audio_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
     min_sample_rate: int = Field(default=8000, ge=1)

@@ -1,0 +1,98 @@
+"""Random-initialised espnet2 ASR experiments, for tests and benchmarks.
+
+Writes what espnet2 training leaves behind (``config.yaml`` + weights), built
+with espnet2's own ``ASRTask``, so ``Speech2Text`` and every loader treat it as
+a real model. Its hypotheses are meaningless; its shapes and code paths are real.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from espnet_serve.backends.offline import block_runtime_downloads
+
+CHAR_TOKENS: tuple[str, ...] = (
+    "<blank>",
+    "<unk>",
+    *"abcdefghijklmnopqrstuvwxyz'",
+    "<space>",
+    "<sos/eos>",
+)
+
+TINY_ENCODER: dict[str, Any] = {
+    "output_size": 64,
+    "attention_heads": 2,
+    "linear_units": 128,
+    "num_blocks": 2,
+    "input_layer": "conv2d",
+}
+TINY_DECODER: dict[str, Any] = {"attention_heads": 2, "linear_units": 128, "num_blocks": 1}
+
+
+@dataclass(frozen=True)
+class AsrExperiment:
+    """Paths of a written experiment: ``asr_train_config`` and ``asr_model_file``."""
+
+    asr_train_config: Path
+    asr_model_file: Path
+
+
+def write_random_asr_experiment(
+    out_dir: Path,
+    *,
+    token_list: Sequence[str] = CHAR_TOKENS,
+    encoder: str = "transformer",
+    encoder_conf: Mapping[str, Any] = TINY_ENCODER,
+    decoder: str = "transformer",
+    decoder_conf: Mapping[str, Any] = TINY_DECODER,
+    n_mels: int = 40,
+    ctc_weight: float = 0.5,
+    seed: int = 0,
+) -> AsrExperiment:
+    """Build a random-initialised espnet2 ASR model and save it like a trained one.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        token_list: Output vocabulary (``<blank>`` first, ``<sos/eos>`` last).
+        encoder: espnet2 encoder name (``transformer``, ``conformer``, ...).
+        encoder_conf: Encoder options.
+        decoder: espnet2 decoder name.
+        decoder_conf: Decoder options.
+        n_mels: Mel filterbank size of the default frontend.
+        ctc_weight: Training-time CTC weight recorded in ``model_conf``.
+        seed: Torch seed for the initial weights.
+
+    Returns:
+        AsrExperiment: The written config and weights.
+    """
+    import torch
+
+    block_runtime_downloads()
+    from espnet2.tasks.asr import ASRTask
+
+    args = ASRTask.get_parser().parse_args(["--output_dir", str(out_dir)])
+    args.token_list = list(token_list)
+    args.token_type = "char"
+    args.input_size = None
+    args.frontend = "default"
+    args.frontend_conf = {"n_fft": 512, "hop_length": 160, "n_mels": n_mels}
+    args.specaug = None
+    args.normalize = "utterance_mvn"
+    args.normalize_conf = {}
+    args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
+    args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
+    args.model_conf = {"ctc_weight": ctc_weight}
+    args.seed = seed
+
+    torch.manual_seed(seed)
+    model = ASRTask.build_model(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment = AsrExperiment(out_dir / "config.yaml", out_dir / "model.pth")
+    experiment.asr_train_config.write_text(yaml.safe_dump(vars(args)), encoding="utf-8")
+    torch.save(model.state_dict(), experiment.asr_model_file)
+    return experiment

@@ -1,0 +1,1 @@
+"""The ``espnet-serve`` command line (``main``): build, import-default, eval, transcribe."""

@@ -1,0 +1,153 @@
+"""``espnet-serve build`` and ``espnet-serve import-default``: models into the store, then a Bento.
+
+``build`` imports a model tag, archive or directory with
+:func:`espnet_serve.bundle.store.import_bundle` and, with ``--bento``, runs
+``bentoml build`` on the repository's ``bentofile.yaml`` with the imported
+model's exact tag wired in twice: as the Bento argument ``model_tag`` (stored
+in the Bento, so ``bentoml serve <bento>`` and its container serve exactly
+that version) and as ``ESPNET_SERVE_MODEL_TAG`` for the build itself (the
+service's ``BentoModel`` class attribute, which ``bentoml build`` records).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+MODEL_TAG_ENV = "ESPNET_SERVE_MODEL_TAG"
+MODEL_TAG_ARG = "model_tag"
+DOCKERFILE_RELPATH = Path("env") / "docker" / "Dockerfile"
+_TAG_PREFIX = "__tag__:"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Register the ``build`` options."""
+    parser.add_argument(
+        "source",
+        help="espnet_model_zoo tag or Hugging Face repo id, a .zip/.tar.gz/.tgz archive, "
+        "or an unpacked bundle directory.",
+    )
+    parser.add_argument("--name", help="Model name in the BentoML store (default: from source).")
+    parser.add_argument(
+        "--language",
+        dest="languages",
+        action="append",
+        default=None,
+        help="ISO-639-1 code of a language the model transcribes (repeatable; default: "
+        "meta.yaml's languages). The server refuses requests for other languages.",
+    )
+    parser.add_argument(
+        "--trust-user-code",
+        action="store_true",
+        help="Include the bundle's own Python code (src/) and let its config use it. "
+        "Review that code first: it runs inside the server.",
+    )
+    parser.add_argument(
+        "--user-code-path",
+        action="append",
+        dest="user_code_paths",
+        metavar="PATH",
+        help="Bundle-relative import root of user code (repeatable; default: meta.yaml's, "
+        "else src).",
+    )
+    parser.add_argument(
+        "--cachedir", type=Path, help="espnet_model_zoo download cache (tags only)."
+    )
+    parser.add_argument(
+        "--bento", action="store_true", help="Also build a Bento serving the imported model."
+    )
+    parser.add_argument(
+        "--bentofile",
+        type=Path,
+        default=Path("bentofile.yaml"),
+        help="bentofile for --bento; its directory is the build context (default: %(default)s).",
+    )
+
+
+def build_bento(model_tag: str, bentofile: Path) -> tuple[str, Path]:
+    """Run ``bentoml build`` for a stored model.
+
+    Args:
+        model_tag: The exact model tag (``name:version``) the Bento serves.
+        bentofile: The ``bentofile.yaml``; its directory is the build context.
+
+    Returns:
+        tuple[str, Path]: The Bento tag and the path of its generated Dockerfile.
+
+    Raises:
+        FileNotFoundError: If ``bentofile`` does not exist.
+        RuntimeError: If ``bentoml build`` fails.
+    """
+    import bentoml
+
+    if not bentofile.is_file():
+        raise FileNotFoundError(f"No bentofile at {bentofile}; pass --bentofile.")
+    command = [
+        sys.executable,
+        "-m",
+        "bentoml",
+        "build",
+        str(bentofile.parent.absolute()),
+        "--bentofile",
+        str(bentofile.absolute()),
+        "--output",
+        "tag",
+        "--arg",
+        f"{MODEL_TAG_ARG}={model_tag}",
+    ]
+    logger.info("Running bentoml build (%s)", bentofile)
+    result = subprocess.run(
+        command,
+        env={**os.environ, MODEL_TAG_ENV: model_tag},
+        stdout=subprocess.PIPE,
+        text=True,
+        check=False,
+    )
+    tags = [line[len(_TAG_PREFIX) :] for line in result.stdout.splitlines() if _TAG_PREFIX in line]
+    if result.returncode != 0 or not tags:
+        raise RuntimeError(f"bentoml build failed (exit status {result.returncode}).")
+    bento = bentoml.get(tags[-1].strip())
+    return str(bento.tag), Path(bento.path) / DOCKERFILE_RELPATH
+
+
+def main(args: argparse.Namespace) -> int:
+    """Run ``espnet-serve build``; returns the exit status."""
+    from espnet_serve.bundle.store import import_bundle
+
+    try:
+        model = import_bundle(
+            args.source,
+            name=args.name,
+            trust_user_code=args.trust_user_code,
+            user_code_paths=args.user_code_paths,
+            cachedir=args.cachedir,
+            languages=args.languages,
+        )
+        print(f"Model: {model.tag}")
+        if args.bento:
+            bento_tag, dockerfile = build_bento(str(model.tag), args.bentofile)
+            print(f"Bento: {bento_tag}")
+            print(f"Dockerfile: {dockerfile}")
+            print(f"Serve it: bentoml serve {bento_tag}")
+    except (OSError, ValueError, RuntimeError) as exc:
+        logger.error("Build failed: %s", exc)
+        return 1
+    return 0
+
+
+def import_default_main(args: argparse.Namespace) -> int:
+    """Run ``espnet-serve import-default``; returns the exit status."""
+    from espnet_serve.bundle.store import ensure_default_model
+
+    try:
+        print(f"Model: {ensure_default_model()}")
+    except (OSError, ValueError, RuntimeError) as exc:
+        logger.error("Importing the default model failed: %s", exc)
+        return 1
+    return 0

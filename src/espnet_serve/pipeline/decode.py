@@ -1,0 +1,154 @@
+"""The one segment pipeline: audio segments in, decoded :class:`Segment` s out.
+
+The library transcriber, the model service, the warm-up and ``espnet-serve eval``
+all decode through :class:`SegmentDecoder`: one ``forward_batch`` call per batch
+(every sample gets its own result or error), the transcript read out of each
+output, and, for the segments that ask, word times from the CTC head
+(:mod:`espnet_serve.pipeline.align`) on the encoder output the decode pass
+already computed.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from functools import cached_property
+from typing import Any
+
+from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.backends.sample_errors import InvalidSampleError
+from espnet_serve.pipeline.align import Alignment, CtcAligner, keep_encoder_output
+from espnet_serve.pipeline.outputs import output_text
+from espnet_serve.pipeline.types import (
+    BAD_MODEL_OUTPUT,
+    DECODE_FAILED,
+    INVALID_AUDIO,
+    Outcome,
+    Segment,
+    SegmentDecodeError,
+    Word,
+)
+
+logger = logging.getLogger(__name__)
+
+
+class SegmentDecoder:
+    """Decodes batches of audio segments with one session.
+
+    Args:
+        session: An ``InferenceSession`` of an espnet2 ASR model (built with
+            ``prefer_model_batch=True`` to decode each batch in one backend call).
+        sample_rate: The model's sample rate (for word times).
+    """
+
+    def __init__(self, session: Any, sample_rate: int) -> None:
+        self.session = session
+        self.sample_rate = sample_rate
+
+    @cached_property
+    def aligner(self) -> CtcAligner | None:
+        """The CTC aligner, or ``None`` when the model has no CTC head (built on first use)."""
+        try:
+            return CtcAligner(self.session.model, self.sample_rate)
+        except (AttributeError, ValueError) as exc:
+            logger.info("No word timestamps for this model: %s", exc)
+            return None
+
+    @property
+    def word_timestamps(self) -> bool:
+        """Whether the model can time words."""
+        return self.aligner is not None
+
+    def decode(
+        self, segments: Sequence[AudioSegment], *, words: bool | Sequence[bool] = False
+    ) -> list[Outcome]:
+        """Decode one batch; each segment gets its :class:`Segment` or its error, in order.
+
+        Args:
+            segments: The batch.
+            words: Time the words of every segment, or of those marked ``True``.
+
+        Returns:
+            list[Segment | SegmentDecodeError]: One outcome per segment.
+        """
+        if not segments:
+            return []
+        timed = [words] * len(segments) if isinstance(words, bool) else list(words)
+        waves = [segment.samples for segment in segments]
+        aligner = self.aligner if any(timed) else None
+        with keep_encoder_output(self.session.model, enabled=aligner is not None) as encoded:
+            outputs = self.session.forward_batch(waves, return_exceptions=True)
+        texts = [_text(segment, output) for segment, output in zip(segments, outputs, strict=True)]
+        alignments: list[Alignment | None] = [None] * len(segments)
+        wanted = [i for i, text in enumerate(texts) if timed[i] and isinstance(text, str)]
+        if aligner is not None and wanted:
+            try:
+                aligned = aligner.align(
+                    [waves[i] for i in wanted],
+                    [str(texts[i]) for i in wanted],
+                    encoded=[encoded.get(id(waves[i])) for i in wanted],
+                )
+            except Exception:  # the transcripts stand; their words stay untimed
+                logger.exception(
+                    "Aligning %d segments failed; their words are not timed.", len(wanted)
+                )
+            else:
+                for index, alignment in zip(wanted, aligned, strict=True):
+                    alignments[index] = alignment
+        return [
+            text if isinstance(text, SegmentDecodeError) else _segment(segment, text, alignment)
+            for segment, text, alignment in zip(segments, texts, alignments, strict=True)
+        ]
+
+
+def _text(segment: AudioSegment, output: Any) -> str | SegmentDecodeError:
+    """The transcript in one session output, or the error the output is or holds."""
+    where = f"the segment at {segment.start:.2f}-{segment.end:.2f} s"
+    if isinstance(output, InvalidSampleError):
+        return SegmentDecodeError(f"The model cannot decode {where}: {output}", code=INVALID_AUDIO)
+    if isinstance(output, BaseException):
+        error = SegmentDecodeError(
+            f"the model failed to decode {where} ({output or type(output).__name__})",
+            code=DECODE_FAILED,
+        )
+        error.__cause__ = output
+        return error
+    try:
+        return output_text(output)
+    except TypeError as exc:
+        return SegmentDecodeError(
+            f"the model's output for {where} holds no transcript ({exc})", code=BAD_MODEL_OUTPUT
+        )
+
+
+def _segment(audio: AudioSegment, text: str, alignment: Alignment | None) -> Segment:
+    """The :class:`Segment` of a decoded audio segment, its words moved to recording time.
+
+    Without an alignment (not asked for, or the transcript could not be aligned),
+    ``words`` is empty.
+    """
+    if alignment is None:
+        return Segment(
+            id=audio.index,
+            start=audio.start,
+            end=audio.end,
+            text=text.strip(),
+            no_speech_prob=audio.no_speech_prob,
+        )
+    return Segment(
+        id=audio.index,
+        start=round(audio.start, 3),
+        end=round(audio.end, 3),
+        text=text.strip(),
+        words=tuple(
+            Word(
+                word=w.word,
+                start=round(audio.offset + w.start, 3),
+                end=round(audio.offset + w.end, 3),
+            )
+            for w in alignment.words
+        ),
+        tokens=alignment.tokens,
+        avg_logprob=alignment.avg_logprob,
+        no_speech_prob=audio.no_speech_prob,
+    )

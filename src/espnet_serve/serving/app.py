@@ -1,0 +1,100 @@
+"""The API service's app, built from the settings: the same one the service runs and tests use.
+
+Layers, outermost first (BentoML puts :func:`edge_middlewares` around this app and its
+own routes, ``/livez``, ``/readyz`` and ``/metrics``):
+
+1. :class:`~espnet_serve.serving.middleware.admission.AdmissionMiddleware`: 503 past the
+   limit or while draining, before the upload is read;
+2. :class:`~espnet_serve.serving.middleware.body_limit.BodySizeLimitMiddleware`: 413;
+3. the routes (:mod:`espnet_serve.serving.routes`), whose errors
+   :mod:`espnet_serve.serving.errors` renders as JSON.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from fastapi import FastAPI
+from starlette.middleware import Middleware
+
+from espnet_serve.serving.errors import install_error_handlers
+from espnet_serve.serving.handler import TranscriptionHandler
+from espnet_serve.serving.metrics import get_metrics
+from espnet_serve.serving.middleware.admission import AdmissionMiddleware
+from espnet_serve.serving.middleware.auth import ApiKeyMiddleware, configured_key_hashes
+from espnet_serve.serving.middleware.body_limit import BodySizeLimitMiddleware
+from espnet_serve.serving.middleware.inflight import InFlight
+from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
+from espnet_serve.serving.model_client import ModelClient
+from espnet_serve.serving.routes import models, transcriptions
+from espnet_serve.serving.served_model import ServedModel
+from espnet_serve.serving.settings import ServeSettings
+
+# Room for the multipart envelope and the small form fields around the file.
+MULTIPART_OVERHEAD_BYTES = 64 * 1024
+
+
+def edge_middlewares(settings: ServeSettings) -> list[Middleware]:
+    """The middlewares around the whole service (BentoML's routes too), outermost first.
+
+    Request ids on everything; API keys, when configured, on all but the probes
+    (and ``/metrics`` unless ``protect_metrics``).
+    """
+    middlewares = [Middleware(RequestIdMiddleware)]
+    key_hashes = configured_key_hashes(settings)
+    if key_hashes:
+        middlewares.append(
+            Middleware(
+                ApiKeyMiddleware, key_hashes=key_hashes, protect_metrics=settings.protect_metrics
+            )
+        )
+    return middlewares
+
+
+def build_app(
+    settings: ServeSettings,
+    *,
+    model_client: ModelClient | None = None,
+    in_flight: InFlight | None = None,
+    is_draining: Callable[[], bool] = lambda: False,
+) -> FastAPI:
+    """The API's FastAPI app: routes, admission, the body-size limit and JSON errors.
+
+    Args:
+        settings: Limits, admission limit and ``Retry-After``.
+        model_client: The model service; without one, :func:`connect` it before serving.
+        in_flight: Counts the admitted transcriptions (the SIGTERM drain waits on it).
+        is_draining: Whether the worker is shutting down (then everything is refused).
+
+    Returns:
+        FastAPI: The app.
+    """
+    app = FastAPI(title="espnet-serve", description=__doc__)
+    app.state.settings = settings
+    app.add_middleware(
+        BodySizeLimitMiddleware, max_bytes=settings.max_audio_bytes + MULTIPART_OVERHEAD_BYTES
+    )
+    app.add_middleware(
+        AdmissionMiddleware,
+        routes=transcriptions.ROUTES,
+        in_flight=in_flight or InFlight(),
+        limit=settings.max_pending_requests,
+        retry_after_seconds=settings.retry_after_seconds,
+        is_draining=is_draining,
+        on_refused=lambda code: get_metrics().errors.labels(code).inc(),
+        on_admitted=lambda delta: get_metrics().pending_requests.inc(delta),
+    )
+    install_error_handlers(app)
+    app.include_router(models.router)
+    app.include_router(transcriptions.router)
+    if model_client is not None:
+        connect(app, model_client)
+    return app
+
+
+def connect(app: FastAPI, model_client: ModelClient) -> None:
+    """Give the app its model service (the BentoML service does once it has the dependency)."""
+    settings: ServeSettings = app.state.settings
+    served = ServedModel(settings, model_client)
+    app.state.served_model = served
+    app.state.transcriptions = TranscriptionHandler(settings, model_client, served)

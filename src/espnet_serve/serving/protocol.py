@@ -1,0 +1,227 @@
+"""The HTTP wire: OpenAI's transcription request and response models, and the error body.
+
+Requests are validated here, in one place (:class:`TranscriptionForm`): types and
+ranges by pydantic (422 when they are wrong), options that do not go together
+and language codes that do not exist by :class:`InvalidOptionError` (400, as
+OpenAI answers them). What depends on the served model (its name, its
+languages, word timing) is checked by the request handler.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from espnet_serve.pipeline.types import Segment, Word
+from espnet_serve.serving.languages import language_name
+
+SEEK_FRAMES_PER_SECOND = 100  # Whisper's seek unit: 10 ms mel frames
+
+
+class InvalidOptionError(Exception):
+    """A request whose options cannot be served as asked (400 ``code``, naming ``param``)."""
+
+    def __init__(self, message: str, *, param: str, code: str = "invalid_request") -> None:
+        super().__init__(message)
+        self.message = message
+        self.param = param
+        self.code = code
+
+
+class ResponseFormat(StrEnum):
+    """``response_format`` values of ``/v1/audio/transcriptions`` that we support."""
+
+    JSON = "json"
+    TEXT = "text"
+    VERBOSE_JSON = "verbose_json"
+    SRT = "srt"
+    VTT = "vtt"
+
+
+class TimestampGranularity(StrEnum):
+    """``timestamp_granularities[]`` values (``verbose_json`` only)."""
+
+    WORD = "word"
+    SEGMENT = "segment"
+
+
+class TranscriptionForm(BaseModel):
+    """The form fields of ``POST /v1/audio/transcriptions`` (besides ``file``).
+
+    ``model`` must name the served model; ``language`` must be an ISO-639-1 code
+    the model takes; ``prompt`` and ``temperature`` are accepted and unused (the
+    decoder takes no prompt and decodes as the bundle says); ``srt``/``vtt`` give
+    subtitles, ``verbose_json`` timed segments (and words with
+    ``timestamp_granularities[]=word``); ``stream=true`` sends server-sent events.
+    """
+
+    model_config = ConfigDict(extra="ignore", populate_by_name=True)
+
+    model: str
+    response_format: ResponseFormat = ResponseFormat.JSON
+    language: str | None = None
+    prompt: str | None = None
+    temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+    stream: bool = False
+    timestamp_granularities: list[TimestampGranularity] | None = Field(
+        default=None, alias="timestamp_granularities[]"
+    )
+
+    @field_validator("language")
+    @classmethod
+    def _iso_639_1(cls, language: str | None) -> str | None:
+        if language is not None and language_name(language) is None:
+            raise InvalidOptionError(
+                f"language {language!r} is not an ISO-639-1 code (e.g. 'en', 'de').",
+                param="language",
+                code="invalid_language",
+            )
+        return None if language is None else language.lower()
+
+    @model_validator(mode="after")
+    def _options_go_together(self) -> TranscriptionForm:
+        if self.words and self.response_format is not ResponseFormat.VERBOSE_JSON:
+            raise InvalidOptionError(
+                "timestamp_granularities[] needs response_format=verbose_json.",
+                param="timestamp_granularities[]",
+            )
+        if self.stream and self.response_format not in (ResponseFormat.JSON, ResponseFormat.TEXT):
+            raise InvalidOptionError(
+                f"stream=true sends text events; response_format "
+                f"{self.response_format.value} cannot be streamed (use json or text).",
+                param="stream",
+            )
+        return self
+
+    @property
+    def words(self) -> bool:
+        """Whether word times were asked for."""
+        return TimestampGranularity.WORD in (self.timestamp_granularities or [])
+
+    @property
+    def timed(self) -> bool:
+        """Whether the response carries times that need the words aligned (``verbose_json``)."""
+        return self.response_format is ResponseFormat.VERBOSE_JSON
+
+
+class TranscribeResponse(BaseModel):
+    """Response of ``POST /transcribe``."""
+
+    text: str
+    duration_seconds: float
+    model: str
+
+
+class TranscriptionResponse(BaseModel):
+    """OpenAI ``response_format=json``."""
+
+    text: str
+
+
+class TranscriptionSegment(BaseModel):
+    """One segment of an OpenAI ``verbose_json`` response: one voice-activity segment.
+
+    ``seek`` is the start in 10 ms frames (Whisper counts its mel frames the same
+    way); ``tokens`` the model's token ids of ``text``; ``avg_logprob`` the mean CTC
+    log-probability of the frames the tokens align to; ``compression_ratio`` Whisper's
+    (text bytes over zlib-compressed bytes); ``no_speech_prob`` one minus the mean
+    voice-activity probability; ``temperature`` always 0 (decoding is deterministic).
+    """
+
+    id: int
+    seek: int = 0
+    start: float
+    end: float
+    text: str
+    tokens: list[int] = Field(default_factory=list)
+    temperature: float = 0.0
+    avg_logprob: float = 0.0
+    compression_ratio: float = 0.0
+    no_speech_prob: float = 0.0
+
+    @classmethod
+    def of(cls, segment: Segment) -> TranscriptionSegment:
+        """The wire form of a decoded segment."""
+        return cls(
+            id=segment.id,
+            seek=round(segment.start * SEEK_FRAMES_PER_SECOND),
+            start=segment.start,
+            end=segment.end,
+            text=segment.text,
+            tokens=list(segment.tokens),
+            avg_logprob=segment.avg_logprob,
+            compression_ratio=segment.compression_ratio,
+            no_speech_prob=segment.no_speech_prob,
+        )
+
+
+class DurationUsage(BaseModel):
+    """OpenAI's usage of a transcription billed by duration."""
+
+    type: Literal["duration"] = "duration"
+    seconds: float
+
+
+class VerboseTranscriptionResponse(BaseModel):
+    """OpenAI ``response_format=verbose_json``."""
+
+    task: Literal["transcribe"] = "transcribe"
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+    words: list[Word] | None = Field(
+        default=None, description="With ``timestamp_granularities[]=word``."
+    )
+    usage: DurationUsage | None = None
+
+
+class TextDeltaEvent(BaseModel):
+    """A ``stream=true`` event: more text (one segment's)."""
+
+    type: Literal["transcript.text.delta"] = "transcript.text.delta"
+    delta: str
+
+
+class TextDoneEvent(BaseModel):
+    """The last ``stream=true`` event: the whole text."""
+
+    type: Literal["transcript.text.done"] = "transcript.text.done"
+    text: str
+
+
+class ModelObject(BaseModel):
+    """One model of ``GET /v1/models`` (OpenAI's model object)."""
+
+    id: str
+    object: Literal["model"] = "model"
+    created: int
+    owned_by: str = "espnet-serve"
+
+
+class ModelList(BaseModel):
+    """``GET /v1/models``."""
+
+    object: Literal["list"] = "list"
+    data: list[ModelObject]
+
+
+class ErrorDetail(BaseModel):
+    """The body of an error, in OpenAI's shape."""
+
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+    error_id: str | None = Field(
+        default=None, description="For a 500: the id of the server log line with the details."
+    )
+    request_id: str | None = Field(default=None, description="The request's X-Request-ID.")
+
+
+class ErrorResponse(BaseModel):
+    """Every 4xx/5xx response body: ``{"error": {...}}``."""
+
+    error: ErrorDetail

@@ -1,0 +1,100 @@
+"""What the API service and the model service exchange (BentoML calls between them).
+
+One :class:`SegmentRequest` per audio segment goes to the model service's batcher;
+one :class:`SegmentResult` comes back: the decoded :class:`Segment`, in recording
+time, or the error that segment met.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import fields
+from typing import Annotated
+
+import numpy as np
+from bentoml.validators import TensorSchema
+from pydantic import BaseModel, Field
+
+from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.pipeline.types import DECODE_FAILED, Outcome, Segment, SegmentDecodeError
+
+AUDIO_FIELDS = fields(AudioSegment)
+
+
+class SegmentRequest(BaseModel):
+    """One audio segment of an upload, sent to be decoded: an :class:`AudioSegment`'s fields."""
+
+    samples: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]
+    index: int = 0
+    start: float = 0.0
+    end: float = 0.0
+    offset: float = 0.0
+    no_speech_prob: float = 0.0
+    words: bool = Field(default=False, description="Also time the words (CTC forced alignment).")
+    sent_at: float = Field(
+        default_factory=time.time, description="time.time() when the API service sent it."
+    )
+
+    @classmethod
+    def of(cls, segment: AudioSegment, *, words: bool = False) -> SegmentRequest:
+        """The request for ``segment``."""
+        return cls(**vars(segment), words=words)
+
+    def audio_segment(self) -> AudioSegment:
+        """The audio segment again, on the model service's side."""
+        return AudioSegment(**{field.name: getattr(self, field.name) for field in AUDIO_FIELDS})
+
+
+class SegmentFailure(BaseModel):
+    """Why a segment was not decoded (see :class:`SegmentDecodeError`)."""
+
+    code: str
+    message: str
+
+
+class SegmentResult(BaseModel):
+    """The model service's answer for one segment: the segment or its failure, never both."""
+
+    segment: Segment | None = None
+    failure: SegmentFailure | None = None
+
+    @classmethod
+    def of(cls, outcome: Outcome) -> SegmentResult:
+        """The result of one decoded segment (or its error)."""
+        if isinstance(outcome, SegmentDecodeError):
+            return cls(failure=SegmentFailure(code=outcome.code, message=str(outcome)))
+        return cls(segment=outcome)
+
+    def outcome(self) -> Outcome:
+        """The decoded segment, or the error it met, as the pipeline gave it."""
+        if self.segment is not None:
+            return self.segment
+        failure = self.failure or SegmentFailure(code=DECODE_FAILED, message="no result")
+        return SegmentDecodeError(failure.message, code=failure.code)
+
+
+class ModelInfo(BaseModel):
+    """What the model service serves."""
+
+    name: str
+    version: str
+    sha256: str
+    sample_rate: int
+    min_samples: int = Field(default=0, description="Shortest input the model decodes.")
+    languages: list[str] = Field(default_factory=list, description="ISO-639-1 codes, if known.")
+    created: int = Field(default=0, description="When the model was imported (Unix time).")
+    word_timestamps: bool = Field(
+        default=False, description="Whether the model can time words (it has a CTC head)."
+    )
+
+    @property
+    def tag(self) -> str:
+        """The model-store tag, the model's id on ``/v1/models``."""
+        return f"{self.name}:{self.version}"
+
+
+class Readiness(BaseModel):
+    """Whether the model service is ready, and why not."""
+
+    ready: bool
+    reason: str = ""

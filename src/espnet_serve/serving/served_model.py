@@ -1,0 +1,70 @@
+"""The served model as the API sees it: its info, the names it answers to, what it can do."""
+
+from __future__ import annotations
+
+from espnet_serve.serving.errors import ApiError, model_unavailable
+from espnet_serve.serving.languages import language_name
+from espnet_serve.serving.model_client import ModelClient
+from espnet_serve.serving.rpc import ModelInfo
+from espnet_serve.serving.settings import ServeSettings
+
+
+class ServedModel:
+    """The model service's model, fetched once it is ready.
+
+    Args:
+        settings: Aliases and ``Retry-After``.
+        client: The model service.
+    """
+
+    def __init__(self, settings: ServeSettings, client: ModelClient) -> None:
+        self.settings = settings
+        self.client = client
+        self._info: ModelInfo | None = None
+
+    async def info(self) -> ModelInfo:
+        """The served model's info (503 with the reason until it is ready)."""
+        if self._info is None:
+            readiness = await self.client.readiness()
+            if not readiness.ready:
+                raise model_unavailable(readiness.reason, self.settings.retry_after_seconds)
+            self._info = await self.client.model_info()
+        return self._info
+
+    async def named(self, requested: str) -> ModelInfo:
+        """The served model if ``requested`` names it (its tag, name or an alias), else 404."""
+        info = await self.info()
+        if requested in {info.tag, info.name, *self.settings.aliases()}:
+            return info
+        accepted = ", ".join(sorted({info.name, *self.settings.aliases()}))
+        raise ApiError(
+            "model_not_found",
+            f"The model {requested!r} does not exist: this server serves {info.tag!r} "
+            f"(also accepted: {accepted}).",
+        )
+
+    async def language_name(self, language: str | None) -> str:
+        """The full name of the language to report; 400 for one the model does not take.
+
+        Args:
+            language: A valid ISO-639-1 code (the form checked it), or ``None``.
+        """
+        info = await self.info()
+        if language is None:
+            return language_name(info.languages[0]) if info.languages else "unknown"
+        if info.languages and language not in info.languages:
+            raise ApiError(
+                "unsupported_language",
+                f"This model transcribes {', '.join(info.languages)} only, not {language!r}.",
+                param="language",
+            )
+        return language_name(language) or "unknown"
+
+    async def check_word_timestamps(self) -> None:
+        """400 when the served model cannot time words."""
+        if not (await self.info()).word_timestamps:
+            raise ApiError(
+                "word_timestamps_unsupported",
+                "This model cannot give word timestamps (it has no CTC head).",
+                param="timestamp_granularities[]",
+            )

@@ -1,0 +1,118 @@
+"""A guarded real ``bentoml serve``: API keys, and the admission limit (the openai SDK, httpx).
+
+The keys guard BentoML's own routes too (``/metrics`` here, with ``protect_metrics``), while
+the probes answer without a key, as the kubelet calls them; /v1/models, model names and
+languages behind them. Past ``ESPNET_SERVE_MAX_PENDING_REQUESTS`` (one API worker, two
+pending slots) a burst's excess is refused at once with 503, ``Retry-After`` and a JSON body,
+the admitted requests are transcribed, and the server keeps serving. One server for both.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+
+from espnet_serve.assets import HeldoutClip, load_heldout
+from tests.server import BentoServer, serve_default_model
+
+pytestmark = pytest.mark.slow
+
+KEY = "test-key-8c1f"
+AUTHORIZED = {"Authorization": f"Bearer {KEY}"}
+PENDING_SLOTS = 2
+BURST = 16
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
+    server = serve_default_model(
+        tmp_path_factory.mktemp("bentoml_home"),
+        api_keys=KEY,
+        protect_metrics="true",
+        api_workers="1",
+        max_pending_requests=str(PENDING_SLOTS),
+        retry_after_seconds="3",
+    )
+    yield server
+    server.stop()
+
+
+def sdk(server: BentoServer, key: str) -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{server.url}/v1", api_key=key, max_retries=0)
+
+
+def test_probes_answer_without_a_key_and_metrics_need_one(server: BentoServer):
+    assert httpx.get(f"{server.url}/livez").status_code == 200
+    assert httpx.get(f"{server.url}/readyz").status_code == 200
+    refused = httpx.get(f"{server.url}/metrics")
+    assert refused.status_code == 401 and refused.json()["error"]["code"] == "invalid_api_key"
+    allowed = httpx.get(f"{server.url}/metrics", headers=AUTHORIZED)
+    assert allowed.status_code == 200 and "espnet_serve_model_info" in allowed.text
+
+
+def test_the_sdk_with_and_without_the_key(server: BentoServer):
+    clip = load_heldout(limit=1)[0]
+    (model,) = sdk(server, KEY).models.list().data
+    assert model.id.startswith("espnet-digits-asr:")
+    assert sdk(server, KEY).models.retrieve("whisper-1").id == model.id
+    with clip.path.open("rb") as audio:
+        verbose = sdk(server, KEY).audio.transcriptions.create(
+            model=model.id, file=audio, response_format="verbose_json"
+        )
+    assert verbose.text == clip.text and verbose.language == "english"
+    with pytest.raises(openai.AuthenticationError):
+        sdk(server, "wrong-key").models.list()
+    with pytest.raises(openai.NotFoundError):
+        sdk(server, KEY).models.retrieve("nonexistent-model")
+
+
+def test_a_language_the_model_does_not_take_is_400(server: BentoServer):
+    clip = load_heldout(limit=1)[0]
+    with clip.path.open("rb") as audio, pytest.raises(openai.BadRequestError) as raised:
+        sdk(server, KEY).audio.transcriptions.create(
+            model="espnet-digits-asr", file=audio, language="de"
+        )
+    assert raised.value.body["code"] == "unsupported_language"
+
+
+def test_burst_past_the_pending_bound_is_refused_early(server: BentoServer):
+    clip: HeldoutClip = load_heldout(limit=1)[0]
+    payload = clip.path.read_bytes()
+    start = threading.Barrier(BURST)
+
+    def send(_: int) -> httpx.Response:
+        start.wait()
+        return httpx.post(
+            f"{server.url}/transcribe",
+            files={"file": (clip.path.name, payload, "audio/flac")},
+            headers=AUTHORIZED,
+            timeout=120,
+        )
+
+    with ThreadPoolExecutor(max_workers=BURST) as pool:
+        responses = list(pool.map(send, range(BURST)))
+    statuses = [r.status_code for r in responses]
+    assert set(statuses) <= {200, 503}, statuses
+    refused = [r for r in responses if r.status_code == 503]
+    admitted = [r for r in responses if r.status_code == 200]
+    assert refused and admitted, statuses
+    for response in refused:
+        assert response.headers["retry-after"] == "3"
+        assert response.json()["error"]["code"] == "overloaded"
+    assert {r.json()["text"] for r in admitted} == {clip.text}
+
+    after = httpx.post(
+        f"{server.url}/transcribe",
+        files={"file": (clip.path.name, payload, "audio/flac")},
+        headers=AUTHORIZED,
+        timeout=120,
+    )
+    assert after.status_code == 200 and after.json()["text"] == clip.text
+    metrics = httpx.get(f"{server.url}/metrics", headers=AUTHORIZED).text
+    overloaded = re.search(r'espnet_serve_errors_total\{code="overloaded"\} ([0-9.]+)', metrics)
+    assert overloaded and float(overloaded.group(1)) == len(refused)
