@@ -41,6 +41,27 @@ SMALL_CONFORMER = {
     "cnn_module_kernel": 15,
 }
 
+# egs2/librispeech_100/asr1/conf/tuning/train_asr_e_branchformer_size256_mlp1024_linear1024_e12_
+# mactrue_edrop0.0_ddrop0.0.yaml's encoder, its options as they are, its sizes reduced.
+SMALL_E_BRANCHFORMER = {
+    "output_size": 64,
+    "attention_heads": 2,
+    "attention_layer_type": "rel_selfattn",
+    "pos_enc_layer_type": "rel_pos",
+    "rel_pos_type": "latest",
+    "cgmlp_linear_units": 128,
+    "cgmlp_conv_kernel": 31,
+    "use_linear_after_conv": False,
+    "gate_activation": "identity",
+    "num_blocks": 2,
+    "input_layer": "conv2d",
+    "linear_units": 128,
+    "positionwise_layer_type": "linear",
+    "use_ffn": True,
+    "macaron_ffn": True,
+    "merge_conv_kernel": 31,
+}
+
 
 def noise_clips(count: int, seed: int = 0) -> list[np.ndarray]:
     """Quiet noise of mixed lengths (0.25 s to 3 s at 16 kHz)."""
@@ -82,11 +103,20 @@ def test_length_buckets_sort_and_bound():
         length_buckets(lengths, 0)
 
 
-@pytest.mark.parametrize("encoder", ["transformer", "conformer"])
-def test_padded_encoding_equals_single_utterance_encoding(
-    encoder, tiny_experiment, conformer_experiment
-):
-    experiment = tiny_experiment if encoder == "transformer" else conformer_experiment
+@pytest.fixture(scope="module")
+def e_branchformer_experiment(tmp_path_factory: pytest.TempPathFactory) -> AsrExperiment:
+    return write_random_asr_experiment(
+        tmp_path_factory.mktemp("e_branchformer"),
+        encoder="e_branchformer",
+        encoder_conf=SMALL_E_BRANCHFORMER,
+    )
+
+
+@pytest.mark.parametrize("encoder", ["transformer", "conformer", "e_branchformer"])
+def test_padded_encoding_equals_single_utterance_encoding(encoder, request: pytest.FixtureRequest):
+    experiment = request.getfixturevalue(
+        "tiny_experiment" if encoder == "transformer" else f"{encoder}_experiment"
+    )
     model = reference(experiment).asr_model
     waves = [torch.from_numpy(w) for w in noise_clips(5)]
     with torch.inference_mode():

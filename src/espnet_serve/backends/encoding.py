@@ -9,7 +9,8 @@ each utterance on its own (espnet 202511), for three reasons:
    mask, which over-counts a padded utterance's length by up to one frame per
    subsampling stage, so the encoder attends to (and returns) frames computed
    from padding;
-3. conformer / branchformer depthwise time convolutions read padded frames.
+3. depthwise time convolutions read padded frames: conformer's convolution module,
+   (E-)Branchformer's cgMLP and E-Branchformer's merge module (``depthwise_conv_fusion``).
 
 :func:`encode_padded` removes all three: the front end runs per utterance, the
 subsampled mask is recomputed from the true lengths (convolution arithmetic),
@@ -30,6 +31,11 @@ from torch.nn.utils.rnn import pad_sequence
 _LAYER_MODULES = (
     ("espnet.nets.pytorch_backend.conformer.convolution", "ConvolutionModule", "depthwise_conv"),
     ("espnet2.asr.layers.cgmlp", "ConvolutionalSpatialGatingUnit", "conv"),
+    (
+        "espnet2.asr.encoder.e_branchformer_encoder",
+        "EBranchformerEncoderLayer",
+        "depthwise_conv_fusion",
+    ),
 )
 
 
