@@ -27,6 +27,8 @@ SCHEMA_VERSION = 1
 TRAIN_CONFIG_RELPATH = "exp/asr/config.yaml"
 MODEL_FILE_RELPATH = "exp/asr/model.pth"
 INFERENCE_CONFIG_RELPATH = "conf/inference.yaml"
+LM_CONFIG_RELPATH = "exp/lm/config.yaml"
+LM_FILE_RELPATH = "exp/lm/model.pth"
 
 
 def _versions() -> dict[str, str]:
@@ -48,6 +50,8 @@ def write_bundle(
     output_fn: str | None = None,
     user_code_dir: Path | None = None,
     extra_meta: Mapping[str, Any] | None = None,
+    lm_train_config: Path | None = None,
+    lm_file: Path | None = None,
 ) -> Path:
     """Lay out a published ASR bundle directory.
 
@@ -63,6 +67,9 @@ def write_bundle(
         output_fn: Dotted path of the recipe output function (e.g. ``src.output.output_fn``).
         user_code_dir: Directory copied to ``src/`` (recipe code).
         extra_meta: Extra ``meta.yaml`` fields.
+        lm_train_config: A language model's espnet2 ``config.yaml`` (shallow fusion; set
+            ``lm_weight`` in ``decoding``).
+        lm_file: The language model's weights.
 
     Returns:
         Path: ``out_dir``.
@@ -70,10 +77,14 @@ def write_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"Bundle directory {out_dir} is not empty.")
-    for source, relpath in (
-        (asr_train_config, TRAIN_CONFIG_RELPATH),
-        (asr_model_file, MODEL_FILE_RELPATH),
-    ):
+    artifacts = {
+        "asr_train_config": (asr_train_config, TRAIN_CONFIG_RELPATH),
+        "asr_model_file": (asr_model_file, MODEL_FILE_RELPATH),
+    }
+    if lm_train_config is not None and lm_file is not None:
+        artifacts["lm_train_config"] = (lm_train_config, LM_CONFIG_RELPATH)
+        artifacts["lm_file"] = (lm_file, LM_FILE_RELPATH)
+    for source, relpath in artifacts.values():
         target = out_dir / relpath
         target.parent.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(source, target)
@@ -83,8 +94,7 @@ def write_bundle(
         "input_key": input_key,
         "model": {
             "_target_": backend,
-            "asr_train_config": f"${{recipe_dir}}/{TRAIN_CONFIG_RELPATH}",
-            "asr_model_file": f"${{recipe_dir}}/{MODEL_FILE_RELPATH}",
+            **{key: f"${{recipe_dir}}/{relpath}" for key, (_, relpath) in artifacts.items()},
             **dict(decoding or {}),
         },
     }
@@ -96,9 +106,9 @@ def write_bundle(
 
     meta: dict[str, Any] = {
         "schema_version": SCHEMA_VERSION,
-        "files": {"asr_model_file": MODEL_FILE_RELPATH},
+        "files": {k: relpath for k, (_, relpath) in artifacts.items() if not k.endswith("config")},
         "yaml_files": {
-            "asr_train_config": TRAIN_CONFIG_RELPATH,
+            **{k: relpath for k, (_, relpath) in artifacts.items() if k.endswith("config")},
             "inference_config": INFERENCE_CONFIG_RELPATH,
         },
         **_versions(),

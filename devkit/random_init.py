@@ -14,7 +14,7 @@ from typing import Any
 
 import yaml
 
-from espnet_serve.backends.offline import block_runtime_downloads
+from espnet_serve.backends.offline import block_runtime_downloads, training_only_stand_ins
 
 CHAR_TOKENS: tuple[str, ...] = (
     "<blank>",
@@ -50,6 +50,7 @@ def write_random_asr_experiment(
     encoder_conf: Mapping[str, Any] = TINY_ENCODER,
     decoder: str = "transformer",
     decoder_conf: Mapping[str, Any] = TINY_DECODER,
+    joint_net_conf: Mapping[str, Any] | None = None,
     n_mels: int = 40,
     ctc_weight: float = 0.5,
     seed: int = 0,
@@ -63,6 +64,7 @@ def write_random_asr_experiment(
         encoder_conf: Encoder options.
         decoder: espnet2 decoder name.
         decoder_conf: Decoder options.
+        joint_net_conf: Joint network options (``decoder="transducer"``).
         n_mels: Mel filterbank size of the default frontend.
         ctc_weight: Training-time CTC weight recorded in ``model_conf``.
         seed: Torch seed for the initial weights.
@@ -86,13 +88,63 @@ def write_random_asr_experiment(
     args.normalize_conf = {}
     args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
     args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
+    if joint_net_conf is not None:
+        args.joint_net_conf = dict(joint_net_conf)
     args.model_conf = {"ctc_weight": ctc_weight}
     args.seed = seed
 
     torch.manual_seed(seed)
-    model = ASRTask.build_model(args)
+    with training_only_stand_ins():
+        model = ASRTask.build_model(args)
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment = AsrExperiment(out_dir / "config.yaml", out_dir / "model.pth")
     experiment.asr_train_config.write_text(yaml.safe_dump(vars(args)), encoding="utf-8")
     torch.save(model.state_dict(), experiment.asr_model_file)
+    return experiment
+
+
+@dataclass(frozen=True)
+class LmExperiment:
+    """Paths of a written language model: ``lm_train_config`` and ``lm_file``."""
+
+    lm_train_config: Path
+    lm_file: Path
+
+
+def write_random_lm_experiment(
+    out_dir: Path,
+    *,
+    token_list: Sequence[str] = CHAR_TOKENS,
+    lm: str = "transformer",
+    lm_conf: Mapping[str, Any],
+    seed: int = 0,
+) -> LmExperiment:
+    """Build a random-initialised espnet2 language model and save it like a trained one.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        token_list: The vocabulary (the ASR model's).
+        lm: espnet2 LM name (``transformer``, ``seq_rnn``).
+        lm_conf: LM options.
+        seed: Torch seed for the initial weights.
+
+    Returns:
+        LmExperiment: The written config and weights.
+    """
+    import torch
+
+    block_runtime_downloads()
+    from espnet2.tasks.lm import LMTask
+
+    args = LMTask.get_parser().parse_args(["--output_dir", str(out_dir)])
+    args.token_list = list(token_list)
+    args.token_type = "char"
+    args.lm, args.lm_conf = lm, dict(lm_conf)
+    args.seed = seed
+    torch.manual_seed(seed)
+    model = LMTask.build_model(args)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    experiment = LmExperiment(out_dir / "config.yaml", out_dir / "model.pth")
+    experiment.lm_train_config.write_text(yaml.safe_dump(vars(args)), encoding="utf-8")
+    torch.save(model.state_dict(), experiment.lm_file)
     return experiment

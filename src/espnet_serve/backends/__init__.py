@@ -6,7 +6,18 @@ search) with ``Speech2Text``'s options and output, and returns a
 :class:`SampleError` in the slot of a sample that cannot be decoded.
 """
 
-from espnet_serve.backends.sample_errors import InvalidSampleError, SampleDecodeError, SampleError
+from espnet_serve.backends.sample_errors import (
+    InvalidSampleError,
+    SampleDecodeError,
+    SampleError,
+    UnbatchableModelError,
+)
 from espnet_serve.backends.speech2text import BatchedSpeech2Text
 
-__all__ = ["BatchedSpeech2Text", "InvalidSampleError", "SampleDecodeError", "SampleError"]
+__all__ = [
+    "BatchedSpeech2Text",
+    "InvalidSampleError",
+    "SampleDecodeError",
+    "SampleError",
+    "UnbatchableModelError",
+]

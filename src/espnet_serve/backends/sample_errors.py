@@ -1,4 +1,4 @@
-"""The per-sample error results of the batched backend."""
+"""The batched backend's errors: per-sample results, and a model it cannot batch exactly."""
 
 from __future__ import annotations
 
@@ -29,3 +29,11 @@ class InvalidSampleError(SampleError):
 
 class SampleDecodeError(SampleError):
     """Decoding a valid input raised: a model bug, out of memory, a device failure."""
+
+
+class UnbatchableModelError(NotImplementedError):
+    """``BatchedSpeech2Text`` cannot decode this model (or these options) exactly in batches.
+
+    Raised at construction; the session then builds the bundle's own per-utterance
+    backend and decodes one clip at a time (``InferenceSession``, ``batched_backend``).
+    """

@@ -20,7 +20,12 @@ from espnet_serve.backends.encoding import (
 )
 from espnet_serve.backends.greedy import greedy_ctc
 from espnet_serve.backends.offline import block_runtime_downloads
-from espnet_serve.backends.sample_errors import InvalidSampleError, SampleDecodeError, SampleError
+from espnet_serve.backends.sample_errors import (
+    InvalidSampleError,
+    SampleDecodeError,
+    SampleError,
+    UnbatchableModelError,
+)
 
 DECODING_MODES = ("auto", "beam", "greedy_ctc")
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -51,9 +56,10 @@ class BatchedSpeech2Text:
     the returned list; the other waveforms are decoded. A single-waveform call
     raises it instead.
 
-    Not supported (refused at construction with ``NotImplementedError``):
-    language models / n-grams (shallow fusion), transducer models, and
-    attention decoders other than espnet2's transformer family.
+    Not supported (refused at construction with :class:`UnbatchableModelError`, a
+    ``NotImplementedError``): language models / n-grams (shallow fusion), transducer
+    models, attention decoders other than espnet2's transformer family, and the other
+    options of ``Speech2Text``.
 
     One call at a time per instance: during a call, hooks on the shared
     encoder make padded batches exact (see :mod:`espnet_serve.backends.encoding`).
@@ -85,10 +91,12 @@ class BatchedSpeech2Text:
         max_bucket_size: Most waveforms per bucket (one padded encoder pass).
         max_bucket_samples: Most padded audio samples per bucket
             (``size x longest``), or ``None`` for no bound.
+        **unsupported: Other ``Speech2Text`` options (``transducer_conf``, ``streaming``,
+            ...): refused.
 
     Raises:
         ValueError: On an unknown ``decoding``/``dtype`` or half precision off CUDA.
-        NotImplementedError: For the unsupported models and options above.
+        UnbatchableModelError: For the unsupported models and options above.
     """
 
     def __init__(
@@ -115,11 +123,17 @@ class BatchedSpeech2Text:
         decoding: str = "auto",
         max_bucket_size: int = 16,
         max_bucket_samples: int | None = None,
+        **unsupported: Any,
     ) -> None:
         block_runtime_downloads()
         from espnet2.bin.asr_inference import Speech2Text
 
         del lm_weight, ngram_weight  # only meaningful with the refused LM / n-gram
+        if unsupported:
+            raise UnbatchableModelError(
+                f"BatchedSpeech2Text does not implement the Speech2Text options "
+                f"{', '.join(sorted(unsupported))}."
+            )
         if decoding not in DECODING_MODES:
             raise ValueError(f"decoding must be one of {DECODING_MODES}, got {decoding!r}.")
         if dtype != "float32" and dtype not in HALF_DTYPES:
@@ -127,7 +141,7 @@ class BatchedSpeech2Text:
         if dtype in HALF_DTYPES and not str(device).startswith("cuda"):
             raise ValueError(f"dtype={dtype} needs a CUDA device (got device={device!r}).")
         if lm_train_config is not None or lm_file is not None or ngram_file is not None:
-            raise NotImplementedError(
+            raise UnbatchableModelError(
                 "BatchedSpeech2Text does not support language-model or n-gram shallow fusion "
                 "(lm_train_config / lm_file / ngram_file). Remove them from the inference "
                 "config, or use espnet2.bin.asr_inference.Speech2Text."
@@ -184,19 +198,22 @@ class BatchedSpeech2Text:
 
         model = self.asr_model
         if not isinstance(model, ESPnetASRModel) or getattr(model, "use_transducer_decoder", False):
-            raise NotImplementedError(
+            raise UnbatchableModelError(
                 f"BatchedSpeech2Text needs an espnet2 CTC/attention ESPnetASRModel, got "
                 f"{type(model).__name__}. Use espnet2.bin.asr_inference.Speech2Text."
             )
         needs_ctc = self.greedy or self.options.ctc_weight > 0.0
         if needs_ctc and model.ctc is None:
-            raise NotImplementedError("The model has no CTC head: set ctc_weight=0.0.")
+            raise UnbatchableModelError("The model has no CTC head: set ctc_weight=0.0.")
         if not self.greedy and self.options.ctc_weight < 1.0:
             if model.decoder is None:
-                raise NotImplementedError(
+                raise UnbatchableModelError(
                     "The model has no attention decoder: set ctc_weight=1.0 (CTC only)."
                 )
-            check_decoder_supported(model.decoder)
+            try:
+                check_decoder_supported(model.decoder)
+            except NotImplementedError as exc:
+                raise UnbatchableModelError(str(exc)) from exc
 
     @contextlib.contextmanager
     def keep_encoder_output(self) -> Iterator[dict[int, torch.Tensor]]:

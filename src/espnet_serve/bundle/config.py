@@ -10,6 +10,7 @@ bundle root before interpolations are resolved.
 from __future__ import annotations
 
 import inspect
+import logging
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,7 +19,7 @@ import yaml
 from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
-from espnet_serve.backends.offline import block_runtime_downloads
+from espnet_serve.backends.offline import block_runtime_downloads, training_only_stand_ins
 from espnet_serve.bundle.errors import InferenceConfigError
 from espnet_serve.bundle.imports import import_object
 from espnet_serve.bundle.layout import SPEECH2TEXT
@@ -29,6 +30,9 @@ _MAX_DEFAULTS_DEPTH = 8
 BATCHED_EQUIVALENTS = {
     SPEECH2TEXT: "espnet_serve.backends.BatchedSpeech2Text",
 }
+# Options only the batched equivalents take (dropped when a model is decoded unbatched).
+BATCHED_ONLY_OPTIONS = frozenset({"max_bucket_size", "max_bucket_samples", "decoding", "dtype"})
+logger = logging.getLogger(__name__)
 
 
 def _load_lines(path: str) -> list[str]:
@@ -202,4 +206,45 @@ def build_backend(config: DictConfig) -> Any:
     target = import_object(str(model_node._target_))
     if "device" in model_node or _accepts_keyword(target, "device"):
         model_node.device = resolve_device(model_node.get("device"))
-    return instantiate(model_node, _convert_="all")
+    with training_only_stand_ins():
+        return instantiate(model_node, _convert_="all")
+
+
+def build_batched_if_exact(
+    config: DictConfig, overrides: Mapping[str, Any], *, batched: bool
+) -> tuple[Any, bool]:
+    """Build ``config``'s backend with ``overrides``; its batched equivalent when asked and exact.
+
+    When the batched equivalent refuses the model (``UnbatchableModelError``: a language
+    model, a transducer, another decoder family, ...), the config's own per-utterance
+    target is built instead, without the batched-only options, and a warning says why:
+    the model is then decoded one clip at a time, exactly as that class decodes it.
+
+    Returns:
+        tuple[Any, bool]: The backend, and whether it is the batched one.
+    """
+    from espnet_serve.backends.sample_errors import UnbatchableModelError
+
+    try:
+        return build_backend(override_model(config, overrides, batched=batched)), batched
+    except Exception as exc:
+        refusal = _cause(exc, UnbatchableModelError)
+        if not batched or refusal is None:
+            raise
+    target = config.model.get("_target_")
+    logger.warning(
+        "This model cannot be decoded exactly in padded batches (%s); serving it one clip at "
+        "a time with %s.",
+        refusal,
+        target,
+    )
+    plain = {k: v for k, v in overrides.items() if k not in BATCHED_ONLY_OPTIONS}
+    return build_backend(override_model(config, plain, batched=False)), False
+
+
+def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
+    """``exc`` or the first exception of kind ``kind`` in its chain (hydra wraps them)."""
+    seen: BaseException | None = exc
+    while seen is not None and not isinstance(seen, kind):
+        seen = seen.__cause__ or seen.__context__
+    return seen

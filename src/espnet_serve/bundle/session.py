@@ -18,6 +18,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from espnet_serve.bundle.config import (
     build_backend,
+    build_batched_if_exact,
     load_inference_config,
     override_model,
     to_dict_config,
@@ -354,13 +355,14 @@ class InferenceSession:
         bundle_root = find_bundle_root(artifacts)
         metadata = load_bundle_metadata(bundle_root)
         config_path = inference_config_path(artifacts, bundle_root, metadata)
-        config = (
-            override_model(
-                load_inference_config(config_path, bundle_root=bundle_root),
-                backend_kwargs,
-                batched=options.batched_backend,
-            )
+        loaded = (
+            load_inference_config(config_path, bundle_root=bundle_root)
             if config_path is not None and backend_class is None
+            else None
+        )
+        config = (
+            override_model(loaded, backend_kwargs, batched=options.batched_backend)
+            if loaded is not None
             else None
         )
         options.prepare_user_code(
@@ -375,9 +377,14 @@ class InferenceSession:
             "artifacts": artifacts,
             **options.batching(),
         }
-        if config is not None:
+        if loaded is not None and config is not None:
+            backend, batched = build_batched_if_exact(
+                loaded, backend_kwargs, batched=options.batched_backend
+            )
+            if options.batched_backend and not batched:
+                common["prefer_model_batch"] = False  # one clip per backend call
             return cls(
-                build_backend(config),
+                backend,
                 input_key=(
                     options.input_key
                     if options.input_key is not None
