@@ -134,10 +134,17 @@ def clips() -> list:
 
 @pytest.mark.parametrize("family", ["transducer", "lm"])
 def test_unbatchable_family_is_served_one_clip_at_a_time_as_espnet2_decodes_it(
-    family: str, request: pytest.FixtureRequest, clips: list, caplog: pytest.LogCaptureFixture
+    family: str,
+    request: pytest.FixtureRequest,
+    clips: list,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ):
     bundle = request.getfixturevalue(f"{family}_bundle")
     assert importlib.util.find_spec("warprnnt_pytorch") is None  # nothing training-only
+    # BentoML's CLI logging config (dictConfig, disable_existing_loggers), run in-process by
+    # `bentoml build` in an earlier test module, disables the loggers that exist by then.
+    monkeypatch.setattr(logging.getLogger("espnet_serve.bundle.config"), "disabled", False)
     with caplog.at_level(logging.WARNING, logger="espnet_serve.bundle.config"):
         session = InferenceSession.from_pretrained(
             str(bundle), batched_backend=True, prefer_model_batch=True, max_bucket_size=8
