@@ -21,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from espnet_serve.bundle.layout import META_FILENAME, SPEECH2TEXT
+from espnet_serve.bundle.layout import META_FILENAME
+from espnet_serve.executors.asr import SPEECH2TEXT
 
 SCHEMA_VERSION = 1
 TRAIN_CONFIG_RELPATH = "exp/asr/config.yaml"

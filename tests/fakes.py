@@ -93,6 +93,8 @@ class FakeModelClient:
             languages=["en"],
             created=1_700_000_000,
             word_timestamps=True,
+            family="asr",
+            task="transcribe",
         )
 
     async def decode(self, request: SegmentRequest) -> SegmentResult:

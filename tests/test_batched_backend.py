@@ -325,14 +325,14 @@ def test_failing_bucket_is_split_and_only_the_culprit_fails(tiny_experiment, cli
 
     backend = build(tiny_experiment, max_bucket_size=8, **BEAM)
     culprit_frames = extract_features(backend.asr_model, torch.from_numpy(clips[2])).size(0)
-    real_encode = speech2text.encode_padded
+    real_encode = speech2text.encode_padded_layers
 
     def encode_failing_on_culprit(model, feats):
         if any(f.size(0) == culprit_frames for f in feats):
             raise RuntimeError("boom")
         return real_encode(model, feats)
 
-    monkeypatch.setattr(speech2text, "encode_padded", encode_failing_on_culprit)
+    monkeypatch.setattr(speech2text, "encode_padded_layers", encode_failing_on_culprit)
     out = backend(clips[:4])
     assert isinstance(out[2], SampleError) and out[2].reason == "decoding failed"
     assert isinstance(out[2].__cause__, RuntimeError)

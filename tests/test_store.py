@@ -18,6 +18,7 @@ from espnet_serve.bundle.errors import (
     UntrustedUserCodeError,
 )
 from espnet_serve.bundle.sources import file_sha256
+from espnet_serve.bundle.spec import STORE_FORMAT
 from tests.conftest import TINY_DECODING
 from tests.store_helpers import (
     CRAFTED_CASES,
@@ -75,8 +76,13 @@ def test_trusted_archive_lands_in_the_store_with_digests_and_labels(
     assert metadata["user_code_trusted"] is True
     assert metadata["source_sha256"] == file_sha256(tiny_archive)
     assert metadata["bind_yaml_files"] == ["exp/asr/config.yaml"]
+    assert metadata["family"] == "asr"
+    assert metadata["inference_class"] == "espnet2.bin.asr_inference.Speech2Text"
+    assert metadata["weights_file"] == "exp/asr/model.pth"
+    assert store.stored_spec(model).weights_sha256 == metadata["files"]["exp/asr/model.pth"]
     labels = model.info.labels
     assert labels["task"] == "asr"
+    assert labels["family"] == "asr"
     assert labels["source"] == "tiny"
     assert labels["source_kind"] == "archive"
     assert labels["user_code"] == "trusted"
@@ -278,8 +284,21 @@ def test_changed_store_files_are_refused_at_load(
 def test_a_model_not_imported_by_espnet_serve_is_refused(bentoml_home: Path):
     with bentoml.models.create("foreign", metadata={"note": "no digests"}) as foreign:
         (Path(foreign.path) / "weights.bin").write_bytes(b"x")
-    with pytest.raises(BundleIntegrityError, match="no espnet-serve file digests"):
+    with pytest.raises(BundleIntegrityError, match="not imported by this version of espnet-serve"):
         store.load_session("foreign:latest")
+
+
+def test_a_model_of_an_older_store_format_is_refused_with_how_to_fix(
+    bentoml_home: Path, tiny_archive: Path
+):
+    model = store.import_bundle(tiny_archive, trust_user_code=True)
+    spec = store.stored_spec(model)
+    assert spec.format == STORE_FORMAT and spec.family == "asr"
+    model.info.metadata["format"] = STORE_FORMAT - 1
+    with pytest.raises(
+        BundleIntegrityError, match=r"store format 1, expected 2.*espnet-serve build"
+    ):
+        store.stored_spec(model)
 
 
 # ----------------------------------------------------------------- default model

@@ -21,7 +21,7 @@ as a single-utterance forward does.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -121,11 +121,22 @@ def too_short_for_subsampling(asr_model: Any, n_frames: int) -> int | None:
     return n_frames + 1 if int(lengths[0]) < 1 else None
 
 
-def min_input_samples(asr_model: Any, *, upper: int = 1 << 16) -> int:
+def min_input_samples(
+    asr_model: Any,
+    *,
+    upper: int = 1 << 16,
+    too_short: Callable[[Any, int], int | None] = too_short_for_subsampling,
+) -> int:
     """The fewest waveform samples that the model's front end and subsampling accept.
 
     Found by bisection over real front-end calls (the front end's own padding
     rules decide, whatever they are); ``upper`` is returned if even that fails.
+
+    Args:
+        asr_model: An espnet2 ASR model (``_extract_feats``).
+        upper: The most samples tried.
+        too_short: ``(asr_model, frames)`` -> the frames needed, or ``None`` when
+            enough (default: the ``espnet2.asr`` encoders' subsampling check).
     """
 
     def accepted(n_samples: int) -> bool:
@@ -134,7 +145,7 @@ def min_input_samples(asr_model: Any, *, upper: int = 1 << 16) -> int:
             feats = extract_features(asr_model, speech)
         except RuntimeError:
             return False
-        return too_short_for_subsampling(asr_model, feats.size(0)) is None
+        return too_short(asr_model, feats.size(0)) is None
 
     low, high = 1, upper
     if not accepted(high):
@@ -151,6 +162,14 @@ def min_input_samples(asr_model: Any, *, upper: int = 1 << 16) -> int:
 def encode_padded(
     asr_model: Any, feats: Sequence[torch.Tensor]
 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The encoder output and lengths of a padded batch (see :func:`encode_padded_layers`)."""
+    out, lengths, _ = encode_padded_layers(asr_model, feats)
+    return out, lengths
+
+
+def encode_padded_layers(
+    asr_model: Any, feats: Sequence[torch.Tensor]
+) -> tuple[torch.Tensor, torch.Tensor, list[tuple[int, torch.Tensor]]]:
     """Run normalisation and the encoder once on a zero-padded batch of features.
 
     Mirrors ``ESPnetASRModel.encode`` after its front end (normalize,
@@ -161,8 +180,9 @@ def encode_padded(
         feats: Per-utterance features from :func:`extract_features`.
 
     Returns:
-        tuple[torch.Tensor, torch.Tensor]: Encoder output ``(batch, frames, dim)``
-        and output lengths ``(batch,)``.
+        tuple: Encoder output ``(batch, frames, dim)``, output lengths ``(batch,)``,
+        and the intermediate layers' outputs ``[(layer, (batch, frames, dim))]`` of an
+        interCTC encoder (empty for others).
     """
     lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long, device=feats[0].device)
     xs = pad_sequence(list(feats), batch_first=True)
@@ -176,8 +196,9 @@ def encode_padded(
             out, out_lengths, _ = encoder(xs, lengths, ctc=asr_model.ctc)
         else:
             out, out_lengths, _ = encoder(xs, lengths)
+    intermediate: list[tuple[int, torch.Tensor]] = []
     if isinstance(out, tuple):
-        out = out[0]
+        out, intermediate = out[0], list(out[1])
     if asr_model.postencoder is not None:
         out, out_lengths = asr_model.postencoder(out, out_lengths)
-    return out, out_lengths
+    return out, out_lengths, intermediate

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import itertools
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import torch
 from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
-    encode_padded,
+    encode_padded_layers,
     extract_features,
     min_input_samples,
     too_short_for_subsampling,
@@ -32,6 +33,9 @@ HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # One n-best list: [(text, tokens, token ids, Hypothesis), ...], as Speech2Text returns.
 NBest = list[tuple[str | None, list[str], list[int], Any]]
+# An interCTC model's output, as Speech2Text returns it: (n-best, {layer: greedy CTC tokens}).
+NBestWithInterCtc = tuple[NBest, dict[int, list[str]]]
+Output = NBest | NBestWithInterCtc
 
 
 class BatchedSpeech2Text:
@@ -229,7 +233,7 @@ class BatchedSpeech2Text:
         finally:
             self._kept = None
 
-    def __call__(self, speech: Any) -> NBest | list[NBest | SampleError]:
+    def __call__(self, speech: Any) -> Output | list[Output | SampleError]:
         """Recognise one waveform, or a list of them.
 
         Args:
@@ -250,9 +254,9 @@ class BatchedSpeech2Text:
         return result
 
     @torch.inference_mode()
-    def batch(self, samples: Sequence[Any]) -> list[NBest | SampleError]:
+    def batch(self, samples: Sequence[Any]) -> list[Output | SampleError]:
         """Recognise a list of waveforms (see :meth:`__call__`)."""
-        results: dict[int, NBest | SampleError] = {}
+        results: dict[int, Output | SampleError] = {}
         feats: dict[int, torch.Tensor] = {}
         for index, sample in enumerate(samples):
             try:
@@ -307,14 +311,14 @@ class BatchedSpeech2Text:
 
     def _decode_or_split(
         self, members: list[int], feats: dict[int, torch.Tensor], keys: list[int]
-    ) -> list[NBest | SampleError]:
+    ) -> list[Output | SampleError]:
         """Decode a bucket; if that fails, decode its members one by one."""
         try:
             return self._decode([feats[i] for i in members], [keys[i] for i in members])
         except Exception as error:
             if len(members) == 1:
                 return [_failure(members[0], error)]
-        results: list[NBest | SampleError] = []
+        results: list[Output | SampleError] = []
         for index in members:
             try:
                 results.append(self._decode([feats[index]], [keys[index]])[0])
@@ -328,10 +332,10 @@ class BatchedSpeech2Text:
             return torch.autocast(device_type="cuda", dtype=HALF_DTYPES[self.dtype])
         return contextlib.nullcontext()
 
-    def _decode(self, feats: list[torch.Tensor], keys: list[int]) -> list[NBest]:
+    def _decode(self, feats: list[torch.Tensor], keys: list[int]) -> list[Output]:
         """Encode one bucket in one padded forward and decode all of it."""
         with self._autocast():
-            enc, lengths = encode_padded(self.asr_model, feats)
+            enc, lengths, intermediate = encode_padded_layers(self.asr_model, feats)
             if self._kept is not None:
                 for row, key in enumerate(keys):
                     self._kept[key] = enc[row, : int(lengths[row])]
@@ -339,7 +343,26 @@ class BatchedSpeech2Text:
                 hyps = greedy_ctc(self.asr_model, enc, lengths, self.options.sos, self.options.eos)
             else:
                 hyps = self.search(enc, lengths)
-        return [self._nbest(h) for h in hyps]
+        nbests = [self._nbest(h) for h in hyps]
+        if not intermediate:
+            return list(nbests)
+        return [
+            (nbest, self._interctc(intermediate, row, int(lengths[row])))
+            for row, nbest in enumerate(nbests)
+        ]
+
+    def _interctc(
+        self, intermediate: list[tuple[int, torch.Tensor]], row: int, length: int
+    ) -> dict[int, list[str]]:
+        """One row's greedy CTC tokens at each intermediate layer, as ``Speech2Text`` gives them."""
+        model = self.asr_model
+        excluded = {model.blank_id, model.sos, model.eos}
+        tokens = {}
+        for layer, output in intermediate:
+            best = model.ctc.argmax(output[row : row + 1, :length])[0].tolist()
+            collapsed = [token for token, _ in itertools.groupby(best) if token not in excluded]
+            tokens[layer] = [model.token_list[token] for token in collapsed]
+        return tokens
 
     def _nbest(self, hyps: list[Any]) -> NBest:
         """Token ids, tokens and text of each hypothesis, as ``Speech2Text`` formats them."""

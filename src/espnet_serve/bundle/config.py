@@ -22,14 +22,10 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from espnet_serve.backends.offline import block_runtime_downloads, training_only_stand_ins
 from espnet_serve.bundle.errors import InferenceConfigError
 from espnet_serve.bundle.imports import import_object
-from espnet_serve.bundle.layout import SPEECH2TEXT
+from espnet_serve.executors import batched_class_of, unbatched_reason
 
 AUTO_DEVICE = "auto"
 _MAX_DEFAULTS_DEPTH = 8
-# Per-utterance espnet2 backends and their batched equivalents (same options, same hypotheses).
-BATCHED_EQUIVALENTS = {
-    SPEECH2TEXT: "espnet_serve.backends.BatchedSpeech2Text",
-}
 # Options only the batched equivalents take (dropped when a model is decoded unbatched).
 BATCHED_ONLY_OPTIONS = frozenset({"max_bucket_size", "max_bucket_samples", "decoding", "dtype"})
 logger = logging.getLogger(__name__)
@@ -160,8 +156,8 @@ def override_model(
         config: A loaded inference config.
         overrides: Model constructor options that replace the config's
             (e.g. ``{"beam_size": 8}``); ``_target_`` may be replaced too.
-        batched: Swap a per-utterance target for its entry in
-            :data:`BATCHED_EQUIVALENTS` (other targets are kept).
+        batched: Swap a per-utterance target for its family's batched class
+            (:func:`espnet_serve.executors.batched_class_of`; other targets are kept).
 
     Returns:
         DictConfig: The new config; ``config`` itself is left unchanged.
@@ -172,9 +168,9 @@ def override_model(
         return config
     for key, value in overrides.items():
         model_node[key] = value
-    target = str(model_node.get("_target_", ""))
-    if batched and target in BATCHED_EQUIVALENTS:
-        model_node._target_ = BATCHED_EQUIVALENTS[target]
+    batched_class = batched_class_of(str(model_node.get("_target_", "")))
+    if batched and batched_class is not None:
+        model_node._target_ = batched_class
     return config
 
 
@@ -215,31 +211,38 @@ def build_batched_if_exact(
 ) -> tuple[Any, bool]:
     """Build ``config``'s backend with ``overrides``; its batched equivalent when asked and exact.
 
-    When the batched equivalent refuses the model (``UnbatchableModelError``: a language
-    model, a transducer, another decoder family, ...), the config's own per-utterance
-    target is built instead, without the batched-only options, and a warning says why:
-    the model is then decoded one clip at a time, exactly as that class decodes it.
+    The config's own per-utterance class is built instead, without the batched-only
+    options, and a log line says why, when its family has no batched class
+    (:func:`espnet_serve.executors.unbatched_reason`) or the batched class refuses the
+    model (``UnbatchableModelError``: a language model, a transducer decoder, ...): the
+    model is then decoded one clip at a time, exactly as that class decodes it.
 
     Returns:
         tuple[Any, bool]: The backend, and whether it is the batched one.
     """
     from espnet_serve.backends.sample_errors import UnbatchableModelError
 
+    target = (
+        str(config.model.get("_target_", "")) if isinstance(config.get("model"), DictConfig) else ""
+    )
+    plain = {k: v for k, v in overrides.items() if k not in BATCHED_ONLY_OPTIONS}
+    reason = unbatched_reason(target)
+    if batched and reason:
+        logger.info("Decoding one clip at a time with %s: %s.", target, reason)
+        return build_backend(override_model(config, plain)), False
     try:
         return build_backend(override_model(config, overrides, batched=batched)), batched
     except Exception as exc:
         refusal = _cause(exc, UnbatchableModelError)
         if not batched or refusal is None:
             raise
-    target = config.model.get("_target_")
     logger.warning(
         "This model cannot be decoded exactly in padded batches (%s); serving it one clip at "
         "a time with %s.",
         refusal,
         target,
     )
-    plain = {k: v for k, v in overrides.items() if k not in BATCHED_ONLY_OPTIONS}
-    return build_backend(override_model(config, plain, batched=False)), False
+    return build_backend(override_model(config, plain)), False
 
 
 def _cause(exc: BaseException, kind: type[BaseException]) -> BaseException | None:

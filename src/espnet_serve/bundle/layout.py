@@ -22,8 +22,8 @@ DEFAULT_INFERENCE_CONFIG_KEY = "inference_config"
 DEFAULT_INFERENCE_CONFIG_RELPATH = Path("conf") / "inference.yaml"
 DEFAULT_SAMPLE_RATE = 16000
 DEFAULT_INPUT_KEY = "speech"
-SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
 TRAIN_CONFIG_SUFFIX = "_train_config"
+MODEL_FILE_SUFFIX = "_model_file"
 # Train configs of auxiliary models (language models), not of the model that takes audio.
 AUXILIARY_TASKS = ("lm",)
 

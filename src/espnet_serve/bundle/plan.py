@@ -28,7 +28,7 @@ from espnet_serve.bundle.layout import (
     DEFAULT_INPUT_KEY,
     DEFAULT_SAMPLE_RATE,
     META_FILENAME,
-    SPEECH2TEXT,
+    MODEL_FILE_SUFFIX,
     TRAIN_CONFIG_SUFFIX,
     load_bundle_metadata,
     train_config_sample_rate,
@@ -47,6 +47,8 @@ from espnet_serve.bundle.usercode import (
     resolve_import_roots,
     user_code_entries,
 )
+from espnet_serve.executors import family_of
+from espnet_serve.executors.asr import SPEECH2TEXT
 
 logger = logging.getLogger(__name__)
 
@@ -61,6 +63,9 @@ class BundlePlan:
         inference_config: Bundle-relative path of the inference config.
         bind: YAML files whose relative paths are bound to absolute ones at load.
         task: ``asr``, ``st``, ... (from the ``<task>_train_config`` artifact key).
+        inference_class: The inference config's ``model._target_``.
+        family: The executor family serving that class (``None``: not served).
+        weights_file: Bundle-relative path of the model's weights (``<task>_model_file``).
         input_key: The backend's input keyword.
         sample_rate: Sample rate the model expects (``frontend_conf.fs``).
         languages: ISO-639-1 codes the model transcribes (``meta.yaml`` or given at import).
@@ -73,6 +78,9 @@ class BundlePlan:
     inference_config: str = DEFAULT_INFERENCE_CONFIG_RELPATH.as_posix()
     bind: list[str] = field(default_factory=list)
     task: str = "unknown"
+    inference_class: str = ""
+    family: str | None = None
+    weights_file: str = ""
     input_key: str = DEFAULT_INPUT_KEY
     sample_rate: int = DEFAULT_SAMPLE_RATE
     languages: list[str] = field(default_factory=list)
@@ -235,6 +243,12 @@ def plan_bundle(
     if not isinstance(inference, dict):
         raise InferenceConfigError(f"{plan.inference_config} must hold a mapping.")
     plan.input_key = str(inference.get("input_key", DEFAULT_INPUT_KEY))
+    model_node = inference.get("model")
+    plan.inference_class = (
+        str(model_node.get("_target_", "")) if isinstance(model_node, dict) else ""
+    )
+    plan.family = family_of(plan.inference_class)
+    plan.weights_file = files.get(f"{plan.task}{MODEL_FILE_SUFFIX}", "")
     user_files = _user_code_files(
         root,
         inference,

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from espnet_serve.bundle.layout import DEFAULT_INPUT_KEY, DEFAULT_SAMPLE_RATE
 
-STORE_FORMAT = 1
+STORE_FORMAT = 2  # 2: the family, inference class and weights file are recorded
 
 
 class ModelSpec(BaseModel):
@@ -27,6 +27,9 @@ class ModelSpec(BaseModel):
         input_key: The backend's input keyword(s).
         sample_rate: Sample rate the model expects (``frontend_conf.fs``).
         task: ``asr``, ``st``, ... (from the ``<task>_train_config`` artifact key).
+        inference_class: The inference config's ``model._target_``.
+        family: The executor family that serves it (``None``: no served family).
+        weights_file: Bundle-relative path of the model's weights ("" if not named).
         user_code_trusted: Whether bundled code was reviewed and included (it may run).
         user_code_paths: The bundle's user-code import roots (empty when untrusted).
         source: What was imported (tag, archive path or directory).
@@ -45,6 +48,9 @@ class ModelSpec(BaseModel):
     input_key: str | list[str] = DEFAULT_INPUT_KEY
     sample_rate: int = DEFAULT_SAMPLE_RATE
     task: str = "unknown"
+    inference_class: str = ""
+    family: str | None = None
+    weights_file: str = ""
     user_code_trusted: bool = False
     user_code_paths: list[str] = Field(default_factory=list)
     source: str = ""
@@ -52,3 +58,8 @@ class ModelSpec(BaseModel):
     source_sha256: str | None = None
     espnet_version: str = ""
     languages: list[str] = Field(default_factory=list)
+
+    @property
+    def weights_sha256(self) -> str:
+        """The digest of the model's weights ("" when the bundle does not name them)."""
+        return self.files.get(self.weights_file, "")

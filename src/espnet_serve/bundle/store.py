@@ -119,6 +119,9 @@ def stage_bundle(
         input_key=plan.input_key,
         sample_rate=plan.sample_rate,
         task=plan.task,
+        inference_class=plan.inference_class,
+        family=plan.family,
+        weights_file=plan.weights_file,
         user_code_trusted=plan.user_code_included,
         user_code_paths=plan.user_code_paths,
         source=str(source),
@@ -172,6 +175,7 @@ def import_bundle(
         )
         labels = {
             "task": spec.task,
+            "family": spec.family or "none",
             "espnet_version": spec.espnet_version or _installed_espnet_version(),
             "source": fetched.name,
             "source_kind": fetched.kind,
@@ -210,6 +214,22 @@ def stored_model(model: ModelRef) -> bentoml.Model:
     return bentoml.models.get(model)
 
 
+def stored_spec(model: bentoml.Model) -> ModelSpec:
+    """The spec recorded when ``model`` was imported.
+
+    Raises:
+        BundleIntegrityError: If the model was not imported by this espnet-serve's store format.
+    """
+    recorded = model.info.metadata
+    if recorded.get("format") != STORE_FORMAT or not isinstance(recorded.get("files"), dict):
+        raise BundleIntegrityError(
+            f"Model {model.tag} was not imported by this version of espnet-serve (store "
+            f"format {recorded.get('format')}, expected {STORE_FORMAT}): import it again with "
+            "'espnet-serve build'."
+        )
+    return ModelSpec.model_validate(recorded)
+
+
 def verified_bundle_dir(model: bentoml.Model) -> Path:
     """Check every bundle file against the sha256 digests recorded at import.
 
@@ -223,13 +243,7 @@ def verified_bundle_dir(model: bentoml.Model) -> Path:
         BundleIntegrityError: If a file changed, is missing, was added, or is
             not a regular file, or the model was not imported by espnet-serve.
     """
-    recorded = model.info.metadata
-    expected = recorded.get("files")
-    if recorded.get("format") != STORE_FORMAT or not isinstance(expected, dict):
-        raise BundleIntegrityError(
-            f"Model {model.tag} has no espnet-serve file digests: import it with "
-            "'espnet-serve build' (store format {STORE_FORMAT})."
-        )
+    expected = stored_spec(model).files
     bundle_dir = Path(model.path) / BUNDLE_DIRNAME
     found: dict[str, Path] = {}
     odd: list[str] = []
@@ -319,7 +333,7 @@ def load_session(model: ModelRef, **session_kwargs: Any) -> InferenceSession:
     """
     stored = stored_model(model)
     bundle_dir = verified_bundle_dir(stored)
-    spec = ModelSpec.model_validate(stored.info.metadata)
+    spec = stored_spec(stored)
     session = session_from_bundle(bundle_dir, spec, name=stored.tag.name, **session_kwargs)
     logger.info("Loaded %s (verified %d files)", stored.tag, len(spec.files))
     return session
@@ -392,7 +406,7 @@ def ensure_default_model(archive: Path = DEFAULT_MODEL_ARCHIVE) -> bentoml.Tag:
     """Make the embedded default model the latest ``espnet-digits-asr`` in the store.
 
     Nothing is imported when the latest model of that name came from the same
-    archive (same sha256); otherwise the archive is imported (trusted: its
+    archive (same sha256) in this store format; otherwise the archive is imported (trusted: its
     ``output_fn`` is this project's own code).
 
     Args:
@@ -406,7 +420,11 @@ def ensure_default_model(archive: Path = DEFAULT_MODEL_ARCHIVE) -> bentoml.Tag:
         latest = bentoml.models.get(f"{DEFAULT_MODEL_NAME}:latest")
     except NotFound:
         latest = None
-    if latest is not None and latest.info.metadata.get("source_sha256") == digest:
+    recorded = latest.info.metadata if latest is not None else {}
+    if latest is not None and (recorded.get("source_sha256"), recorded.get("format")) == (
+        digest,
+        STORE_FORMAT,
+    ):
         logger.info("Default model already in the store: %s", latest.tag)
         return latest.tag
     return import_bundle(

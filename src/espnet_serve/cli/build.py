@@ -118,7 +118,8 @@ def build_bento(model_tag: str, bentofile: Path) -> tuple[str, Path]:
 
 def main(args: argparse.Namespace) -> int:
     """Run ``espnet-serve build``; returns the exit status."""
-    from espnet_serve.bundle.store import import_bundle
+    from espnet_serve.bundle.store import import_bundle, stored_spec
+    from espnet_serve.executors import executor_class
 
     try:
         model = import_bundle(
@@ -130,6 +131,10 @@ def main(args: argparse.Namespace) -> int:
             languages=args.languages,
         )
         print(f"Model: {model.tag}")
+        spec = stored_spec(model)
+        print(f"Family: {spec.family or 'none served'} ({spec.inference_class})")
+        executor = executor_class(spec.family, spec.inference_class)
+        print(f"Task: {executor.task}")
         if args.bento:
             bento_tag, dockerfile = build_bento(str(model.tag), args.bentofile)
             print(f"Bento: {bento_tag}")

@@ -1,9 +1,10 @@
 """The one segment pipeline: audio segments in, decoded :class:`Segment` s out.
 
 The library transcriber, the model service, the warm-up and ``espnet-serve eval``
-all decode through :class:`SegmentDecoder`: one ``forward_batch`` call per batch
-(every sample gets its own result or error), the transcript read out of each
-output, and, for the segments that ask, word times from the CTC head
+all decode through :class:`SegmentDecoder`: the model family's executor
+(:mod:`espnet_serve.executors`) decodes each batch (one ``forward_batch`` call,
+every sample its own result or error) and reads each output's best hypothesis;
+for the segments that ask, words are timed with the CTC head
 (:mod:`espnet_serve.pipeline.align`) on the encoder output the decode pass
 already computed.
 """
@@ -17,8 +18,8 @@ from typing import Any
 
 from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.backends.sample_errors import InvalidSampleError
+from espnet_serve.executors import Executor, Hypothesis, executor_for
 from espnet_serve.pipeline.align import Alignment, CtcAligner, keep_encoder_output
-from espnet_serve.pipeline.outputs import output_text
 from espnet_serve.pipeline.types import (
     BAD_MODEL_OUTPUT,
     DECODE_FAILED,
@@ -36,20 +37,30 @@ class SegmentDecoder:
     """Decodes batches of audio segments with one session.
 
     Args:
-        session: An ``InferenceSession`` of an espnet2 ASR model (built with
+        session: An ``InferenceSession`` of a served speech-to-text family (built with
             ``prefer_model_batch=True`` to decode each batch in one backend call).
         sample_rate: The model's sample rate (for word times).
+        family: The model's family, as import recorded it (default: found from the
+            session's backend class).
+
+    Raises:
+        UnsupportedFamilyError: If no executor serves the session's backend.
     """
 
-    def __init__(self, session: Any, sample_rate: int) -> None:
+    def __init__(self, session: Any, sample_rate: int, *, family: str | None = None) -> None:
         self.session = session
         self.sample_rate = sample_rate
+        self.executor: Executor = executor_for(session, family)
 
     @cached_property
     def aligner(self) -> CtcAligner | None:
         """The CTC aligner, or ``None`` when the model has no CTC head (built on first use)."""
+        backend = self.executor.ctc_backend()
+        if backend is None:
+            logger.info("No word timestamps for the %s family.", self.executor.family)
+            return None
         try:
-            return CtcAligner(self.session.model, self.sample_rate)
+            return CtcAligner(backend, self.sample_rate)
         except (AttributeError, ValueError) as exc:
             logger.info("No word timestamps for this model: %s", exc)
             return None
@@ -77,15 +88,18 @@ class SegmentDecoder:
         waves = [segment.samples for segment in segments]
         aligner = self.aligner if any(timed) else None
         with keep_encoder_output(self.session.model, enabled=aligner is not None) as encoded:
-            outputs = self.session.forward_batch(waves, return_exceptions=True)
-        texts = [_text(segment, output) for segment, output in zip(segments, outputs, strict=True)]
+            outputs = self.executor.decode(waves)
+        hypotheses = [
+            _read(self.executor, segment, output)
+            for segment, output in zip(segments, outputs, strict=True)
+        ]
         alignments: list[Alignment | None] = [None] * len(segments)
-        wanted = [i for i, text in enumerate(texts) if timed[i] and isinstance(text, str)]
+        wanted = [i for i, h in enumerate(hypotheses) if timed[i] and isinstance(h, Hypothesis)]
         if aligner is not None and wanted:
             try:
                 aligned = aligner.align(
                     [waves[i] for i in wanted],
-                    [str(texts[i]) for i in wanted],
+                    [hypotheses[i].text for i in wanted],  # type: ignore[union-attr]
                     encoded=[encoded.get(id(waves[i])) for i in wanted],
                 )
             except Exception:  # the transcripts stand; their words stay untimed
@@ -96,13 +110,15 @@ class SegmentDecoder:
                 for index, alignment in zip(wanted, aligned, strict=True):
                     alignments[index] = alignment
         return [
-            text if isinstance(text, SegmentDecodeError) else _segment(segment, text, alignment)
-            for segment, text, alignment in zip(segments, texts, alignments, strict=True)
+            found if isinstance(found, SegmentDecodeError) else _segment(segment, found, alignment)
+            for segment, found, alignment in zip(segments, hypotheses, alignments, strict=True)
         ]
 
 
-def _text(segment: AudioSegment, output: Any) -> str | SegmentDecodeError:
-    """The transcript in one session output, or the error the output is or holds."""
+def _read(
+    executor: Executor, segment: AudioSegment, output: Any
+) -> Hypothesis | SegmentDecodeError:
+    """The best hypothesis in one session output, or the error the output is or holds."""
     where = f"the segment at {segment.start:.2f}-{segment.end:.2f} s"
     if isinstance(output, InvalidSampleError):
         return SegmentDecodeError(f"The model cannot decode {where}: {output}", code=INVALID_AUDIO)
@@ -114,25 +130,28 @@ def _text(segment: AudioSegment, output: Any) -> str | SegmentDecodeError:
         error.__cause__ = output
         return error
     try:
-        return output_text(output)
+        return executor.read(output)
     except TypeError as exc:
         return SegmentDecodeError(
             f"the model's output for {where} holds no transcript ({exc})", code=BAD_MODEL_OUTPUT
         )
 
 
-def _segment(audio: AudioSegment, text: str, alignment: Alignment | None) -> Segment:
+def _segment(audio: AudioSegment, hypothesis: Hypothesis, alignment: Alignment | None) -> Segment:
     """The :class:`Segment` of a decoded audio segment, its words moved to recording time.
 
-    Without an alignment (not asked for, or the transcript could not be aligned),
-    ``words`` is empty.
+    ``tokens`` are the hypothesis' own token ids where the output holds them, else
+    the aligned transcript's. Without an alignment (not asked for, or the transcript
+    could not be aligned), ``words`` is empty.
     """
+    text = hypothesis.text
     if alignment is None:
         return Segment(
             id=audio.index,
             start=audio.start,
             end=audio.end,
             text=text.strip(),
+            tokens=hypothesis.token_ids or (),
             no_speech_prob=audio.no_speech_prob,
         )
     return Segment(
@@ -148,7 +167,7 @@ def _segment(audio: AudioSegment, text: str, alignment: Alignment | None) -> Seg
             )
             for w in alignment.words
         ),
-        tokens=alignment.tokens,
+        tokens=hypothesis.token_ids if hypothesis.token_ids is not None else alignment.tokens,
         avg_logprob=alignment.avg_logprob,
         no_speech_prob=audio.no_speech_prob,
     )

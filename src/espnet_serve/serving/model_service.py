@@ -18,7 +18,7 @@ import time
 import bentoml
 from bentoml.exceptions import ServiceUnavailable
 
-from espnet_serve.bundle.layout import DEFAULT_SAMPLE_RATE
+from espnet_serve.executors import UnsupportedFamilyError, executor_class
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import SegmentDecodeError
 from espnet_serve.pipeline.warmup import WarmupError, warm_up
@@ -36,7 +36,6 @@ settings = get_settings()
 # ``SessionManager.get_session``): those calls fail. Never recycle it.
 NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
 MODEL_IN_FLIGHT = InFlight()
-WEIGHTS_ARTIFACT = "asr_model_file"
 
 
 def served_model_tag() -> str:
@@ -75,32 +74,38 @@ class ModelService:
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
     def _load(self) -> None:
-        """Load and verify the bundle, warm it up, then report ready."""
-        from espnet_serve.bundle.store import load_session
+        """Load and verify the bundle as its spec says, warm it up, then report ready."""
+        from espnet_serve.bundle.store import load_session, stored_model, stored_spec
 
         backend_options = {"max_bucket_size": settings.max_batch_size}
         try:
+            spec = stored_spec(stored_model(self.bento_model))
+            executor = executor_class(spec.family, spec.inference_class)
             session = load_session(
                 self.bento_model,
                 prefer_model_batch=True,
                 batched_backend=settings.batched_backend,
                 **(backend_options if settings.batched_backend else {}),
             )
-            metadata = self.bento_model.info.metadata
-            sample_rate = int(metadata.get("sample_rate", DEFAULT_SAMPLE_RATE))
-            self.decoder = SegmentDecoder(session, sample_rate)
+            self.decoder = SegmentDecoder(session, spec.sample_rate, family=spec.family)
             self.info = ModelInfo(
                 name=self.bento_model.tag.name,
                 version=str(self.bento_model.tag.version),
-                sha256=self._weights_sha256(session.bundle_metadata, metadata),
-                sample_rate=sample_rate,
-                min_samples=int(getattr(session.model, "min_samples", 0)),
-                languages=list(metadata.get("languages", [])),
+                sha256=spec.weights_sha256,
+                sample_rate=spec.sample_rate,
+                min_samples=self.decoder.executor.min_samples(),
+                languages=spec.languages,
                 created=int(self.bento_model.info.creation_time.timestamp()),
                 word_timestamps=self.decoder.word_timestamps,
+                family=executor.family,
+                task=executor.task,
             )
             if settings.warmup:
                 warm_up(self.decoder)
+        except UnsupportedFamilyError as exc:
+            self.unready_reason = str(exc)
+            logger.error("Model %s: %s The service stays unready.", self.bento_model.tag, exc)
+            return
         except WarmupError as exc:
             self.unready_reason = f"warm-up failed: {exc}"
             logger.error("Model %s: %s; the service stays unready.", self.bento_model.tag, exc)
@@ -113,13 +118,12 @@ class ModelService:
             return
         self.metrics.model_info.labels(self.info.name, self.info.version, self.info.sha256).set(1)
         self._loaded.set()
-        logger.info("Model %s ready (sha256 %s).", self.bento_model.tag, self.info.sha256[:12])
-
-    @staticmethod
-    def _weights_sha256(bundle_metadata: dict, metadata: dict) -> str:
-        """The weights' digest recorded at import (load verified every file against it)."""
-        relpath = bundle_metadata.get("files", {}).get(WEIGHTS_ARTIFACT)
-        return str(metadata["files"].get(relpath, "")) if relpath else ""
+        logger.info(
+            "Model %s ready: family %s, sha256 %s.",
+            self.bento_model.tag,
+            self.info.family,
+            self.info.sha256[:12],
+        )
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded, verified and warmed up, until SIGTERM."""

@@ -193,12 +193,14 @@ class TextDoneEvent(BaseModel):
 
 
 class ModelObject(BaseModel):
-    """One model of ``GET /v1/models`` (OpenAI's model object)."""
+    """One model of ``GET /v1/models``: OpenAI's model object, with its family and task."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "espnet-serve"
+    family: str = Field(description="The espnet2 model family (asr, asr_transducer, ...).")
+    task: str = Field(description="What the model does on this server (transcribe, ...).")
 
 
 class ModelList(BaseModel):

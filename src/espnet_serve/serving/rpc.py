@@ -86,6 +86,8 @@ class ModelInfo(BaseModel):
     word_timestamps: bool = Field(
         default=False, description="Whether the model can time words (it has a CTC head)."
     )
+    family: str = Field(description="The model's family (its executor).")
+    task: str = Field(description="What the model does (transcribe, ...).")
 
     @property
     def tag(self) -> str:

@@ -8,6 +8,7 @@ from fastapi import APIRouter, Depends, Request
 
 from espnet_serve.serving.protocol import ModelList, ModelObject
 from espnet_serve.serving.routes import ERROR_RESPONSES
+from espnet_serve.serving.rpc import ModelInfo
 from espnet_serve.serving.served_model import ServedModel
 
 MODELS_ROUTE = "/v1/models"
@@ -23,11 +24,16 @@ def served_model(request: Request) -> ServedModel:
 Model = Annotated[ServedModel, Depends(served_model)]
 
 
+def model_object(info: ModelInfo) -> ModelObject:
+    """The served model's OpenAI model object: its store tag as the id, family and task."""
+    return ModelObject(id=info.tag, created=info.created, family=info.family, task=info.task)
+
+
 @router.get(MODELS_ROUTE, response_model=ModelList, responses=ERROR_RESPONSES)
 async def list_models(model: Model) -> ModelList:
     """The served model, its store tag as the id (OpenAI's list format)."""
     info = await model.info()
-    return ModelList(data=[ModelObject(id=info.tag, created=info.created)])
+    return ModelList(data=[model_object(info)])
 
 
 @router.get(
@@ -36,4 +42,4 @@ async def list_models(model: Model) -> ModelList:
 async def retrieve_model(model_id: str, model: Model) -> ModelObject:
     """The served model under any name it answers to; 404 ``model_not_found`` otherwise."""
     info = await model.named(model_id)
-    return ModelObject(id=info.tag, created=info.created)
+    return model_object(info)

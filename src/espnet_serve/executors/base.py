@@ -1,0 +1,121 @@
+"""The executor interface: what the model service needs to know about one espnet2 class.
+
+An executor wraps an ``InferenceSession`` whose backend is one family's espnet2
+inference class. It decodes a batch of waveforms through the session (so a
+bundle's ``output_fn`` sees exactly what the espnet2 class returns) and reads
+each output as a :class:`Hypothesis`. The rest of the pipeline (word times,
+segments, the wire) is the same for every family.
+"""
+
+from __future__ import annotations
+
+from abc import ABC
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+TRANSCRIBE = "transcribe"
+TEXT_KEYS = ("text", "hyp")
+TOKEN_ID_KEYS = ("token_int", "token_ids")
+
+
+@dataclass(frozen=True)
+class Hypothesis:
+    """The best hypothesis of one sample.
+
+    Attributes:
+        text: The transcript.
+        token_ids: Its token ids in the model's vocabulary, where the output holds them.
+    """
+
+    text: str
+    token_ids: tuple[int, ...] | None = None
+
+
+class Executor(ABC):
+    """Decodes with one family's espnet2 inference class.
+
+    Class attributes say what the family is; instances wrap one session.
+
+    Attributes:
+        family: The family's name (``/v1/models``, the model store, ``espnet-serve build``).
+        task: What the HTTP layer may ask of it (``transcribe``).
+        inference_classes: The ``_target_`` s of an inference config this executor serves.
+        batched_class: A batched class built from the same options, exact for this family
+            (``None``: the family is decoded one clip at a time).
+        unbatched_reason: Why the family is decoded one clip at a time (when it is).
+
+    Args:
+        session: An ``InferenceSession`` whose backend is one of ``inference_classes``.
+    """
+
+    family: ClassVar[str]
+    task: ClassVar[str] = TRANSCRIBE
+    inference_classes: ClassVar[tuple[str, ...]]
+    batched_class: ClassVar[str | None] = None
+    unbatched_reason: ClassVar[str] = ""
+
+    def __init__(self, session: Any) -> None:
+        self.session = session
+
+    @property
+    def backend(self) -> Any:
+        """The espnet2 object the session calls."""
+        return self.session.model
+
+    def decode(self, waves: Sequence[Any]) -> list[Any]:
+        """One session output per waveform, or the exception that sample met (in its slot)."""
+        return list(self.session.forward_batch(list(waves), return_exceptions=True))
+
+    def read(self, output: Any) -> Hypothesis:
+        """The best hypothesis in one sample's output (the class's own, or an ``output_fn``'s).
+
+        Raises:
+            TypeError: If the output has no transcript.
+        """
+        return read_common(output)
+
+    def min_samples(self) -> int:
+        """The fewest samples the model decodes (0: no known limit)."""
+        return int(getattr(self.backend, "min_samples", 0))
+
+    def ctc_backend(self) -> Any | None:
+        """The object word times are aligned with (``asr_model.ctc``, tokenizer), if any."""
+        return None
+
+
+def read_common(output: Any) -> Hypothesis:
+    """Read the shapes every family may return.
+
+    A plain string; an ``output_fn`` mapping with ``text`` (or ``hyp``) and
+    optionally ``token_int``; or an espnet2 n-best list of
+    ``(text, token, token_int, hyp)``.
+
+    Raises:
+        TypeError: If the output has none of these shapes.
+    """
+    if isinstance(output, str):
+        return Hypothesis(output)
+    if isinstance(output, Mapping):
+        for key in TEXT_KEYS:
+            if isinstance(output.get(key), str):
+                return Hypothesis(output[key], _token_ids(_first(output, TOKEN_ID_KEYS)))
+    if isinstance(output, Sequence) and output:
+        best = output[0]
+        if isinstance(best, Sequence) and best and isinstance(best[0], str):
+            return Hypothesis(best[0], _token_ids(best[2]) if len(best) > 2 else None)
+    raise TypeError(f"Cannot find a transcript in a {type(output).__name__} output.")
+
+
+def _first(mapping: Mapping[str, Any], keys: Sequence[str]) -> Any:
+    return next((mapping[key] for key in keys if key in mapping), None)
+
+
+def _token_ids(value: Any) -> tuple[int, ...] | None:
+    """Token ids as a tuple of ints, or ``None`` if ``value`` is not a sequence of ints."""
+    if value is None or isinstance(value, str | bytes):
+        return None
+    try:
+        return tuple(int(token) for token in value)
+    except (TypeError, ValueError):
+        return None
