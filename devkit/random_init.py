@@ -1,8 +1,9 @@
 """Random-initialised espnet2 ASR experiments, for tests and benchmarks.
 
 Writes what espnet2 training leaves behind (``config.yaml`` + weights), built
-with espnet2's own ``ASRTask``, so ``Speech2Text`` and every loader treat it as
-a real model. Its hypotheses are meaningless; its shapes and code paths are real.
+with espnet2's own ``ASRTask`` (or ``ASRTransducerTask``, ``LMTask``), so
+``Speech2Text`` and every loader treat it as a real model. Its hypotheses are
+meaningless; its shapes and code paths are real.
 """
 
 from __future__ import annotations
@@ -78,14 +79,7 @@ def write_random_asr_experiment(
     from espnet2.tasks.asr import ASRTask
 
     args = ASRTask.get_parser().parse_args(["--output_dir", str(out_dir)])
-    args.token_list = list(token_list)
-    args.token_type = "char"
-    args.input_size = None
-    args.frontend = "default"
-    args.frontend_conf = {"n_fft": 512, "hop_length": 160, "n_mels": n_mels}
-    args.specaug = None
-    args.normalize = "utterance_mvn"
-    args.normalize_conf = {}
+    _set_front(args, token_list, n_mels)
     args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
     args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
     if joint_net_conf is not None:
@@ -96,6 +90,71 @@ def write_random_asr_experiment(
     torch.manual_seed(seed)
     with training_only_stand_ins():
         model = ASRTask.build_model(args)
+    return _save(out_dir, args, model)
+
+
+def write_random_transducer_experiment(
+    out_dir: Path,
+    *,
+    encoder_conf: Mapping[str, Any],
+    decoder: str = "rnn",
+    decoder_conf: Mapping[str, Any],
+    joint_network_conf: Mapping[str, Any],
+    model_conf: Mapping[str, Any] | None = None,
+    token_list: Sequence[str] = CHAR_TOKENS,
+    n_mels: int = 40,
+    seed: int = 0,
+) -> AsrExperiment:
+    """Build a random-initialised ``espnet2.asr_transducer`` model and save it like a trained one.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        encoder_conf: The encoder's ``main_conf``, ``input_conf`` and ``body_conf``.
+        decoder: espnet2.asr_transducer decoder name (``rnn``, ``stateless``, ...).
+        decoder_conf: Decoder options.
+        joint_network_conf: Joint network options.
+        model_conf: Model options (``transducer_weight``, ``auxiliary_ctc_weight``, ...).
+        token_list: Output vocabulary (``<blank>`` first).
+        n_mels: Mel filterbank size of the default frontend.
+        seed: Torch seed for the initial weights.
+
+    Returns:
+        AsrExperiment: The written config and weights.
+    """
+    import torch
+
+    block_runtime_downloads()
+    from espnet2.tasks.asr_transducer import ASRTransducerTask
+
+    args = ASRTransducerTask.get_parser().parse_args(["--output_dir", str(out_dir)])
+    _set_front(args, token_list, n_mels)
+    args.encoder_conf = dict(encoder_conf)
+    args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
+    args.joint_network_conf = dict(joint_network_conf)
+    args.model_conf = dict(model_conf or {})
+    args.seed = seed
+    torch.manual_seed(seed)
+    with training_only_stand_ins():
+        model = ASRTransducerTask.build_model(args)
+    return _save(out_dir, args, model)
+
+
+def _set_front(args: Any, token_list: Sequence[str], n_mels: int) -> None:
+    """Vocabulary, character tokens, fbank front end, utterance MVN, no SpecAugment."""
+    args.token_list = list(token_list)
+    args.token_type = "char"
+    args.input_size = None
+    args.frontend = "default"
+    args.frontend_conf = {"n_fft": 512, "hop_length": 160, "n_mels": n_mels}
+    args.specaug = None
+    args.normalize = "utterance_mvn"
+    args.normalize_conf = {}
+
+
+def _save(out_dir: Path, args: Any, model: Any) -> AsrExperiment:
+    """Write ``config.yaml`` and ``model.pth`` as espnet2 training leaves them."""
+    import torch
+
     out_dir.mkdir(parents=True, exist_ok=True)
     experiment = AsrExperiment(out_dir / "config.yaml", out_dir / "model.pth")
     experiment.asr_train_config.write_text(yaml.safe_dump(vars(args)), encoding="utf-8")

@@ -1,0 +1,317 @@
+"""Every served family through its executor answers as its espnet2 class called directly.
+
+Reduced-size models (the recipes' options as they are; dimensions and depths cut) of:
+
+- ``espnet2.asr_transducer``: egs2/librispeech_100/asr1/conf/tuning/transducer/
+  ``train_conformer-rnn_transducer.yaml`` (keys as this espnet names them: its
+  ``pos_wise_layer_type: linear`` and ``pos_enc_layer_type: rel_pos`` are the only kinds left,
+  no longer options) with ``decode.yaml``;
+- ``Speech2TextStreaming``: egs2/aishell/asr1/conf/``train_asr_streaming_conformer.yaml`` with
+  ``decode_asr_streaming2.yaml`` (no LM);
+- interCTC and self-conditioned CTC: egs2/librispeech_100/asr1/conf/tuning/
+  ``train_conformer_interctc.yaml`` and ``train_conformer_scctc.yaml`` (CTC only), batched.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import yaml
+
+from devkit.publish import write_bundle
+from devkit.random_init import write_random_asr_experiment, write_random_transducer_experiment
+from espnet_serve import InferenceSession
+from espnet_serve.assets import load_heldout
+from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.backends import BatchedSpeech2Text
+from espnet_serve.backends.offline import training_only_stand_ins
+from espnet_serve.bundle.imports import import_object
+from espnet_serve.executors import UnsupportedFamilyError, executor_class, family_of
+from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.types import Segment
+from tests.server import serve_env, start_server
+
+SAMPLE_RATE = 16000
+CLIPS = 8
+TRANSDUCER_TARGET = "espnet2.bin.asr_transducer_inference.Speech2Text"
+STREAMING_TARGET = "espnet2.bin.asr_inference_streaming.Speech2TextStreaming"
+TRANSDUCER_ENCODER = {
+    "main_conf": {
+        "pos_wise_act_type": "swish",
+        "conv_mod_act_type": "swish",
+        "pos_enc_dropout_rate": 0.2,
+    },
+    "input_conf": {"vgg_like": True},
+    "body_conf": [
+        {
+            "block_type": "conformer",
+            "linear_size": 128,
+            "hidden_size": 64,
+            "heads": 2,
+            "dropout_rate": 0.1,
+            "pos_wise_dropout_rate": 0.1,
+            "att_dropout_rate": 0.1,
+            "macaron_style": True,
+            "conv_mod_kernel_size": 31,
+            "num_blocks": 2,
+        }
+    ],
+}
+TRANSDUCER_DECODER = {
+    "rnn_type": "lstm",
+    "num_layers": 1,
+    "embed_size": 64,
+    "hidden_size": 64,
+    "dropout_rate": 0.1,
+    "embed_dropout_rate": 0.2,
+}
+STREAMING_ENCODER = {
+    "output_size": 64,
+    "attention_heads": 2,
+    "linear_units": 128,
+    "num_blocks": 2,
+    "input_layer": "conv2d",
+    "normalize_before": True,
+    "activation_type": "swish",
+    "macaron_style": True,
+    "use_cnn_module": True,
+    "cnn_module_kernel": 15,
+    "block_size": 40,
+    "hop_size": 16,
+    "look_ahead": 16,
+    "init_average": True,
+    "ctx_pos_enc": True,
+}
+INTERCTC_ENCODER = {
+    "output_size": 64,
+    "attention_heads": 2,
+    "linear_units": 128,
+    "num_blocks": 3,
+    "input_layer": "conv2d",
+    "normalize_before": True,
+    "macaron_style": True,
+    "rel_pos_type": "latest",
+    "pos_enc_layer_type": "rel_pos",
+    "selfattention_layer_type": "rel_selfattn",
+    "activation_type": "swish",
+    "use_cnn_module": True,
+    "cnn_module_kernel": 31,
+    "interctc_layer_idx": [1, 2],
+}
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    """Held-out clips of different lengths."""
+    return [clip.read_audio(SAMPLE_RATE) for clip in load_heldout(CLIPS)]
+
+
+@pytest.fixture(scope="module")
+def asr_transducer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("asr_transducer")
+    experiment = write_random_transducer_experiment(
+        root / "exp",
+        encoder_conf=TRANSDUCER_ENCODER,
+        decoder_conf=TRANSDUCER_DECODER,
+        joint_network_conf={"joint_space_size": 64},
+        model_conf={"transducer_weight": 1.0, "auxiliary_ctc_weight": 0.3},
+    )
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        backend=TRANSDUCER_TARGET,
+        # score_norm: a random joint network never beats the all-blank path on raw scores.
+        decoding={
+            "beam_size": 4,
+            "beam_search_config": {"search_type": "default", "score_norm": True},
+        },
+    )
+
+
+@pytest.fixture(scope="module")
+def asr_streaming_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("asr_streaming")
+    experiment = write_random_asr_experiment(
+        root / "exp",
+        encoder="contextual_block_conformer",
+        encoder_conf=STREAMING_ENCODER,
+        ctc_weight=0.3,
+    )
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        backend=STREAMING_TARGET,
+        decoding={"beam_size": 4, "ctc_weight": 0.6, "penalty": 0.0},
+    )
+
+
+def interctc_bundle(root: Path, *, conditioning: bool) -> Path:
+    experiment = write_random_asr_experiment(
+        root / "exp",
+        encoder="conformer",
+        encoder_conf={**INTERCTC_ENCODER, "interctc_use_conditioning": conditioning},
+        ctc_weight=1.0,
+    )
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        decoding={"beam_size": 4, "ctc_weight": 1.0},
+    )
+
+
+def espnet2_class(bundle: Path) -> Any:
+    """The bundle's espnet2 class called directly, with its files and decoding options."""
+    model = yaml.safe_load((bundle / "conf" / "inference.yaml").read_text())["model"]
+    options = {k: v for k, v in model.items() if k != "_target_" and "${" not in str(v)}
+    with training_only_stand_ins():
+        return import_object(model["_target_"])(
+            asr_train_config=bundle / "exp" / "asr" / "config.yaml",
+            asr_model_file=bundle / "exp" / "asr" / "model.pth",
+            **options,
+        )
+
+
+def best(reference: Any, output: Any) -> tuple[str, tuple[int, ...]]:
+    """The best hypothesis's text and token ids in an espnet2 class's own output."""
+    if isinstance(output, tuple):  # interCTC: (n-best, {layer: tokens})
+        output = output[0]
+    if hasattr(reference, "hypotheses_to_results"):  # asr_transducer: Hypothesis objects
+        output = reference.hypotheses_to_results(output)
+    text, _, token_ids, _ = output[0]
+    return text.strip(), tuple(int(t) for t in token_ids)
+
+
+def segments_of(clips: list[np.ndarray]) -> list[AudioSegment]:
+    return [AudioSegment.whole(i, clip, SAMPLE_RATE) for i, clip in enumerate(clips)]
+
+
+@pytest.mark.parametrize(
+    ("family", "word_timestamps"), [("asr_transducer", False), ("asr_streaming", True)]
+)
+def test_an_unbatched_family_answers_as_its_espnet2_class(
+    family: str, word_timestamps: bool, request: pytest.FixtureRequest, clips: list[np.ndarray]
+):
+    bundle = request.getfixturevalue(f"{family}_bundle")
+    session = InferenceSession.from_pretrained(
+        str(bundle), batched_backend=True, prefer_model_batch=True, max_bucket_size=8
+    )
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    assert decoder.executor.family == family and not session.prefer_model_batch
+    assert decoder.word_timestamps is word_timestamps
+
+    outcomes = decoder.decode(segments_of(clips), words=word_timestamps)
+    reference = espnet2_class(bundle)
+    expected = [best(reference, reference(clip)) for clip in clips]
+    assert all(isinstance(outcome, Segment) for outcome in outcomes), outcomes
+    assert [(o.text, o.tokens) for o in outcomes] == expected  # type: ignore[union-attr]
+    assert any(text for text, _ in expected)
+    # What an output_fn would receive: the class's own object, the same hypotheses.
+    raw = session.forward_batch(clips[:2])
+    assert [best(reference, r) for r in raw] == expected[:2]
+    if word_timestamps:
+        timed = [o for o in outcomes if isinstance(o, Segment) and o.text]
+        assert timed and all(o.words for o in timed)
+
+
+@pytest.mark.parametrize("family", ["asr_transducer", "asr_streaming"])
+def test_the_shortest_input_a_family_takes_decodes(
+    family: str, request: pytest.FixtureRequest, clips: list[np.ndarray]
+):
+    session = InferenceSession.from_pretrained(str(request.getfixturevalue(f"{family}_bundle")))
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    shortest = decoder.executor.min_samples()
+    assert 0 < shortest < SAMPLE_RATE
+    (outcome,) = decoder.decode(segments_of([clips[0][:shortest]]))
+    assert isinstance(outcome, Segment), outcome
+
+
+@pytest.mark.parametrize("conditioning", [False, True], ids=["interctc", "self_conditioned"])
+def test_interctc_is_batched_and_returns_what_speech2text_returns(
+    conditioning: bool, tmp_path: Path, clips: list[np.ndarray]
+):
+    bundle = interctc_bundle(tmp_path, conditioning=conditioning)
+    session = InferenceSession.from_pretrained(
+        str(bundle), batched_backend=True, prefer_model_batch=True, max_bucket_size=8
+    )
+    assert isinstance(session.model, BatchedSpeech2Text) and session.prefer_model_batch
+    reference = espnet2_class(bundle)
+    ours, theirs = session.forward_batch(clips), [reference(clip) for clip in clips]
+    for mine, expected in zip(ours, theirs, strict=True):
+        assert isinstance(mine, tuple) and isinstance(expected, tuple)
+        assert best(reference, mine) == best(reference, expected)
+        assert mine[1] == expected[1] and set(mine[1]) == {1, 2}
+    outcomes = SegmentDecoder(session, SAMPLE_RATE).decode(segments_of(clips), words=True)
+    assert [(o.text, o.tokens) for o in outcomes] == [  # type: ignore[union-attr]
+        best(reference, expected) for expected in theirs
+    ]
+
+
+def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_transducer_bundle):
+    tts = "espnet2.bin.tts_inference.Text2Speech"
+    assert family_of(tts) is None and family_of(TRANSDUCER_TARGET) == "asr_transducer"
+    with pytest.raises(UnsupportedFamilyError) as refused:
+        executor_class(None, tts)
+    line = str(refused.value)
+    assert "\n" not in line and tts in line
+    assert all(family in line for family in ("asr", "asr_transducer", "asr_streaming"))
+
+    bundle = tmp_path / "tts"
+    (bundle / "conf").mkdir(parents=True)
+    inference = yaml.safe_load((asr_transducer_bundle / "conf" / "inference.yaml").read_text())
+    inference["model"]["_target_"] = tts
+    (bundle / "conf" / "inference.yaml").write_text(yaml.safe_dump(inference))
+    for relpath in ("meta.yaml", "exp/asr/config.yaml", "exp/asr/model.pth"):
+        (bundle / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (bundle / relpath).write_bytes((asr_transducer_bundle / relpath).read_bytes())
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    built = subprocess.run(
+        [cli, "build", str(bundle), "--name", "tts"],
+        env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert built.returncode == 1
+    assert f"Family: none served ({tts})" in built.stdout
+    assert f"{tts} is not a model family this server serves" in built.stderr
+
+
+@pytest.mark.slow
+def test_a_streaming_model_is_served_as_espnet2_decodes_it(
+    tmp_path: Path, asr_streaming_bundle: Path, clips: list[np.ndarray]
+):
+    (tmp_path / "home").mkdir()
+    env = serve_env(tmp_path / "home", model_tag="streaming:latest")
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    built = subprocess.run(
+        [cli, "build", str(asr_streaming_bundle), "--name", "streaming"],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    assert "Family: asr_streaming" in built.stdout
+    server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        served = []
+        for clip in load_heldout(CLIPS):
+            with clip.path.open("rb") as audio:
+                served.append(sdk.audio.transcriptions.create(model="streaming", file=audio).text)
+        models = httpx.get(f"{server.url}/v1/models").json()["data"]
+    finally:
+        server.stop()
+    reference = espnet2_class(asr_streaming_bundle)
+    assert served == [best(reference, reference(clip))[0] for clip in clips]
+    assert [(m["family"], m["task"]) for m in models] == [("asr_streaming", "transcribe")]
