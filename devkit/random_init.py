@@ -54,6 +54,7 @@ def write_random_asr_experiment(
     joint_net_conf: Mapping[str, Any] | None = None,
     n_mels: int = 40,
     ctc_weight: float = 0.5,
+    token_type: str = "char",
     seed: int = 0,
 ) -> AsrExperiment:
     """Build a random-initialised espnet2 ASR model and save it like a trained one.
@@ -68,6 +69,7 @@ def write_random_asr_experiment(
         joint_net_conf: Joint network options (``decoder="transducer"``).
         n_mels: Mel filterbank size of the default frontend.
         ctc_weight: Training-time CTC weight recorded in ``model_conf``.
+        token_type: ``char`` or ``word`` (how tokens join into text).
         seed: Torch seed for the initial weights.
 
     Returns:
@@ -79,7 +81,7 @@ def write_random_asr_experiment(
     from espnet2.tasks.asr import ASRTask
 
     args = ASRTask.get_parser().parse_args(["--output_dir", str(out_dir)])
-    _set_front(args, token_list, n_mels)
+    _set_front(args, token_list, n_mels, token_type)
     args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
     args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
     if joint_net_conf is not None:
@@ -103,6 +105,7 @@ def write_random_transducer_experiment(
     model_conf: Mapping[str, Any] | None = None,
     token_list: Sequence[str] = CHAR_TOKENS,
     n_mels: int = 40,
+    token_type: str = "char",
     seed: int = 0,
 ) -> AsrExperiment:
     """Build a random-initialised ``espnet2.asr_transducer`` model and save it like a trained one.
@@ -116,6 +119,7 @@ def write_random_transducer_experiment(
         model_conf: Model options (``transducer_weight``, ``auxiliary_ctc_weight``, ...).
         token_list: Output vocabulary (``<blank>`` first).
         n_mels: Mel filterbank size of the default frontend.
+        token_type: ``char`` or ``word`` (how tokens join into text).
         seed: Torch seed for the initial weights.
 
     Returns:
@@ -127,7 +131,7 @@ def write_random_transducer_experiment(
     from espnet2.tasks.asr_transducer import ASRTransducerTask
 
     args = ASRTransducerTask.get_parser().parse_args(["--output_dir", str(out_dir)])
-    _set_front(args, token_list, n_mels)
+    _set_front(args, token_list, n_mels, token_type)
     args.encoder_conf = dict(encoder_conf)
     args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
     args.joint_network_conf = dict(joint_network_conf)
@@ -139,10 +143,10 @@ def write_random_transducer_experiment(
     return _save(out_dir, args, model)
 
 
-def _set_front(args: Any, token_list: Sequence[str], n_mels: int) -> None:
-    """Vocabulary, character tokens, fbank front end, utterance MVN, no SpecAugment."""
+def _set_front(args: Any, token_list: Sequence[str], n_mels: int, token_type: str) -> None:
+    """Vocabulary and token type, fbank front end, utterance MVN, no SpecAugment."""
     args.token_list = list(token_list)
-    args.token_type = "char"
+    args.token_type = token_type
     args.input_size = None
     args.frontend = "default"
     args.frontend_conf = {"n_fft": 512, "hop_length": 160, "n_mels": n_mels}
@@ -176,6 +180,7 @@ def write_random_lm_experiment(
     token_list: Sequence[str] = CHAR_TOKENS,
     lm: str = "transformer",
     lm_conf: Mapping[str, Any],
+    token_type: str = "char",
     seed: int = 0,
 ) -> LmExperiment:
     """Build a random-initialised espnet2 language model and save it like a trained one.
@@ -185,6 +190,7 @@ def write_random_lm_experiment(
         token_list: The vocabulary (the ASR model's).
         lm: espnet2 LM name (``transformer``, ``seq_rnn``).
         lm_conf: LM options.
+        token_type: The ASR model's token type.
         seed: Torch seed for the initial weights.
 
     Returns:
@@ -197,7 +203,7 @@ def write_random_lm_experiment(
 
     args = LMTask.get_parser().parse_args(["--output_dir", str(out_dir)])
     args.token_list = list(token_list)
-    args.token_type = "char"
+    args.token_type = token_type
     args.lm, args.lm_conf = lm, dict(lm_conf)
     args.seed = seed
     torch.manual_seed(seed)

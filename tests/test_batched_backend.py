@@ -275,7 +275,13 @@ def per_sample_greedy(model, clip: np.ndarray) -> list[int]:
 
 @pytest.mark.parametrize("batch_size", BATCH_SIZES)
 def test_greedy_ctc_matches_per_sample_greedy(batch_size, real_model, heldout):
-    backend = build(real_model[0], beam_size=1, ctc_weight=1.0, max_bucket_size=batch_size)
+    backend = build(
+        real_model[0],
+        beam_size=1,
+        ctc_weight=1.0,
+        decoding="greedy_ctc",
+        max_bucket_size=batch_size,
+    )
     assert backend.greedy
     with torch.inference_mode():
         expected = [per_sample_greedy(backend.asr_model, clip) for clip in heldout]

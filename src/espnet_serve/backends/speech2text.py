@@ -28,7 +28,7 @@ from espnet_serve.backends.sample_errors import (
     UnbatchableModelError,
 )
 
-DECODING_MODES = ("auto", "beam", "greedy_ctc")
+DECODING_MODES = ("beam", "greedy_ctc")
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
 
 # One n-best list: [(text, tokens, token ids, Hypothesis), ...], as Speech2Text returns.
@@ -88,10 +88,9 @@ class BatchedSpeech2Text:
         ngram_file: Refused when set.
         lm_weight: Accepted for config compatibility; meaningless without an LM.
         ngram_weight: Accepted for config compatibility; meaningless without an n-gram.
-        decoding: ``"beam"``, ``"greedy_ctc"``, or ``"auto"`` (greedy CTC when
-            ``ctc_weight == 1.0`` and ``beam_size == 1``, else beam search).
-            Greedy CTC is the best path, which can differ from ``Speech2Text``'s
-            beam-1 CTC prefix search.
+        decoding: ``"beam"`` (``Speech2Text``'s search, the same hypotheses) or
+            ``"greedy_ctc"`` (the best CTC path: faster, and it can differ from
+            ``Speech2Text``'s beam-1 CTC prefix search, so only when asked).
         max_bucket_size: Most waveforms per bucket (one padded encoder pass).
         max_bucket_samples: Most padded audio samples per bucket
             (``size x longest``), or ``None`` for no bound.
@@ -124,7 +123,7 @@ class BatchedSpeech2Text:
         ngram_file: str | Path | None = None,
         lm_weight: float = 1.0,
         ngram_weight: float = 0.9,
-        decoding: str = "auto",
+        decoding: str = "beam",
         max_bucket_size: int = 16,
         max_bucket_samples: int | None = None,
         **unsupported: Any,
@@ -174,9 +173,7 @@ class BatchedSpeech2Text:
         self.max_bucket_size = max_bucket_size
         self.max_bucket_samples = max_bucket_samples
         self._kept: dict[int, torch.Tensor] | None = None
-        self.greedy = decoding == "greedy_ctc" or (
-            decoding == "auto" and ctc_weight == 1.0 and beam_size == 1
-        )
+        self.greedy = decoding == "greedy_ctc"
         self.options = SearchOptions(
             beam_size=beam_size,
             ctc_weight=ctc_weight,

@@ -53,7 +53,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--ctc-weight",
         type=float,
         default=None,
-        help="Override the CTC weight (1.0 with --beam-size 1: greedy CTC).",
+        help="Override the CTC weight (1.0: CTC only).",
     )
     parser.add_argument(
         TRUST_FLAG,

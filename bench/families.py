@@ -1,0 +1,478 @@
+"""The family matrix at full size: each recipe's model served as its espnet2 class decodes it.
+
+For every family, a model is built at the real size of an ESPnet egs2 recipe (the recipe's
+architecture options; random weights, their output projections scaled so that posteriors are
+peaked as a trained model's are and floating-point noise cannot flip an answer), packed as a
+published bundle (``meta.yaml`` + ``conf/inference.yaml``) and then:
+
+1. decoded by the espnet2 class called directly, one call per clip (the reference, and the
+   baseline time);
+2. loaded as the server loads it (``batched_backend=True``: the batched class where the family
+   has an exact one, else the family's own class) and decoded through the segment pipeline, all
+   clips in one call: text and token ids compared with (1), time compared with (1);
+3. with ``--served``: imported with ``espnet-serve build``, served with ``bentoml serve`` and
+   transcribed with the openai SDK, the texts compared with (1).
+
+The vocabulary is synthetic (5,000 word tokens, LibriSpeech's BPE size). Writes
+``<out>/families.json`` and ``<out>/families.md`` (the table of ``docs/model-families.md``).
+
+Example:
+    python bench/families.py --clips 16 --served
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import openai
+import torch
+
+from devkit.publish import write_bundle
+from devkit.random_init import (
+    AsrExperiment,
+    write_random_asr_experiment,
+    write_random_lm_experiment,
+    write_random_transducer_experiment,
+)
+from espnet_serve import InferenceSession
+from espnet_serve.assets import load_heldout
+from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.backends.offline import training_only_stand_ins
+from espnet_serve.bundle.imports import import_object
+from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.types import Segment
+from tests.server import serve_env, start_server
+
+SAMPLE_RATE = 16000
+VOCABULARY = ("<blank>", "<unk>", *(f"w{i}" for i in range(4997)), "<sos/eos>")
+SHARPEN = 8.0  # scale of the output projections (CTC, attention decoder, joint network)
+SHARPENED = ("ctc.ctc_lo.weight", "decoder.output_layer.weight", "joint_network.lin_out.weight")
+LIBRISPEECH = "egs2/librispeech_100/asr1/conf/"
+AISHELL = "egs2/aishell/asr1/conf/"
+SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
+CONFORMER = {
+    "output_size": 256,
+    "attention_heads": 4,
+    "input_layer": "conv2d",
+    "normalize_before": True,
+    "rel_pos_type": "latest",
+    "pos_enc_layer_type": "rel_pos",
+    "selfattention_layer_type": "rel_selfattn",
+    "activation_type": "swish",
+    "use_cnn_module": True,
+    "cnn_module_kernel": 31,
+}
+TRANSFORMER_DECODER = {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6}
+
+
+@dataclass(frozen=True)
+class Family:
+    """One row: a recipe's model and how its bundle decodes."""
+
+    name: str
+    recipe: str
+    build: Callable[[Path], AsrExperiment]
+    decoding: dict[str, Any]
+    target: str = SPEECH2TEXT
+    lm: bool = False
+
+
+def _asr(encoder: str, encoder_conf: dict, ctc_weight: float, decoder_conf=TRANSFORMER_DECODER):
+    def build(out: Path) -> AsrExperiment:
+        return write_random_asr_experiment(
+            out,
+            token_list=VOCABULARY,
+            token_type="word",
+            n_mels=80,
+            encoder=encoder,
+            encoder_conf=encoder_conf,
+            decoder_conf=decoder_conf,
+            ctc_weight=ctc_weight,
+        )
+
+    return build
+
+
+def _decoder_transducer(out: Path) -> AsrExperiment:
+    return write_random_asr_experiment(
+        out,
+        token_list=VOCABULARY,
+        token_type="word",
+        n_mels=80,
+        encoder="conformer",
+        encoder_conf={**CONFORMER, "linear_units": 1024, "num_blocks": 15, "macaron_style": True},
+        decoder="transducer",
+        decoder_conf={"rnn_type": "lstm", "num_layers": 1, "hidden_size": 256},
+        joint_net_conf={"joint_space_size": 320},
+        ctc_weight=0.3,
+    )
+
+
+def _asr_transducer(out: Path) -> AsrExperiment:
+    block = {
+        "block_type": "conformer",
+        "linear_size": 1024,
+        "hidden_size": 256,
+        "heads": 4,
+        "macaron_style": True,
+        "conv_mod_kernel_size": 31,
+        "num_blocks": 18,
+    }
+    return write_random_transducer_experiment(
+        out,
+        token_list=VOCABULARY,
+        token_type="word",
+        n_mels=80,
+        encoder_conf={
+            "main_conf": {"pos_wise_act_type": "swish", "conv_mod_act_type": "swish"},
+            "input_conf": {"vgg_like": True},
+            "body_conf": [block],
+        },
+        decoder_conf={"rnn_type": "lstm", "num_layers": 1, "embed_size": 256, "hidden_size": 256},
+        joint_network_conf={"joint_space_size": 256},
+        model_conf={"transducer_weight": 1.0, "auxiliary_ctc_weight": 0.3},
+    )
+
+
+FAMILIES = (
+    Family(
+        "conformer hybrid + transformer LM",
+        f"{LIBRISPEECH}tuning/train_asr_conformer.yaml, train_lm.yaml, decode_asr.yaml",
+        _asr(
+            "conformer",
+            {**CONFORMER, "linear_units": 2048, "num_blocks": 12, "input_layer": "conv2d6"},
+            0.3,
+        ),
+        {"beam_size": 20, "ctc_weight": 0.3, "lm_weight": 0.3},
+        lm=True,
+    ),
+    Family(
+        "e-branchformer hybrid",
+        f"{LIBRISPEECH}tuning/train_asr_e_branchformer_size256_mlp1024_linear1024_e12_"
+        "mactrue_edrop0.0_ddrop0.0.yaml, decode_asr_nolm (beam 20, ctc 0.3)",
+        _asr(
+            "e_branchformer",
+            {
+                "output_size": 256,
+                "attention_heads": 4,
+                "attention_layer_type": "rel_selfattn",
+                "pos_enc_layer_type": "rel_pos",
+                "rel_pos_type": "latest",
+                "cgmlp_linear_units": 1024,
+                "cgmlp_conv_kernel": 31,
+                "use_linear_after_conv": False,
+                "gate_activation": "identity",
+                "num_blocks": 12,
+                "input_layer": "conv2d",
+                "linear_units": 1024,
+                "positionwise_layer_type": "linear",
+                "use_ffn": True,
+                "macaron_ffn": True,
+                "merge_conv_kernel": 31,
+            },
+            0.3,
+        ),
+        {"beam_size": 20, "ctc_weight": 0.3},
+    ),
+    Family(
+        "branchformer hybrid",
+        f"{AISHELL}tuning/train_asr_branchformer_e24.yaml, beam 10, ctc 0.3",
+        _asr(
+            "branchformer",
+            {
+                "output_size": 256,
+                "use_attn": True,
+                "attention_heads": 4,
+                "attention_layer_type": "rel_selfattn",
+                "pos_enc_layer_type": "rel_pos",
+                "rel_pos_type": "latest",
+                "use_cgmlp": True,
+                "cgmlp_linear_units": 2048,
+                "cgmlp_conv_kernel": 31,
+                "use_linear_after_conv": False,
+                "gate_activation": "identity",
+                "merge_method": "concat",
+                "num_blocks": 24,
+                "input_layer": "conv2d",
+            },
+            0.3,
+        ),
+        {"beam_size": 10, "ctc_weight": 0.3},
+    ),
+    Family(
+        "conformer CTC + interCTC",
+        f"{LIBRISPEECH}tuning/train_conformer_interctc.yaml, decode_ctc_bs1 (beam 1, CTC)",
+        _asr(
+            "conformer",
+            {
+                **CONFORMER,
+                "linear_units": 1024,
+                "num_blocks": 18,
+                "macaron_style": True,
+                "interctc_layer_idx": [6, 12],
+            },
+            1.0,
+        ),
+        {"beam_size": 1, "ctc_weight": 1.0},
+    ),
+    Family(
+        "conformer, decoder: transducer",
+        f"{LIBRISPEECH}tuning/train_asr_transducer_conformer_e15_linear1024.yaml, "
+        "tuning/decode_transducer.yaml",
+        _decoder_transducer,
+        {"beam_size": 10, "transducer_conf": {"search_type": "default", "score_norm": True}},
+    ),
+    Family(
+        "espnet2.asr_transducer conformer-RNN",
+        f"{LIBRISPEECH}tuning/transducer/train_conformer-rnn_transducer.yaml, "
+        "tuning/transducer/decode.yaml (+ score_norm)",
+        _asr_transducer,
+        {"beam_size": 5, "beam_search_config": {"search_type": "default", "score_norm": True}},
+        target="espnet2.bin.asr_transducer_inference.Speech2Text",
+    ),
+    Family(
+        "contextual-block streaming conformer (whole utterances)",
+        f"{AISHELL}train_asr_streaming_conformer.yaml, decode_asr_streaming2.yaml (no LM)",
+        _asr(
+            "contextual_block_conformer",
+            {
+                "output_size": 256,
+                "attention_heads": 4,
+                "linear_units": 2048,
+                "num_blocks": 12,
+                "input_layer": "conv2d",
+                "normalize_before": True,
+                "activation_type": "swish",
+                "macaron_style": True,
+                "use_cnn_module": True,
+                "cnn_module_kernel": 15,
+                "block_size": 40,
+                "hop_size": 16,
+                "look_ahead": 16,
+                "init_average": True,
+                "ctx_pos_enc": True,
+            },
+            0.3,
+        ),
+        {"beam_size": 20, "ctc_weight": 0.6, "penalty": 0.0},
+        target="espnet2.bin.asr_inference_streaming.Speech2TextStreaming",
+    ),
+)
+
+
+@dataclass
+class Row:
+    """One family's results."""
+
+    family: str
+    recipe: str
+    inference_class: str
+    loads: bool = False
+    served_family: str = ""
+    equal_in_process: bool = False
+    clips: int = 0
+    batched: bool = False
+    word_times: bool = False
+    espnet2_seconds: float = 0.0
+    served_path_seconds: float = 0.0
+    speedup: float = 0.0
+    served_over_http: bool | None = None
+    error: str = ""
+    mismatches: list[str] = field(default_factory=list)
+
+
+def _sharpen(model_file: Path) -> None:
+    state = torch.load(model_file, map_location="cpu")
+    for key in SHARPENED:
+        if key in state:
+            state[key] = state[key] * SHARPEN
+    torch.save(state, model_file)
+
+
+def _bundle(family: Family, root: Path) -> Path:
+    experiment = family.build(root / "exp")
+    _sharpen(experiment.asr_model_file)
+    lm = {}
+    if family.lm:
+        written = write_random_lm_experiment(
+            root / "lm",
+            token_list=VOCABULARY,
+            token_type="word",
+            lm_conf={
+                "pos_enc": None,
+                "embed_unit": 128,
+                "att_unit": 512,
+                "head": 8,
+                "unit": 2048,
+                "layer": 16,
+            },
+        )
+        lm = {"lm_train_config": written.lm_train_config, "lm_file": written.lm_file}
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        backend=family.target,
+        decoding={**family.decoding, "device": "cpu"},
+        **lm,
+    )
+
+
+def _reference(bundle: Path, family: Family) -> Any:
+    options = {**family.decoding, "device": "cpu"}
+    if family.lm:
+        options |= {
+            "lm_train_config": bundle / "exp/lm/config.yaml",
+            "lm_file": bundle / "exp/lm/model.pth",
+        }
+    with training_only_stand_ins():
+        return import_object(family.target)(
+            asr_train_config=bundle / "exp/asr/config.yaml",
+            asr_model_file=bundle / "exp/asr/model.pth",
+            **options,
+        )
+
+
+def _best(reference: Any, output: Any) -> tuple[str, tuple[int, ...]]:
+    if isinstance(output, tuple):
+        output = output[0]
+    if hasattr(reference, "hypotheses_to_results"):
+        output = reference.hypotheses_to_results(output)
+    text, _, token_ids, _ = output[0]
+    return (text or "").strip(), tuple(int(t) for t in token_ids)
+
+
+def _served(bundle: Path, clips: list, home: Path) -> list[str]:
+    env = serve_env(home, model_tag="family:latest")
+    cli = str(Path(sys.executable).with_name("espnet-serve"))
+    subprocess.run(
+        [cli, "build", str(bundle), "--name", "family"],
+        env={**os.environ, **env},
+        check=True,
+        capture_output=True,
+    )
+    server = start_server("service:ApiService", env=env, log_path=home / "serve.log", timeout=900)
+    try:
+        sdk = openai.OpenAI(
+            base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600
+        )
+        texts = []
+        for clip in clips:
+            with clip.path.open("rb") as audio:
+                texts.append(sdk.audio.transcriptions.create(model="family", file=audio).text)
+        return texts
+    finally:
+        server.stop()
+
+
+def run_family(family: Family, clips: list, waves: list[np.ndarray], served: bool) -> Row:
+    row = Row(family.name, family.recipe, family.target, clips=len(waves))
+    with tempfile.TemporaryDirectory(prefix="family-") as scratch:
+        bundle = _bundle(family, Path(scratch))
+        reference = _reference(bundle, family)
+        reference(waves[0])  # warm
+        started = time.perf_counter()
+        expected = [_best(reference, reference(wave)) for wave in waves]
+        row.espnet2_seconds = round(time.perf_counter() - started, 3)
+        try:
+            session = InferenceSession.from_pretrained(
+                str(bundle),
+                batched_backend=True,
+                prefer_model_batch=True,
+                max_bucket_size=len(waves),
+            )
+            decoder = SegmentDecoder(session, SAMPLE_RATE)
+        except Exception as exc:  # a row that does not load is a result
+            row.error = f"{type(exc).__name__}: {exc}"
+            return row
+        row.loads, row.served_family = True, decoder.executor.family
+        row.batched, row.word_times = session.prefer_model_batch, decoder.word_timestamps
+        segments = [AudioSegment.whole(i, wave, SAMPLE_RATE) for i, wave in enumerate(waves)]
+        decoder.decode(segments[:1])  # warm
+        started = time.perf_counter()
+        outcomes = decoder.decode(segments)
+        row.served_path_seconds = round(time.perf_counter() - started, 3)
+        row.speedup = round(row.espnet2_seconds / row.served_path_seconds, 2)
+        ours = [(o.text, o.tokens) if isinstance(o, Segment) else ("<error>", ()) for o in outcomes]
+        row.mismatches = [
+            f"{i}: {o} != {e}"
+            for i, (o, e) in enumerate(zip(ours, expected, strict=True))
+            if o != e
+        ]
+        row.equal_in_process = not row.mismatches
+        if served:
+            texts = _served(bundle, clips[:8], Path(scratch) / "home")
+            row.served_over_http = texts == [text for text, _ in expected[:8]]
+    return row
+
+
+def table(rows: list[Row]) -> str:
+    lines = [
+        "| family | egs2 recipe config | served as | loads | served == espnet2 | "
+        "batched and exact? | speed-up, one call for all clips vs one per clip | word times |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        equal = "yes" if row.equal_in_process else f"**no** ({len(row.mismatches)} clips)"
+        if row.served_over_http is not None:
+            equal += ", and over HTTP" if row.served_over_http else ", **not over HTTP**"
+        batched = (
+            ("yes, " + ("exact" if row.equal_in_process else "**not exact**"))
+            if row.batched
+            else "no: one clip at a time"
+        )
+        lines.append(
+            f"| {row.family} | `{row.recipe}` | `{row.served_family or '-'}` | "
+            f"{'yes' if row.loads else 'no: ' + row.error} | {equal} | {batched} | "
+            f"{row.speedup:.2f}x ({row.clips} clips) | {'yes' if row.word_times else 'no'} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--clips", type=int, default=16, help="held-out clips per family")
+    parser.add_argument("--only", action="append", help="family names containing this text")
+    parser.add_argument("--served", action="store_true", help="also serve each model over HTTP")
+    parser.add_argument("--out", type=Path, default=Path("bench/results/families"))
+    args = parser.parse_args()
+    torch.set_num_threads(os.cpu_count() or 1)
+    clips = load_heldout(args.clips)
+    waves = [clip.read_audio(SAMPLE_RATE) for clip in clips]
+    args.out.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for family in FAMILIES:
+        if args.only and not any(part in family.name for part in args.only):
+            continue
+        print(f"== {family.name}", flush=True)
+        rows.append(run_family(family, clips, waves, args.served))
+        print(json.dumps(asdict(rows[-1])), flush=True)
+        result = {
+            "machine": {
+                "platform": platform.platform(),
+                "cpus": os.cpu_count(),
+                "torch": torch.__version__,
+            },
+            "audio_seconds": round(sum(len(w) for w in waves) / SAMPLE_RATE, 2),
+            "rows": [asdict(row) for row in rows],
+        }
+        (args.out / "families.json").write_text(json.dumps(result, indent=2), encoding="utf-8")
+        (args.out / "families.md").write_text(table(rows), encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()
