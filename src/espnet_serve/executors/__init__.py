@@ -81,7 +81,7 @@ def executor_for(session: Any, family: str | None = None) -> Executor:
         return executor_class(family)(session)
     backend = type(session.model)
     names = [f"{base.__module__}.{base.__qualname__}" for base in backend.__mro__]
-    found = next((family_of(name) for name in names if family_of(name)), None)
+    found = next((family for family in map(family_of, names) if family), None)
     return executor_class(found, names[0])(session)
 
 
