@@ -37,7 +37,7 @@ from espnet_serve.bundle.imports import import_object
 from espnet_serve.executors import UnsupportedFamilyError, executor_class, family_of
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
-from tests.server import serve_env, start_server
+from tests.server import serve_env, start_server, wait_for
 
 SAMPLE_RATE = 16000
 CLIPS = 8
@@ -257,34 +257,67 @@ def test_interctc_is_batched_and_returns_what_speech2text_returns(
     ]
 
 
-def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_transducer_bundle):
-    tts = "espnet2.bin.tts_inference.Text2Speech"
-    assert family_of(tts) is None and family_of(TRANSDUCER_TARGET) == "asr_transducer"
-    with pytest.raises(UnsupportedFamilyError) as refused:
-        executor_class(None, tts)
-    line = str(refused.value)
-    assert "\n" not in line and tts in line
-    assert all(family in line for family in ("asr", "asr_transducer", "asr_streaming"))
+TTS = "espnet2.bin.tts_inference.Text2Speech"
 
-    bundle = tmp_path / "tts"
-    (bundle / "conf").mkdir(parents=True)
-    inference = yaml.safe_load((asr_transducer_bundle / "conf" / "inference.yaml").read_text())
-    inference["model"]["_target_"] = tts
-    (bundle / "conf" / "inference.yaml").write_text(yaml.safe_dump(inference))
+
+def unserved_bundle(root: Path, like: Path) -> Path:
+    """``like``'s files, its inference config naming a class no executor serves."""
+    inference = yaml.safe_load((like / "conf" / "inference.yaml").read_text())
+    inference["model"]["_target_"] = TTS
     for relpath in ("meta.yaml", "exp/asr/config.yaml", "exp/asr/model.pth"):
-        (bundle / relpath).parent.mkdir(parents=True, exist_ok=True)
-        (bundle / relpath).write_bytes((asr_transducer_bundle / relpath).read_bytes())
+        (root / relpath).parent.mkdir(parents=True, exist_ok=True)
+        (root / relpath).write_bytes((like / relpath).read_bytes())
+    (root / "conf").mkdir(parents=True, exist_ok=True)
+    (root / "conf" / "inference.yaml").write_text(yaml.safe_dump(inference))
+    return root
+
+
+def build(bundle: Path, name: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     cli = str(Path(sys.executable).with_name("espnet-serve"))
-    built = subprocess.run(
-        [cli, "build", str(bundle), "--name", "tts"],
-        env={**os.environ, "BENTOML_HOME": str(tmp_path / "home")},
+    return subprocess.run(
+        [cli, "build", str(bundle), "--name", name],
+        env={**os.environ, **env},
         capture_output=True,
         text=True,
         check=False,
     )
+
+
+def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_transducer_bundle):
+    assert family_of(TTS) is None and family_of(TRANSDUCER_TARGET) == "asr_transducer"
+    with pytest.raises(UnsupportedFamilyError) as refused:
+        executor_class(None, TTS)
+    line = str(refused.value)
+    assert "\n" not in line and TTS in line
+    assert all(family in line for family in ("asr", "asr_transducer", "asr_streaming"))
+
+    bundle = unserved_bundle(tmp_path / "tts", asr_transducer_bundle)
+    built = build(bundle, "tts", {"BENTOML_HOME": str(tmp_path / "home")})
     assert built.returncode == 1
-    assert f"Family: none served ({tts})" in built.stdout
-    assert f"{tts} is not a model family this server serves" in built.stderr
+    assert f"Family: none served ({TTS})" in built.stdout
+    assert f"{TTS} is not a model family this server serves" in built.stderr
+
+
+@pytest.mark.slow
+def test_a_stored_model_of_an_unserved_class_leaves_the_server_unready_saying_why(
+    tmp_path: Path, asr_transducer_bundle: Path
+):
+    (tmp_path / "home").mkdir()
+    env = serve_env(tmp_path / "home", model_tag="tts:latest")
+    assert build(unserved_bundle(tmp_path / "tts", asr_transducer_bundle), "tts", env).returncode
+    server = start_server(
+        "service:ApiService", env=env, log_path=tmp_path / "serve.log", wait_ready=False
+    )
+    try:
+        unready = wait_for(server, lambda r: "not a model family" in r.text, timeout=120)
+        log = server.log()
+    finally:
+        server.stop()
+    assert unready is not None, log
+    assert unready.status_code == 503 and TTS in unready.text
+    assert set(server.readyz_statuses) == {503}
+    assert f"{TTS} is not a model family this server serves" in log
+    assert "Traceback" not in log  # one line, not a stack
 
 
 @pytest.mark.slow
