@@ -18,6 +18,9 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
+BIND_ATTEMPTS = 3
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -66,23 +69,33 @@ def start_server(
     Every ``/readyz`` status seen before that is recorded (503 while the model loads).
     With ``wait_ready=False`` it returns as soon as the process is started.
     """
-    port = free_port()
-    log = log_path.open("wb")
-    process = subprocess.Popen(
-        [*command, target, "--host", "127.0.0.1", "--port", str(port), *extra_args],
-        cwd=cwd,
-        env={**os.environ, **env},
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    server = BentoServer(process=process, port=port, log_path=log_path)
-    if not wait_ready:
+    for attempt in range(BIND_ATTEMPTS):
+        port = free_port()
+        log = log_path.open("wb")
+        process = subprocess.Popen(
+            [*command, target, "--host", "127.0.0.1", "--port", str(port), *extra_args],
+            cwd=cwd,
+            env={**os.environ, **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        server = BentoServer(process=process, port=port, log_path=log_path)
+        if not wait_ready:
+            return server
+        try:
+            ready = wait_for(server, lambda response: response.status_code == 200, timeout)
+        except RuntimeError:
+            # A free port can be taken between free_port() and the bind (here or by BentoML's
+            # own port choice for a service): start again on another one.
+            if "Address already in use" not in server.log() or attempt == BIND_ATTEMPTS - 1:
+                raise
+            continue
+        if ready is None:
+            server.stop()
+            raise TimeoutError(f"bentoml serve not ready after {timeout} s:\n{server.log()}")
         return server
-    if wait_for(server, lambda response: response.status_code == 200, timeout) is None:
-        server.stop()
-        raise TimeoutError(f"bentoml serve not ready after {timeout} s:\n{server.log()}")
-    return server
+    raise AssertionError("unreachable")
 
 
 def wait_for(
