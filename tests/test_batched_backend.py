@@ -12,14 +12,20 @@ from unittest import mock
 import numpy as np
 import pytest
 import torch
+import yaml
 from espnet.nets.ctc_prefix_score import CTCPrefixScoreTH
 from espnet2.bin.asr_inference import Speech2Text
 
 from devkit.publish import write_bundle
-from devkit.random_init import AsrExperiment, write_random_asr_experiment
+from devkit.random_init import (
+    AsrExperiment,
+    write_random_asr_experiment,
+    write_random_lm_experiment,
+)
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
 from espnet_serve.backends import BatchedSpeech2Text, SampleError
+from espnet_serve.backends.beam_search import check_lm_supported
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer
 from espnet_serve.backends.encoding import encode_padded, extract_features
@@ -266,6 +272,59 @@ def test_beam_search_length_limits_penalty_and_normalisation(hybrid, heldout):
     assert [token_ids(o) for o in ours] == [token_ids(s2t(c)) for c in clips]
 
 
+# librispeech_100's conf/train_lm.yaml is a transformer LM; seq_rnn LMs (LSTM, GRU) are the
+# other espnet2 language models. Reduced sizes, random weights, the trained hybrid's vocabulary.
+LANGUAGE_MODELS = {
+    "transformer": (
+        "transformer",
+        {"pos_enc": None, "embed_unit": 32, "att_unit": 64, "head": 2, "unit": 128, "layer": 2},
+    ),
+    "lstm": ("seq_rnn", {"unit": 64, "nlayers": 2, "rnn_type": "lstm"}),
+    "gru": ("seq_rnn", {"unit": 64, "nlayers": 1, "rnn_type": "gru"}),
+}
+
+
+@pytest.mark.parametrize("language_model", sorted(LANGUAGE_MODELS))
+def test_language_model_fusion_matches_speech2text(language_model, hybrid, heldout, tmp_path):
+    """Shallow fusion in the padded batch: Speech2Text's n-best, token ids and scorers."""
+    name, conf = LANGUAGE_MODELS[language_model]
+    config = yaml.safe_load(hybrid.asr_train_config.read_text())
+    lm = write_random_lm_experiment(
+        tmp_path / "lm", token_list=config["token_list"], lm=name, lm_conf=conf
+    )
+    options = {
+        "beam_size": 4,
+        "ctc_weight": 0.3,
+        "lm_weight": 0.5,
+        "nbest": 2,
+        "lm_train_config": lm.lm_train_config,
+        "lm_file": lm.lm_file,
+    }
+    clips = heldout[:21]
+    backend = build(hybrid, max_bucket_size=7, **options)
+    assert backend.lm is not None
+    ours = in_calls(backend, clips, 7)
+    s2t = reference(hybrid, **options)
+    expected = [s2t(clip) for clip in clips]
+    assert [[entry[:3] for entry in nbest] for nbest in ours] == [
+        [entry[:3] for entry in nbest] for nbest in expected
+    ]
+    for nbest, ref_nbest in zip(ours, expected, strict=True):
+        for (*_, hyp), (*_, ref_hyp) in zip(nbest, ref_nbest, strict=True):
+            assert set(hyp.scores) == set(ref_hyp.scores) >= {"decoder", "ctc", "lm"}
+            assert float(hyp.scores["lm"]) == pytest.approx(float(ref_hyp.scores["lm"]), abs=1e-3)
+
+
+def test_language_model_weight_zero_decodes_without_it(tiny_experiment, clips, tmp_path):
+    lm = write_random_lm_experiment(tmp_path / "lm", lm_conf=LANGUAGE_MODELS["transformer"][1])
+    files = {"lm_train_config": lm.lm_train_config, "lm_file": lm.lm_file}
+    backend = build(tiny_experiment, max_bucket_size=4, lm_weight=0.0, **files, **BEAM)
+    assert backend.lm is None
+    assert [token_ids(o) for o in backend(clips[:4])] == [
+        token_ids(o) for o in build(tiny_experiment, max_bucket_size=4, **BEAM)(clips[:4])
+    ]
+
+
 def per_sample_greedy(model, clip: np.ndarray) -> list[int]:
     wave = torch.from_numpy(clip)[None]
     enc, _ = model.encode(wave, torch.tensor([wave.size(1)]))
@@ -345,9 +404,19 @@ def test_failing_bucket_is_split_and_only_the_culprit_fails(tiny_experiment, cli
     assert all(isinstance(out[i], list) and out[i] for i in (0, 1, 3))
 
 
-def test_refuses_unsupported_options(tiny_experiment):
-    with pytest.raises(NotImplementedError, match="language-model"):
-        build(tiny_experiment, lm_train_config="lm.yaml", lm_file="lm.pth")
+def test_refuses_unsupported_options(tiny_experiment, tmp_path):
+    with pytest.raises(NotImplementedError, match="n-gram"):
+        build(tiny_experiment, ngram_file="lm.arpa")
+    lm = write_random_lm_experiment(tmp_path / "lm", lm_conf=LANGUAGE_MODELS["transformer"][1])
+    with pytest.raises(NotImplementedError, match="greedy_ctc ignores the language model"):
+        build(
+            tiny_experiment,
+            decoding="greedy_ctc",
+            lm_train_config=lm.lm_train_config,
+            lm_file=lm.lm_file,
+        )
+    with pytest.raises(NotImplementedError, match="TransformerLM and SequentialRNNLM"):
+        check_lm_supported(torch.nn.Linear(1, 1))
     with pytest.raises(ValueError, match="CUDA"):
         build(tiny_experiment, dtype="float16", device="cpu")
     with pytest.raises(ValueError, match="decoding"):

@@ -1,12 +1,16 @@
-"""Families the batched backend cannot decode exactly: one clip at a time, as espnet2 does.
+"""Two egs2/librispeech_100 ``Speech2Text`` recipes at reduced sizes, served as espnet2 does.
 
-Two egs2/librispeech_100 recipes at reduced sizes (their options as they are, dimensions and
-depths cut): the conformer transducer (``decoder: transducer``,
-``conf/tuning/train_asr_transducer_conformer_e15_linear1024.yaml`` with
-``conf/tuning/decode_transducer.yaml``), and a hybrid decoded with its transformer language model
-(``conf/train_lm.yaml``, ``conf/decode_asr.yaml``). Nothing training-only is installed
-(``warprnnt_pytorch``, which espnet2 imports to build a transducer). With ``batched_backend``,
-the session builds espnet2's own ``Speech2Text``, says why, and answers exactly as it does.
+Their options as they are, dimensions and depths cut:
+
+- the conformer transducer (``decoder: transducer``,
+  ``conf/tuning/train_asr_transducer_conformer_e15_linear1024.yaml`` with
+  ``conf/tuning/decode_transducer.yaml``), which the batched backend cannot decode: with
+  ``batched_backend`` the session builds espnet2's own ``Speech2Text``, says why, and decodes one
+  clip at a time. Nothing training-only is installed (``warprnnt_pytorch``, which espnet2 imports
+  to build a transducer).
+- a hybrid decoded with its transformer language model (``conf/train_lm.yaml``,
+  ``conf/decode_asr.yaml``), which the batched backend decodes in padded batches with the
+  language model fused.
 """
 
 from __future__ import annotations
@@ -132,15 +136,13 @@ def clips() -> list:
     return [clip.read_audio(SAMPLE_RATE) for clip in load_heldout(CLIPS)]
 
 
-@pytest.mark.parametrize("family", ["transducer", "lm"])
-def test_unbatchable_family_is_served_one_clip_at_a_time_as_espnet2_decodes_it(
-    family: str,
-    request: pytest.FixtureRequest,
+def test_a_transducer_is_served_one_clip_at_a_time_as_espnet2_decodes_it(
+    transducer_bundle: Path,
     clips: list,
     caplog: pytest.LogCaptureFixture,
     monkeypatch: pytest.MonkeyPatch,
 ):
-    bundle = request.getfixturevalue(f"{family}_bundle")
+    bundle = transducer_bundle
     assert importlib.util.find_spec("warprnnt_pytorch") is None  # nothing training-only
     # BentoML's CLI logging config (dictConfig, disable_existing_loggers), run in-process by
     # `bentoml build` in an earlier test module, disables the loggers that exist by then.
@@ -154,6 +156,19 @@ def test_unbatchable_family_is_served_one_clip_at_a_time_as_espnet2_decodes_it(
     assert "warprnnt_pytorch" not in sys.modules  # the stand-in lived only while building
     ours = answers(session.forward_batch(clips))
     assert ours == answers([espnet2_reference(bundle)(clip) for clip in clips])
+    assert any(text for nbest in ours for text, _ in nbest)
+
+
+def test_a_hybrid_with_its_language_model_is_batched_and_answers_as_espnet2(
+    lm_bundle: Path, clips: list
+):
+    session = InferenceSession.from_pretrained(
+        str(lm_bundle), batched_backend=True, prefer_model_batch=True, max_bucket_size=8
+    )
+    assert isinstance(session.model, BatchedSpeech2Text) and session.prefer_model_batch
+    assert session.model.lm is not None
+    ours = answers(session.forward_batch(clips))
+    assert ours == answers([espnet2_reference(lm_bundle)(clip) for clip in clips])
     assert any(text for nbest in ours for text, _ in nbest)
 
 

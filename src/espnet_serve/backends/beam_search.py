@@ -2,13 +2,16 @@
 
 Reproduces ``espnet.nets.batch_beam_search.BatchBeamSearch`` as
 ``Speech2Text`` configures it (scorers ``decoder``, ``ctc`` as a partial
-scorer, ``length_bonus``; ``pre_beam_score_key="full"`` unless CTC only), for
+scorer, ``length_bonus``, a language model ``lm``; ``pre_beam_score_key="full"``
+unless CTC only), for
 every utterance of a bucket at once. The running hypotheses of all utterances
 are rows of one batch (an utterance has one row at the first step, then at most
 ``beam_size``); each row knows its utterance and its rank (slot) in that
 utterance's beam. Per utterance and step, as in ``BatchBeamSearch``:
 
-- weighted scores = ``(1 - ctc_weight) * decoder + penalty`` (full scorers),
+- weighted scores = ``(1 - ctc_weight) * decoder + penalty + lm_weight * lm``
+  (full scorers, summed in that order; the language model scores every row in
+  one ``batch_score`` call, the call ``BatchBeamSearch`` makes per utterance),
   pre-beam = top ``int(1.5 * beam_size)`` of those per hypothesis, then
   ``+ ctc_weight * ctc`` (CTC prefix scores of the pre-beam tokens and
   ``<eos>``), then ``+`` the hypothesis' running score;
@@ -49,6 +52,7 @@ class SearchOptions:
         beam_size: Hypotheses kept per utterance.
         ctc_weight: CTC weight; the decoder gets ``1 - ctc_weight``.
         penalty: Length bonus per token.
+        lm_weight: Language-model weight (used when the search has a language model).
         maxlenratio: Maximum output length as a ratio of encoder frames
             (0: encoder frames, with end detection; < 0: absolute length).
         minlenratio: Minimum output length, likewise (< 0: absolute).
@@ -62,6 +66,7 @@ class SearchOptions:
     beam_size: int
     ctc_weight: float
     penalty: float
+    lm_weight: float
     maxlenratio: float
     minlenratio: float
     normalize_length: bool
@@ -110,6 +115,7 @@ class _Beams:
     scores: dict[str, torch.Tensor]  # per-scorer accumulated scores (rows,)
     decoder_cache: KVCache | None
     ctc_state: CTCState | None
+    lm_states: list[Any] | None  # the language model's state of each row, as it returns them
 
 
 @dataclass(frozen=True)
@@ -175,17 +181,38 @@ class _EndDetector:
         )
 
 
+def check_lm_supported(lm: Any) -> None:
+    """Raise ``NotImplementedError`` unless ``lm`` is one of espnet2's own language models.
+
+    Supported: ``TransformerLM`` and ``SequentialRNNLM``, whose ``batch_score``
+    (what ``BatchBeamSearch`` calls) reads only the prefixes and their states, so
+    rows of different utterances can share one call.
+    """
+    from espnet2.lm.seq_rnn_lm import SequentialRNNLM
+    from espnet2.lm.transformer_lm import TransformerLM
+
+    if type(lm) not in (TransformerLM, SequentialRNNLM):
+        raise NotImplementedError(
+            f"BatchedSpeech2Text fuses espnet2's TransformerLM and SequentialRNNLM language "
+            f"models; this model has {type(lm).__name__}. Use "
+            "espnet2.bin.asr_inference.Speech2Text."
+        )
+
+
 class BatchJointSearch:
     """Joint CTC/attention beam search for a bucket of encoded utterances.
 
     Args:
         asr_model: The espnet2 ASR model (``decoder``, ``ctc``).
         options: Search settings.
+        lm: A language model with espnet's ``batch_score`` (see
+            :func:`check_lm_supported`), fused with ``options.lm_weight``; or ``None``.
     """
 
-    def __init__(self, asr_model: Any, options: SearchOptions) -> None:
+    def __init__(self, asr_model: Any, options: SearchOptions, lm: Any | None = None) -> None:
         self.asr_model = asr_model
         self.options = options
+        self.lm = lm
 
     def __call__(self, enc: torch.Tensor, lengths: torch.Tensor) -> list[list[Any]]:
         """Decode every utterance of a padded bucket.
@@ -236,6 +263,7 @@ class BatchJointSearch:
                 ("decoder", decoder is not None),
                 ("ctc", ctc is not None),
                 ("length_bonus", options.penalty != 0.0),
+                ("lm", self.lm is not None),
             )
             if used
         ]
@@ -248,17 +276,18 @@ class BatchJointSearch:
             scores={name: torch.zeros(n_utt, device=device) for name in names},
             decoder_cache=None,
             ctc_state=ctc.initial_state(row_utt) if ctc is not None else None,
+            lm_states=[self.lm.init_state(None)] * n_utt if self.lm is not None else None,
         )
         ended: list[list[_Ended]] = [[] for _ in range(n_utt)]
         detectors = [_EndDetector() for _ in range(n_utt)]
         step = 0
         while beams.utterances.numel() > 0:
-            new_cache, ctc_scores, selection = self._select(beams, step, decoder, ctc)
+            new_cache, ctc_scores, lm_states, selection = self._select(beams, step, decoder, ctc)
             done, survivors = self._post_process(
                 beams, selection, step, maxlen, minlen, ended, detectors
             )
             beams = self._advance(
-                beams, selection, survivors, done, new_cache, ctc_scores, decoder, ctc
+                beams, selection, survivors, done, new_cache, ctc_scores, lm_states, decoder, ctc
             )
             step += 1
         return [
@@ -284,7 +313,7 @@ class BatchJointSearch:
         step: int,
         decoder: BatchDecoderStep | None,
         ctc: BatchCTCPrefixScorer | None,
-    ) -> tuple[KVCache | None, CTCScores | None, _Selection]:
+    ) -> tuple[KVCache | None, CTCScores | None, list[Any] | None, _Selection]:
         """Score every row's extensions and pick each utterance's new beam.
 
         With a pre-beam, only the pre-beam tokens and ``<eos>`` of each row are
@@ -307,6 +336,12 @@ class BatchJointSearch:
         if options.penalty != 0.0:
             local["length_bonus"] = torch.ones(1, device=device).expand(rows, vocab)
             full += options.penalty * local["length_bonus"]
+        lm_states = None
+        if self.lm is not None:
+            # espnet's language models ignore ``xs`` (the encoder output): check_lm_supported.
+            logp, lm_states = self.lm.batch_score(beams.yseq, beams.lm_states, None)
+            local["lm"] = logp.float()
+            full += options.lm_weight * local["lm"]
         candidates = None  # token id of each candidate column; None: column == token
         if options.pre_beam_size is not None:
             pre_ids = torch.topk(full, options.pre_beam_size, dim=-1)[1]
@@ -344,7 +379,7 @@ class BatchJointSearch:
             picked = columns if name == "ctc" else tokens
             scores[name] = acc[parents] + local[name][parents, picked]
         selection = _Selection(parents, columns, tokens, top_scores.view(-1), scores)
-        return new_cache, ctc_scores, selection
+        return new_cache, ctc_scores, lm_states, selection
 
     def _post_process(
         self,
@@ -401,6 +436,7 @@ class BatchJointSearch:
         done: torch.Tensor,
         new_cache: KVCache | None,
         ctc_scores: CTCScores | None,
+        lm_states: list[Any] | None,
         decoder: BatchDecoderStep | None,
         ctc: BatchCTCPrefixScorer | None,
     ) -> _Beams:
@@ -434,4 +470,5 @@ class BatchJointSearch:
             if new_cache is None
             else BatchDecoderStep.reorder(new_cache, parents),
             ctc_state=ctc_state,
+            lm_states=None if lm_states is None else [lm_states[p] for p in parents.tolist()],
         )

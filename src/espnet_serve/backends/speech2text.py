@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions
+from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions, check_lm_supported
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
     encode_padded_layers,
@@ -51,8 +51,9 @@ class BatchedSpeech2Text:
     ``max_bucket_size`` per bucket); each bucket is encoded in one padded
     encoder forward (see :mod:`espnet_serve.backends.encoding`) and decoded
     together: greedy CTC, or joint CTC/attention beam search vectorised over
-    utterances x beams (:mod:`espnet_serve.backends.beam_search`) that
-    reproduces ``Speech2Text``'s hypotheses and scores.
+    utterances x beams (:mod:`espnet_serve.backends.beam_search`), with
+    language-model shallow fusion, that reproduces ``Speech2Text``'s hypotheses
+    and scores.
 
     Per-sample errors: a waveform that cannot be decoded (not a 1-D numeric
     array, empty, NaN/inf, too short for the encoder's subsampling, or failing
@@ -61,9 +62,9 @@ class BatchedSpeech2Text:
     raises it instead.
 
     Not supported (refused at construction with :class:`UnbatchableModelError`, a
-    ``NotImplementedError``): language models / n-grams (shallow fusion), transducer
-    models, attention decoders other than espnet2's transformer family, and the other
-    options of ``Speech2Text``.
+    ``NotImplementedError``): n-grams, language models other than espnet2's
+    transformer and RNN LMs, transducer models, attention decoders other than
+    espnet2's transformer family, and the other options of ``Speech2Text``.
 
     One call at a time per instance: during a call, hooks on the shared
     encoder make padded batches exact (see :mod:`espnet_serve.backends.encoding`).
@@ -83,10 +84,10 @@ class BatchedSpeech2Text:
         normalize_length: Rank ended hypotheses by score per token.
         token_type: Token type override (default: the training config's).
         bpemodel: BPE model override (default: the training config's).
-        lm_train_config: Refused when set (no LM support).
-        lm_file: Refused when set.
-        ngram_file: Refused when set.
-        lm_weight: Accepted for config compatibility; meaningless without an LM.
+        lm_train_config: Language-model training config, for shallow fusion.
+        lm_file: Language-model weights.
+        ngram_file: Refused when set (no n-gram support).
+        lm_weight: Language-model weight (0: the language model is not used).
         ngram_weight: Accepted for config compatibility; meaningless without an n-gram.
         decoding: ``"beam"`` (``Speech2Text``'s search, the same hypotheses) or
             ``"greedy_ctc"`` (the best CTC path: faster, and it can differ from
@@ -131,7 +132,7 @@ class BatchedSpeech2Text:
         block_runtime_downloads()
         from espnet2.bin.asr_inference import Speech2Text
 
-        del lm_weight, ngram_weight  # only meaningful with the refused LM / n-gram
+        del ngram_weight  # only meaningful with the refused n-gram
         if unsupported:
             raise UnbatchableModelError(
                 f"BatchedSpeech2Text does not implement the Speech2Text options "
@@ -143,17 +144,20 @@ class BatchedSpeech2Text:
             raise ValueError(f"dtype must be float32, float16 or bfloat16, got {dtype!r}.")
         if dtype in HALF_DTYPES and not str(device).startswith("cuda"):
             raise ValueError(f"dtype={dtype} needs a CUDA device (got device={device!r}).")
-        if lm_train_config is not None or lm_file is not None or ngram_file is not None:
+        if ngram_file is not None:
             raise UnbatchableModelError(
-                "BatchedSpeech2Text does not support language-model or n-gram shallow fusion "
-                "(lm_train_config / lm_file / ngram_file). Remove them from the inference "
-                "config, or use espnet2.bin.asr_inference.Speech2Text."
+                "BatchedSpeech2Text does not support n-gram shallow fusion (ngram_file). "
+                "Remove it from the inference config, or use "
+                "espnet2.bin.asr_inference.Speech2Text."
             )
         if max_bucket_size < 1:
             raise ValueError(f"max_bucket_size must be at least 1, got {max_bucket_size}.")
         reference = Speech2Text(
             asr_train_config=asr_train_config,
             asr_model_file=asr_model_file,
+            lm_train_config=lm_train_config,
+            lm_file=lm_file,
+            lm_weight=lm_weight,
             token_type=token_type,
             bpemodel=bpemodel,
             device=device,
@@ -165,6 +169,8 @@ class BatchedSpeech2Text:
         )
         self.asr_model = reference.asr_model
         self.asr_train_args = reference.asr_train_args
+        # The language model as Speech2Text fuses it (absent when lm_weight is 0).
+        self.lm = reference.beam_search.full_scorers.get("lm")
         self.converter = reference.converter
         self.tokenizer = reference.tokenizer
         self.device = device
@@ -178,6 +184,7 @@ class BatchedSpeech2Text:
             beam_size=beam_size,
             ctc_weight=ctc_weight,
             penalty=penalty,
+            lm_weight=lm_weight,
             maxlenratio=maxlenratio,
             minlenratio=minlenratio,
             normalize_length=normalize_length,
@@ -187,7 +194,7 @@ class BatchedSpeech2Text:
             vocab_size=len(self.asr_model.token_list),
         )
         self._check_model()
-        self.search = BatchJointSearch(self.asr_model, self.options)
+        self.search = BatchJointSearch(self.asr_model, self.options, self.lm)
         with torch.inference_mode():
             self.min_samples = min_input_samples(self.asr_model)
 
@@ -206,15 +213,22 @@ class BatchedSpeech2Text:
         needs_ctc = self.greedy or self.options.ctc_weight > 0.0
         if needs_ctc and model.ctc is None:
             raise UnbatchableModelError("The model has no CTC head: set ctc_weight=0.0.")
-        if not self.greedy and self.options.ctc_weight < 1.0:
-            if model.decoder is None:
-                raise UnbatchableModelError(
-                    "The model has no attention decoder: set ctc_weight=1.0 (CTC only)."
-                )
-            try:
+        uses_decoder = not self.greedy and self.options.ctc_weight < 1.0
+        if uses_decoder and model.decoder is None:
+            raise UnbatchableModelError(
+                "The model has no attention decoder: set ctc_weight=1.0 (CTC only)."
+            )
+        if self.lm is not None and self.greedy:
+            raise UnbatchableModelError(
+                "decoding: greedy_ctc ignores the language model: use decoding: beam."
+            )
+        try:
+            if uses_decoder:
                 check_decoder_supported(model.decoder)
-            except NotImplementedError as exc:
-                raise UnbatchableModelError(str(exc)) from exc
+            if self.lm is not None:
+                check_lm_supported(self.lm)
+        except NotImplementedError as exc:
+            raise UnbatchableModelError(str(exc)) from exc
 
     @contextlib.contextmanager
     def keep_encoder_output(self) -> Iterator[dict[int, torch.Tensor]]:

@@ -214,7 +214,7 @@ def build_batched_if_exact(
     The config's own per-utterance class is built instead, without the batched-only
     options, and a log line says why, when its family has no batched class
     (:func:`espnet_serve.executors.unbatched_reason`) or the batched class refuses the
-    model (``UnbatchableModelError``: a language model, a transducer decoder, ...): the
+    model (``UnbatchableModelError``: an n-gram, a transducer decoder, ...): the
     model is then decoded one clip at a time, exactly as that class decodes it.
 
     Returns:

@@ -1,9 +1,9 @@
 """``espnet2.bin.asr_inference.Speech2Text``: CTC/attention, CTC-only, interCTC, LM fusion.
 
 Also its ``decoder: transducer`` models. Batched with
-:class:`espnet_serve.backends.BatchedSpeech2Text` where that is exact (no
-language model, no transducer decoder); otherwise one clip at a time (the
-session builds the config's own class and says why).
+:class:`espnet_serve.backends.BatchedSpeech2Text` where that is exact (espnet2's
+transformer and RNN language models fused, no n-gram, no transducer decoder);
+otherwise one clip at a time (the session builds the config's own class and says why).
 """
 
 from __future__ import annotations
