@@ -46,6 +46,17 @@ from devkit.random_init import (
     write_random_lm_experiment,
     write_random_transducer_experiment,
 )
+from devkit.recipes import (
+    AISHELL_BRANCHFORMER_E24,
+    AISHELL_STREAMING_CONFORMER,
+    LIBRISPEECH_100_CONFORMER,
+    LIBRISPEECH_100_CONFORMER_INTERCTC,
+    LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER,
+    LIBRISPEECH_100_CONFORMER_TRANSDUCER,
+    LIBRISPEECH_100_E_BRANCHFORMER,
+    LIBRISPEECH_100_TRANSFORMER_LM,
+    Recipe,
+)
 from espnet_serve import InferenceSession
 from espnet_serve.assets import load_heldout
 from espnet_serve.audio.segmenter import AudioSegment
@@ -61,22 +72,7 @@ SHARPEN = 8.0  # scale of the output projections (CTC, attention decoder)
 # Not a transducer's joint network: peaked at random, it makes espnet2's default transducer
 # search expand many symbols per frame (over 15 min for 16 clips at full size).
 SHARPENED = ("ctc.ctc_lo.weight", "decoder.output_layer.weight")
-LIBRISPEECH = "egs2/librispeech_100/asr1/conf/"
-AISHELL = "egs2/aishell/asr1/conf/"
 SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
-CONFORMER = {
-    "output_size": 256,
-    "attention_heads": 4,
-    "input_layer": "conv2d",
-    "normalize_before": True,
-    "rel_pos_type": "latest",
-    "pos_enc_layer_type": "rel_pos",
-    "selfattention_layer_type": "rel_selfattn",
-    "activation_type": "swish",
-    "use_cnn_module": True,
-    "cnn_module_kernel": 31,
-}
-TRANSFORMER_DECODER = {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6}
 
 
 @dataclass(frozen=True)
@@ -91,154 +87,61 @@ class Family:
     lm: bool = False
 
 
-def _asr(encoder: str, encoder_conf: dict, ctc_weight: float, decoder_conf=TRANSFORMER_DECODER):
+def _asr(recipe: Recipe) -> Callable[[Path], AsrExperiment]:
     def build(out: Path) -> AsrExperiment:
         return write_random_asr_experiment(
-            out,
-            token_list=VOCABULARY,
-            token_type="word",
-            n_mels=80,
-            encoder=encoder,
-            encoder_conf=encoder_conf,
-            decoder_conf=decoder_conf,
-            ctc_weight=ctc_weight,
+            out, token_list=VOCABULARY, token_type="word", n_mels=80, **recipe.options
         )
 
     return build
 
 
-def _decoder_transducer(out: Path) -> AsrExperiment:
-    return write_random_asr_experiment(
-        out,
-        token_list=VOCABULARY,
-        token_type="word",
-        n_mels=80,
-        encoder="conformer",
-        encoder_conf={**CONFORMER, "linear_units": 1024, "num_blocks": 15, "macaron_style": True},
-        decoder="transducer",
-        decoder_conf={"rnn_type": "lstm", "num_layers": 1, "hidden_size": 256},
-        joint_net_conf={"joint_space_size": 320},
-        ctc_weight=0.3,
-    )
-
-
 def _asr_transducer(out: Path) -> AsrExperiment:
-    block = {
-        "block_type": "conformer",
-        "linear_size": 1024,
-        "hidden_size": 256,
-        "heads": 4,
-        "macaron_style": True,
-        "conv_mod_kernel_size": 31,
-        "num_blocks": 18,
-    }
     return write_random_transducer_experiment(
         out,
         token_list=VOCABULARY,
         token_type="word",
         n_mels=80,
-        encoder_conf={
-            "main_conf": {"pos_wise_act_type": "swish", "conv_mod_act_type": "swish"},
-            "input_conf": {"vgg_like": True},
-            "body_conf": [block],
-        },
-        decoder_conf={"rnn_type": "lstm", "num_layers": 1, "embed_size": 256, "hidden_size": 256},
-        joint_network_conf={"joint_space_size": 256},
-        model_conf={"transducer_weight": 1.0, "auxiliary_ctc_weight": 0.3},
+        **LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER.options,
     )
 
 
 FAMILIES = (
     Family(
         "conformer hybrid + transformer LM",
-        f"{LIBRISPEECH}tuning/train_asr_conformer.yaml, train_lm.yaml, decode_asr.yaml",
-        _asr(
-            "conformer",
-            {**CONFORMER, "linear_units": 2048, "num_blocks": 12, "input_layer": "conv2d6"},
-            0.3,
-        ),
+        f"{LIBRISPEECH_100_CONFORMER.config}, train_lm.yaml, decode_asr.yaml",
+        _asr(LIBRISPEECH_100_CONFORMER),
         {"beam_size": 20, "ctc_weight": 0.3, "lm_weight": 0.3},
         lm=True,
     ),
     Family(
         "e-branchformer hybrid",
-        f"{LIBRISPEECH}tuning/train_asr_e_branchformer_size256_mlp1024_linear1024_e12_"
-        "mactrue_edrop0.0_ddrop0.0.yaml, decode_asr.yaml without its LM (beam 20, ctc 0.3)",
-        _asr(
-            "e_branchformer",
-            {
-                "output_size": 256,
-                "attention_heads": 4,
-                "attention_layer_type": "rel_selfattn",
-                "pos_enc_layer_type": "rel_pos",
-                "rel_pos_type": "latest",
-                "cgmlp_linear_units": 1024,
-                "cgmlp_conv_kernel": 31,
-                "use_linear_after_conv": False,
-                "gate_activation": "identity",
-                "num_blocks": 12,
-                "input_layer": "conv2d",
-                "linear_units": 1024,
-                "positionwise_layer_type": "linear",
-                "use_ffn": True,
-                "macaron_ffn": True,
-                "merge_conv_kernel": 31,
-            },
-            0.3,
-        ),
+        f"{LIBRISPEECH_100_E_BRANCHFORMER.config}, decode_asr.yaml without its LM (beam 20, "
+        "ctc 0.3)",
+        _asr(LIBRISPEECH_100_E_BRANCHFORMER),
         {"beam_size": 20, "ctc_weight": 0.3},
     ),
     Family(
         "branchformer hybrid",
-        f"{AISHELL}tuning/train_asr_branchformer_e24.yaml, beam 10, ctc 0.3",
-        _asr(
-            "branchformer",
-            {
-                "output_size": 256,
-                "use_attn": True,
-                "attention_heads": 4,
-                "attention_layer_type": "rel_selfattn",
-                "pos_enc_layer_type": "rel_pos",
-                "rel_pos_type": "latest",
-                "use_cgmlp": True,
-                "cgmlp_linear_units": 2048,
-                "cgmlp_conv_kernel": 31,
-                "use_linear_after_conv": False,
-                "gate_activation": "identity",
-                "merge_method": "concat",
-                "num_blocks": 24,
-                "input_layer": "conv2d",
-            },
-            0.3,
-        ),
+        f"{AISHELL_BRANCHFORMER_E24.config}, beam 10, ctc 0.3",
+        _asr(AISHELL_BRANCHFORMER_E24),
         {"beam_size": 10, "ctc_weight": 0.3},
     ),
     Family(
         "conformer CTC + interCTC",
-        f"{LIBRISPEECH}tuning/train_conformer_interctc.yaml, decode_ctc_bs1 (beam 1, CTC)",
-        _asr(
-            "conformer",
-            {
-                **CONFORMER,
-                "linear_units": 1024,
-                "num_blocks": 18,
-                "macaron_style": True,
-                "interctc_layer_idx": [6, 12],
-            },
-            1.0,
-        ),
+        f"{LIBRISPEECH_100_CONFORMER_INTERCTC.config}, decode_ctc_bs1 (beam 1, CTC)",
+        _asr(LIBRISPEECH_100_CONFORMER_INTERCTC),
         {"beam_size": 1, "ctc_weight": 1.0},
     ),
     Family(
         "conformer, decoder: transducer",
-        f"{LIBRISPEECH}tuning/train_asr_transducer_conformer_e15_linear1024.yaml, "
-        "tuning/decode_transducer.yaml",
-        _decoder_transducer,
+        f"{LIBRISPEECH_100_CONFORMER_TRANSDUCER.config}, tuning/decode_transducer.yaml",
+        _asr(LIBRISPEECH_100_CONFORMER_TRANSDUCER),
         {"beam_size": 10, "transducer_conf": {"search_type": "default", "score_norm": True}},
     ),
     Family(
         "espnet2.asr_transducer conformer-RNN",
-        f"{LIBRISPEECH}tuning/transducer/train_conformer-rnn_transducer.yaml, "
+        f"{LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER.config}, "
         "tuning/transducer/decode.yaml (+ score_norm)",
         _asr_transducer,
         {"beam_size": 5, "beam_search_config": {"search_type": "default", "score_norm": True}},
@@ -246,28 +149,8 @@ FAMILIES = (
     ),
     Family(
         "contextual-block streaming conformer (whole utterances)",
-        f"{AISHELL}train_asr_streaming_conformer.yaml, decode_asr_streaming2.yaml (no LM)",
-        _asr(
-            "contextual_block_conformer",
-            {
-                "output_size": 256,
-                "attention_heads": 4,
-                "linear_units": 2048,
-                "num_blocks": 12,
-                "input_layer": "conv2d",
-                "normalize_before": True,
-                "activation_type": "swish",
-                "macaron_style": True,
-                "use_cnn_module": True,
-                "cnn_module_kernel": 15,
-                "block_size": 40,
-                "hop_size": 16,
-                "look_ahead": 16,
-                "init_average": True,
-                "ctx_pos_enc": True,
-            },
-            0.3,
-        ),
+        f"{AISHELL_STREAMING_CONFORMER.config}, decode_asr_streaming2.yaml (no LM)",
+        _asr(AISHELL_STREAMING_CONFORMER),
         {"beam_size": 20, "ctc_weight": 0.6, "penalty": 0.0},
         target="espnet2.bin.asr_inference_streaming.Speech2TextStreaming",
     ),
@@ -312,14 +195,7 @@ def _bundle(family: Family, root: Path) -> Path:
             root / "lm",
             token_list=VOCABULARY,
             token_type="word",
-            lm_conf={
-                "pos_enc": None,
-                "embed_unit": 128,
-                "att_unit": 512,
-                "head": 8,
-                "unit": 2048,
-                "layer": 16,
-            },
+            **LIBRISPEECH_100_TRANSFORMER_LM.options,
         )
         lm = {"lm_train_config": written.lm_train_config, "lm_file": written.lm_file}
     return write_bundle(

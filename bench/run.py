@@ -47,6 +47,7 @@ import psutil
 import torch
 
 from devkit.random_init import write_random_asr_experiment
+from devkit.recipes import LIBRISPEECH_100_TRAIN_ASR
 
 BATCH_SIZES = (1, 4, 16, 32)
 FALLBACK_BATCH = 16
@@ -56,23 +57,7 @@ SAMPLE_RATE = 16000
 # tokens/s: the rate of a 5000-unit BPE on read English speech (LibriSpeech:
 # ~2.7 words/s, ~1.2 BPE-5k units per word).
 RANDOM_LARGE = {
-    "encoder": "conformer",
-    "encoder_conf": {
-        "output_size": 256,
-        "attention_heads": 4,
-        "linear_units": 1024,
-        "num_blocks": 12,
-        "input_layer": "conv2d",
-        "normalize_before": True,
-        "macaron_style": True,
-        "rel_pos_type": "latest",
-        "pos_enc_layer_type": "rel_pos",
-        "selfattention_layer_type": "rel_selfattn",
-        "activation_type": "swish",
-        "use_cnn_module": True,
-        "cnn_module_kernel": 31,
-    },
-    "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6},
+    "recipe": LIBRISPEECH_100_TRAIN_ASR,
     "n_mels": 80,
     "vocab": 5000,
     "decoding": {"beam_size": 10, "ctc_weight": 0.3, "maxlenratio": 0.13},
@@ -232,17 +217,15 @@ def default_model(workdir: Path) -> Model:
 
 
 def random_large_model(workdir: Path) -> Model:
-    """A random-init 12-block conformer / 6-block decoder with a 5000-token vocabulary."""
+    """librispeech_100's default 12-block conformer / 6-block decoder, random-init, with a
+    5000-token vocabulary."""
     conf = RANDOM_LARGE
     tokens = ["<blank>", "<unk>", *(f"t{i}" for i in range(conf["vocab"] - 3)), "<sos/eos>"]
     experiment = write_random_asr_experiment(
         workdir / "random-large",
         token_list=tokens,
-        encoder=conf["encoder"],
-        encoder_conf=conf["encoder_conf"],
-        decoder_conf=conf["decoder_conf"],
         n_mels=conf["n_mels"],
-        ctc_weight=conf["decoding"]["ctc_weight"],
+        **conf["recipe"].options,
     )
     return Model(
         "random-large",

@@ -28,6 +28,12 @@ import yaml
 
 from devkit.publish import write_bundle
 from devkit.random_init import write_random_asr_experiment, write_random_transducer_experiment
+from devkit.recipes import (
+    AISHELL_STREAMING_CONFORMER,
+    LIBRISPEECH_100_CONFORMER_INTERCTC,
+    LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER,
+    reduced,
+)
 from espnet_serve import InferenceSession
 from espnet_serve.assets import load_heldout
 from espnet_serve.audio.segmenter import AudioSegment
@@ -43,69 +49,6 @@ SAMPLE_RATE = 16000
 CLIPS = 8
 TRANSDUCER_TARGET = "espnet2.bin.asr_transducer_inference.Speech2Text"
 STREAMING_TARGET = "espnet2.bin.asr_inference_streaming.Speech2TextStreaming"
-TRANSDUCER_ENCODER = {
-    "main_conf": {
-        "pos_wise_act_type": "swish",
-        "conv_mod_act_type": "swish",
-        "pos_enc_dropout_rate": 0.2,
-    },
-    "input_conf": {"vgg_like": True},
-    "body_conf": [
-        {
-            "block_type": "conformer",
-            "linear_size": 128,
-            "hidden_size": 64,
-            "heads": 2,
-            "dropout_rate": 0.1,
-            "pos_wise_dropout_rate": 0.1,
-            "att_dropout_rate": 0.1,
-            "macaron_style": True,
-            "conv_mod_kernel_size": 31,
-            "num_blocks": 2,
-        }
-    ],
-}
-TRANSDUCER_DECODER = {
-    "rnn_type": "lstm",
-    "num_layers": 1,
-    "embed_size": 64,
-    "hidden_size": 64,
-    "dropout_rate": 0.1,
-    "embed_dropout_rate": 0.2,
-}
-STREAMING_ENCODER = {
-    "output_size": 64,
-    "attention_heads": 2,
-    "linear_units": 128,
-    "num_blocks": 2,
-    "input_layer": "conv2d",
-    "normalize_before": True,
-    "activation_type": "swish",
-    "macaron_style": True,
-    "use_cnn_module": True,
-    "cnn_module_kernel": 15,
-    "block_size": 40,
-    "hop_size": 16,
-    "look_ahead": 16,
-    "init_average": True,
-    "ctx_pos_enc": True,
-}
-INTERCTC_ENCODER = {
-    "output_size": 64,
-    "attention_heads": 2,
-    "linear_units": 128,
-    "num_blocks": 3,
-    "input_layer": "conv2d",
-    "normalize_before": True,
-    "macaron_style": True,
-    "rel_pos_type": "latest",
-    "pos_enc_layer_type": "rel_pos",
-    "selfattention_layer_type": "rel_selfattn",
-    "activation_type": "swish",
-    "use_cnn_module": True,
-    "cnn_module_kernel": 31,
-    "interctc_layer_idx": [1, 2],
-}
 
 
 @pytest.fixture(scope="module")
@@ -118,11 +61,7 @@ def clips() -> list[np.ndarray]:
 def asr_transducer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("asr_transducer")
     experiment = write_random_transducer_experiment(
-        root / "exp",
-        encoder_conf=TRANSDUCER_ENCODER,
-        decoder_conf=TRANSDUCER_DECODER,
-        joint_network_conf={"joint_space_size": 64},
-        model_conf={"transducer_weight": 1.0, "auxiliary_ctc_weight": 0.3},
+        root / "exp", **reduced(LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER).options
     )
     return write_bundle(
         root / "bundle",
@@ -141,10 +80,7 @@ def asr_transducer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def asr_streaming_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("asr_streaming")
     experiment = write_random_asr_experiment(
-        root / "exp",
-        encoder="contextual_block_conformer",
-        encoder_conf=STREAMING_ENCODER,
-        ctc_weight=0.3,
+        root / "exp", **reduced(AISHELL_STREAMING_CONFORMER).options
     )
     return write_bundle(
         root / "bundle",
@@ -156,12 +92,9 @@ def asr_streaming_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def interctc_bundle(root: Path, *, conditioning: bool) -> Path:
-    experiment = write_random_asr_experiment(
-        root / "exp",
-        encoder="conformer",
-        encoder_conf={**INTERCTC_ENCODER, "interctc_use_conditioning": conditioning},
-        ctc_weight=1.0,
-    )
+    options = reduced(LIBRISPEECH_100_CONFORMER_INTERCTC).options
+    options["encoder_conf"]["interctc_use_conditioning"] = conditioning  # true: scctc
+    experiment = write_random_asr_experiment(root / "exp", **options)
     return write_bundle(
         root / "bundle",
         asr_train_config=experiment.asr_train_config,

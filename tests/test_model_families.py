@@ -33,6 +33,11 @@ from devkit.random_init import (
     write_random_asr_experiment,
     write_random_lm_experiment,
 )
+from devkit.recipes import (
+    LIBRISPEECH_100_CONFORMER_TRANSDUCER,
+    LIBRISPEECH_100_TRANSFORMER_LM,
+    reduced,
+)
 from espnet_serve import InferenceSession
 from espnet_serve.assets import load_heldout
 from espnet_serve.backends import BatchedSpeech2Text
@@ -41,34 +46,11 @@ from tests.server import serve_env, start_server
 
 SAMPLE_RATE = 16000
 CLIPS = 8
-TRANSDUCER_ENCODER = {
-    "output_size": 64,
-    "attention_heads": 2,
-    "linear_units": 128,
-    "num_blocks": 2,
-    "input_layer": "conv2d",
-    "normalize_before": True,
-    "macaron_style": True,
-    "rel_pos_type": "latest",
-    "pos_enc_layer_type": "rel_pos",
-    "selfattention_layer_type": "rel_selfattn",
-    "activation_type": "swish",
-    "use_cnn_module": True,
-    "cnn_module_kernel": 31,
-}
-TRANSDUCER_DECODER = {
-    "rnn_type": "lstm",
-    "num_layers": 1,
-    "hidden_size": 64,
-    "dropout": 0.1,
-    "dropout_embed": 0.2,
-}
 TRANSDUCER_DECODING = {
     "beam_size": 4,
     "transducer_conf": {"search_type": "default", "score_norm": True},
     "device": "cpu",
 }
-LM_CONF = {"pos_enc": None, "embed_unit": 32, "att_unit": 64, "head": 2, "unit": 128, "layer": 2}
 LM_DECODING = {"beam_size": 4, "ctc_weight": 0.3, "lm_weight": 0.3, "device": "cpu"}
 
 
@@ -76,13 +58,7 @@ LM_DECODING = {"beam_size": 4, "ctc_weight": 0.3, "lm_weight": 0.3, "device": "c
 def transducer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("transducer")
     experiment = write_random_asr_experiment(
-        root / "exp",
-        encoder="conformer",
-        encoder_conf=TRANSDUCER_ENCODER,
-        decoder="transducer",
-        decoder_conf=TRANSDUCER_DECODER,
-        joint_net_conf={"joint_space_size": 80},
-        ctc_weight=0.3,
+        root / "exp", **reduced(LIBRISPEECH_100_CONFORMER_TRANSDUCER).options
     )
     return write_bundle(
         root / "bundle",
@@ -95,7 +71,7 @@ def transducer_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="module")
 def lm_bundle(tmp_path_factory: pytest.TempPathFactory, tiny_experiment: AsrExperiment) -> Path:
     root = tmp_path_factory.mktemp("hybrid_lm")
-    lm = write_random_lm_experiment(root / "lm", lm_conf=LM_CONF)
+    lm = write_random_lm_experiment(root / "lm", **reduced(LIBRISPEECH_100_TRANSFORMER_LM).options)
     return write_bundle(
         root / "bundle",
         asr_train_config=tiny_experiment.asr_train_config,

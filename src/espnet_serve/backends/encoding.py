@@ -16,6 +16,11 @@ each utterance on its own (espnet 202511), for three reasons:
 subsampled mask is recomputed from the true lengths (convolution arithmetic),
 and depthwise time convolutions see zeros beyond each utterance's end, exactly
 as a single-utterance forward does.
+
+Encoders may hold other layers that read padded frames (a padded convolution in
+a VGG front layer, a new layer type). :func:`padding_mismatch` measures, on the
+model at hand, how far a padded batch's output is from each utterance's output
+alone, so a backend can refuse to batch a model whose answers padding would change.
 """
 
 from __future__ import annotations
@@ -202,3 +207,49 @@ def encode_padded_layers(
     if asr_model.postencoder is not None:
         out, out_lengths = asr_model.postencoder(out, out_lengths)
     return out, out_lengths, intermediate
+
+
+# Waveform lengths (samples) of the padding self-check: different, none a multiple of another,
+# longest first as a bucket is (RNN encoders pack sequences sorted by length).
+PADDING_CHECK_SAMPLES = (26_000, 17_000, 11_000)
+# Largest difference, relative to the largest output value, taken for floating-point noise.
+# Measured on CPU in float32: 2e-7 to 8e-7 for the egs2 encoders served batched (reduced and
+# full size); a layer that reads padding: 4e-2 to 1.3e-1 (vgg_rnn; conformer, branchformer and
+# e-branchformer without the fixes above). The margin leaves room for GPU kernels (TF32).
+PADDING_TOLERANCE = 1e-3
+
+
+def padding_mismatch(asr_model: Any, min_samples: int = 0) -> float:
+    """How much a padded batch changes the encoder output, relative to its magnitude.
+
+    Encodes deterministic noise of :data:`PADDING_CHECK_SAMPLES` lengths (each at
+    least ``min_samples``) as one padded batch (:func:`encode_padded`) and one by
+    one, and compares every utterance's valid frames.
+
+    Args:
+        asr_model: An ``espnet2`` ``ESPnetASRModel`` in eval mode.
+        min_samples: The fewest samples the model accepts.
+
+    Returns:
+        float: The largest absolute difference divided by the largest absolute
+        output value alone (0.0: the batch is exact; ``inf``: the lengths differ).
+    """
+    device = next(asr_model.parameters()).device
+    generator = torch.Generator().manual_seed(0)
+    feats = [
+        extract_features(
+            asr_model,
+            (0.1 * torch.randn(max(n, min_samples), generator=generator)).to(device),
+        )
+        for n in PADDING_CHECK_SAMPLES
+    ]
+    batch, lengths = encode_padded(asr_model, feats)
+    worst, scale = 0.0, 0.0
+    for row, feat in enumerate(feats):
+        alone, alone_lengths = encode_padded(asr_model, [feat])
+        if int(lengths[row]) != int(alone_lengths[0]):
+            return float("inf")
+        valid = alone[0, : int(alone_lengths[0])]
+        worst = max(worst, float((batch[row, : int(lengths[row])] - valid).abs().max()))
+        scale = max(scale, float(valid.abs().max()))
+    return worst / max(scale, 1e-12)

@@ -14,9 +14,11 @@ import torch
 from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions, check_lm_supported
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
+    PADDING_TOLERANCE,
     encode_padded_layers,
     extract_features,
     min_input_samples,
+    padding_mismatch,
     too_short_for_subsampling,
 )
 from espnet_serve.backends.greedy import greedy_ctc
@@ -197,6 +199,7 @@ class BatchedSpeech2Text:
         self.search = BatchJointSearch(self.asr_model, self.options, self.lm)
         with torch.inference_mode():
             self.min_samples = min_input_samples(self.asr_model)
+            self._check_padding()
 
     def _check_model(self) -> None:
         """Refuse models this backend cannot decode exactly."""
@@ -229,6 +232,27 @@ class BatchedSpeech2Text:
                 check_lm_supported(self.lm)
         except NotImplementedError as exc:
             raise UnbatchableModelError(str(exc)) from exc
+
+    def _check_padding(self) -> None:
+        """Refuse an encoder whose output a padded batch changes (a layer not made exact).
+
+        Checked in float32 whatever ``dtype`` is: padding, not precision, is in question.
+        """
+        try:
+            mismatch = padding_mismatch(self.asr_model, self.min_samples)
+        except Exception as exc:
+            raise UnbatchableModelError(
+                f"This model's encoder ({type(self.asr_model.encoder).__name__}) failed on a "
+                f"padded batch ({type(exc).__name__}: {exc}). Use "
+                "espnet2.bin.asr_inference.Speech2Text."
+            ) from exc
+        if not mismatch <= PADDING_TOLERANCE:
+            raise UnbatchableModelError(
+                f"A padded batch changes this model's encoder output "
+                f"({type(self.asr_model.encoder).__name__}: by {mismatch:.2g} of its magnitude, "
+                f"more than {PADDING_TOLERANCE:g}), so its answers could differ from "
+                "Speech2Text's. Use espnet2.bin.asr_inference.Speech2Text."
+            )
 
     @contextlib.contextmanager
     def keep_encoder_output(self) -> Iterator[dict[int, torch.Tensor]]:

@@ -1,0 +1,335 @@
+"""The ESPnet egs2 recipes whose models the tests and benchmarks build, at their real sizes.
+
+Each :class:`Recipe` is one training config of espnet/espnet (its path in ``config``), under
+``egs2/librispeech_100/asr1/conf/`` (:data:`LIBRISPEECH_100`) or ``egs2/aishell/asr1/conf/``
+(:data:`AISHELL`): its model options, read from that yaml as facts and named as the
+``devkit.random_init`` builders name them, so ``write_random_asr_experiment(out,
+**recipe.options)`` builds the recipe's model. Training options (optimiser, SpecAugment,
+batching) and dropout rates are left out, except the two transducer recipes' dropout rates,
+which the tests' models have always been built with.
+
+Benchmarks build the real size; tests build :func:`reduced`: dimensions and depths cut to
+:data:`CI_SIZES`, every other option as it is.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+LIBRISPEECH_100 = "egs2/librispeech_100/asr1/conf/"
+AISHELL = "egs2/aishell/asr1/conf/"
+
+CI_WIDTH = 64
+CI_SIZES: dict[str, int] = {
+    "output_size": CI_WIDTH,  # encoder width
+    "hidden_size": CI_WIDTH,  # asr_transducer block width, RNN decoder state
+    "embed_size": CI_WIDTH,  # RNN decoder embedding
+    "att_unit": CI_WIDTH,  # transformer LM width
+    "embed_unit": 32,  # transformer LM embedding
+    "linear_units": 128,  # feed-forward and cgMLP widths
+    "linear_size": 128,
+    "cgmlp_linear_units": 128,
+    "unit": 128,
+    "attention_heads": 2,
+    "heads": 2,
+    "head": 2,
+    "num_blocks": 2,  # depths
+    "num_layers": 1,
+    "layer": 2,
+}
+CI_DECODER_SIZES: dict[str, int] = {**CI_SIZES, "num_blocks": 1}
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """One egs2 training config's model options.
+
+    Attributes:
+        config: The config's path in espnet/espnet.
+        options: Its model options, named as the ``devkit.random_init`` builders name them
+            (``encoder``, ``encoder_conf``, ``decoder``, ``decoder_conf``, ``joint_net_conf``,
+            ``ctc_weight``; ``joint_network_conf``, ``model_conf``; ``lm``, ``lm_conf``).
+    """
+
+    config: str
+    options: dict[str, Any]
+
+
+# The decoder of every hybrid recipe here.
+TRANSFORMER_DECODER: dict[str, Any] = {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6}
+# What librispeech_100's conformer encoders share.
+_CONFORMER: dict[str, Any] = {
+    "output_size": 256,
+    "attention_heads": 4,
+    "input_layer": "conv2d",
+    "normalize_before": True,
+    "rel_pos_type": "latest",
+    "pos_enc_layer_type": "rel_pos",
+    "selfattention_layer_type": "rel_selfattn",
+    "activation_type": "swish",
+    "use_cnn_module": True,
+    "cnn_module_kernel": 31,
+}
+
+LIBRISPEECH_100_CONFORMER = Recipe(
+    f"{LIBRISPEECH_100}tuning/train_asr_conformer.yaml",
+    {
+        "encoder": "conformer",
+        # Not the yaml's rel_pos_type: it sets none (espnet2's default, legacy, which turns
+        # rel_pos into legacy_rel_pos); the benchmark has always built it with latest. The
+        # yaml's macaron_style: false is espnet2's default.
+        "encoder_conf": {
+            **_CONFORMER,
+            "linear_units": 2048,
+            "num_blocks": 12,
+            "input_layer": "conv2d6",
+        },
+        "decoder": "transformer",
+        "decoder_conf": TRANSFORMER_DECODER,
+        "ctc_weight": 0.3,
+    },
+)
+# conf/train_asr.yaml, the recipe's default, links to this config.
+LIBRISPEECH_100_TRAIN_ASR = Recipe(
+    f"{LIBRISPEECH_100}tuning/train_asr_conformer_lr2e-3_warmup15k_amp_nondeterministic.yaml",
+    {
+        "encoder": "conformer",
+        "encoder_conf": {
+            **_CONFORMER,
+            "linear_units": 1024,
+            "num_blocks": 12,
+            "macaron_style": True,
+        },
+        "decoder": "transformer",
+        "decoder_conf": TRANSFORMER_DECODER,
+        "ctc_weight": 0.3,
+    },
+)
+LIBRISPEECH_100_E_BRANCHFORMER = Recipe(
+    f"{LIBRISPEECH_100}tuning/train_asr_e_branchformer_size256_mlp1024_linear1024_e12_"
+    "mactrue_edrop0.0_ddrop0.0.yaml",
+    {
+        "encoder": "e_branchformer",
+        "encoder_conf": {
+            "output_size": 256,
+            "attention_heads": 4,
+            "attention_layer_type": "rel_selfattn",
+            "pos_enc_layer_type": "rel_pos",
+            "rel_pos_type": "latest",
+            "cgmlp_linear_units": 1024,
+            "cgmlp_conv_kernel": 31,
+            "use_linear_after_conv": False,
+            "gate_activation": "identity",
+            "num_blocks": 12,
+            "input_layer": "conv2d",
+            "linear_units": 1024,
+            "positionwise_layer_type": "linear",
+            "use_ffn": True,
+            "macaron_ffn": True,
+            "merge_conv_kernel": 31,
+        },
+        "decoder": "transformer",
+        "decoder_conf": TRANSFORMER_DECODER,
+        "ctc_weight": 0.3,
+    },
+)
+# train_conformer_scctc.yaml is this config with interctc_use_conditioning: true.
+LIBRISPEECH_100_CONFORMER_INTERCTC = Recipe(
+    f"{LIBRISPEECH_100}tuning/train_conformer_interctc.yaml",
+    {
+        "encoder": "conformer",
+        "encoder_conf": {
+            **_CONFORMER,
+            "linear_units": 1024,
+            "num_blocks": 18,
+            "macaron_style": True,
+            "interctc_layer_idx": [6, 12],
+        },
+        # The yaml names no decoder: at ctc_weight 1.0 espnet2 drops the one it is given.
+        "decoder": "transformer",
+        "decoder_conf": TRANSFORMER_DECODER,
+        "ctc_weight": 1.0,
+    },
+)
+LIBRISPEECH_100_CONFORMER_TRANSDUCER = Recipe(
+    f"{LIBRISPEECH_100}tuning/train_asr_transducer_conformer_e15_linear1024.yaml",
+    {
+        "encoder": "conformer",
+        "encoder_conf": {
+            **_CONFORMER,
+            "linear_units": 1024,
+            "num_blocks": 15,
+            "macaron_style": True,
+        },
+        "decoder": "transducer",
+        "decoder_conf": {
+            "rnn_type": "lstm",
+            "num_layers": 1,
+            "hidden_size": 256,
+            "dropout": 0.1,
+            "dropout_embed": 0.2,
+        },
+        "joint_net_conf": {"joint_space_size": 320},
+        "ctc_weight": 0.3,
+    },
+)
+# espnet2.asr_transducer. The yaml predates the option renames; keys as this espnet names them
+# (dim_linear: linear_size, dim_hidden: hidden_size, conv_mod_kernel: conv_mod_kernel_size,
+# input_conf block_type: vgg: vgg_like, dim_embedding: embed_size, dim_joint_space:
+# joint_space_size, dropout_rate_pos_enc: main_conf pos_enc_dropout_rate, ...); its main_conf
+# pos_wise_layer_type: linear and pos_enc_layer_type: rel_pos are the only kinds left.
+LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER = Recipe(
+    f"{LIBRISPEECH_100}tuning/transducer/train_conformer-rnn_transducer.yaml",
+    {
+        "encoder_conf": {
+            "main_conf": {
+                "pos_wise_act_type": "swish",
+                "conv_mod_act_type": "swish",
+                "pos_enc_dropout_rate": 0.2,
+            },
+            "input_conf": {"vgg_like": True},
+            "body_conf": [
+                {
+                    "block_type": "conformer",
+                    "linear_size": 1024,
+                    "hidden_size": 256,
+                    "heads": 4,
+                    "dropout_rate": 0.1,
+                    "pos_wise_dropout_rate": 0.1,
+                    "att_dropout_rate": 0.1,
+                    "macaron_style": True,
+                    "conv_mod_kernel_size": 31,
+                    "num_blocks": 18,
+                }
+            ],
+        },
+        "decoder": "rnn",
+        "decoder_conf": {
+            "rnn_type": "lstm",
+            "num_layers": 1,
+            "embed_size": 256,
+            "hidden_size": 256,
+            "dropout_rate": 0.1,
+            "embed_dropout_rate": 0.2,
+        },
+        "joint_network_conf": {"joint_space_size": 256},
+        "model_conf": {"transducer_weight": 1.0, "auxiliary_ctc_weight": 0.3},
+    },
+)
+LIBRISPEECH_100_TRANSFORMER_LM = Recipe(
+    f"{LIBRISPEECH_100}train_lm.yaml",
+    {
+        "lm": "transformer",
+        "lm_conf": {
+            "pos_enc": None,
+            "embed_unit": 128,
+            "att_unit": 512,
+            "head": 8,
+            "unit": 2048,
+            "layer": 16,
+        },
+    },
+)
+AISHELL_BRANCHFORMER_E24 = Recipe(
+    f"{AISHELL}tuning/train_asr_branchformer_e24.yaml",
+    {
+        "encoder": "branchformer",
+        "encoder_conf": {
+            "output_size": 256,
+            "use_attn": True,
+            "attention_heads": 4,
+            "attention_layer_type": "rel_selfattn",
+            "pos_enc_layer_type": "rel_pos",
+            "rel_pos_type": "latest",
+            "use_cgmlp": True,
+            "cgmlp_linear_units": 2048,
+            "cgmlp_conv_kernel": 31,
+            "use_linear_after_conv": False,
+            "gate_activation": "identity",
+            "merge_method": "concat",
+            "num_blocks": 24,
+            "input_layer": "conv2d",
+        },
+        "decoder": "transformer",
+        "decoder_conf": TRANSFORMER_DECODER,
+        "ctc_weight": 0.3,
+    },
+)
+AISHELL_STREAMING_CONFORMER = Recipe(
+    f"{AISHELL}train_asr_streaming_conformer.yaml",
+    {
+        "encoder": "contextual_block_conformer",
+        "encoder_conf": {
+            "output_size": 256,
+            "attention_heads": 4,
+            "linear_units": 2048,
+            "num_blocks": 12,
+            "input_layer": "conv2d",
+            "normalize_before": True,
+            "activation_type": "swish",
+            "macaron_style": True,
+            "use_cnn_module": True,
+            "cnn_module_kernel": 15,
+            "block_size": 40,
+            "hop_size": 16,
+            "look_ahead": 16,
+            "init_average": True,
+            "ctx_pos_enc": True,
+        },
+        "decoder": "transformer",
+        "decoder_conf": TRANSFORMER_DECODER,
+        "ctc_weight": 0.3,
+    },
+)
+
+
+def reduced(recipe: Recipe) -> Recipe:
+    """The recipe at the size tests build: dimensions and depths cut, every other option kept.
+
+    Widths, feed-forward sizes, attention heads and depths take their :data:`CI_SIZES` value (a
+    decoder's ``num_blocks``: :data:`CI_DECODER_SIZES`). A joint space keeps its ratio to the
+    encoder width (320 at 256: 80). Intermediate CTC layers keep their places: the depth and
+    ``interctc_layer_idx`` are divided by their greatest common divisor (18, [6, 12]: 3, [1, 2]).
+
+    Args:
+        recipe: A recipe at its real size.
+
+    Returns:
+        Recipe: The same config's options at the reduced size (new dicts).
+    """
+    options = {
+        name: _cut(value, CI_DECODER_SIZES if name == "decoder_conf" else CI_SIZES)
+        for name, value in recipe.options.items()
+    }
+    encoder_conf = recipe.options.get("encoder_conf", {})
+    if "interctc_layer_idx" in encoder_conf:
+        layers = encoder_conf["interctc_layer_idx"]
+        step = math.gcd(encoder_conf["num_blocks"], *layers)
+        options["encoder_conf"]["num_blocks"] = encoder_conf["num_blocks"] // step
+        options["encoder_conf"]["interctc_layer_idx"] = [layer // step for layer in layers]
+    for name in ("joint_net_conf", "joint_network_conf"):
+        if name in options:
+            real = recipe.options[name]["joint_space_size"]
+            options[name]["joint_space_size"] = real * CI_WIDTH // _encoder_width(encoder_conf)
+    return Recipe(recipe.config, options)
+
+
+def _cut(value: Any, sizes: Mapping[str, int]) -> Any:
+    """``value`` copied, every option named in ``sizes`` set to that size, in nested confs too."""
+    if isinstance(value, Mapping):
+        return {
+            key: sizes[key] if key in sizes else _cut(item, sizes) for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_cut(item, sizes) for item in value]
+    return value
+
+
+def _encoder_width(encoder_conf: Mapping[str, Any]) -> int:
+    """The encoder's output width: ``output_size``, or its last ``body_conf`` block's."""
+    if "output_size" in encoder_conf:
+        return encoder_conf["output_size"]
+    return encoder_conf["body_conf"][-1]["hidden_size"]
