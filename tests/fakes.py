@@ -79,6 +79,7 @@ class FakeModelClient:
         self.fail_from_segment: int | None = None
         self.failures: list[BaseException] = []
         self.requests: list[SegmentRequest] = []
+        self.tasks = ["transcribe"]
 
     async def readiness(self) -> Readiness:
         return self.ready
@@ -94,7 +95,7 @@ class FakeModelClient:
             created=1_700_000_000,
             word_timestamps=True,
             family="asr",
-            task="transcribe",
+            tasks=self.tasks,
         )
 
     async def decode(self, request: SegmentRequest) -> SegmentResult:

@@ -280,4 +280,4 @@ def test_a_streaming_model_is_served_as_espnet2_decodes_it(
         server.stop()
     reference = espnet2_class(asr_streaming_bundle)
     assert served == [best(reference, reference(clip))[0] for clip in clips]
-    assert [(m["family"], m["task"]) for m in models] == [("asr_streaming", "transcribe")]
+    assert [(m["family"], m["tasks"]) for m in models] == [("asr_streaming", ["transcribe"])]

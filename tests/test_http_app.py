@@ -164,6 +164,48 @@ def test_models_list_and_retrieve_through_the_sdk(settings, fake):
     assert unknown.body["code"] == "model_not_found"
 
 
+def test_a_model_that_only_transcribes_refuses_translations_through_the_sdk(settings, fake):
+    client = sdk(served_app(settings, fake))
+
+    async def ask():
+        listed = await client.models.list()
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.audio.translations.create(model="fake", file=("a.wav", wav()))
+        return listed, raised.value
+
+    listed, refused = asyncio.run(ask())
+    assert listed.data[0].model_dump()["tasks"] == ["transcribe"]
+    assert refused.body["code"] == "task_unsupported" and refused.body["param"] == "model"
+    assert refused.body["message"] == "This model transcribes only: it cannot translate."
+    assert not fake.requests
+
+
+def test_a_model_that_translates_serves_translations_in_every_format(settings, fake):
+    """Control flow with a fake model that translates (the ST executor decodes for real)."""
+    fake.tasks = ["translate"]
+    client = sdk(served_app(settings, fake))
+
+    async def ask():
+        plain = await client.audio.translations.create(model="fake", file=("a.wav", wav(0.5)))
+        verbose = await client.audio.translations.create(
+            model="fake", file=("a.wav", wav(0.5)), response_format="verbose_json"
+        )
+        srt = await client.audio.translations.create(
+            model="fake", file=("a.wav", wav(0.5)), response_format="srt"
+        )
+        with pytest.raises(openai.BadRequestError) as raised:
+            await client.audio.transcriptions.create(model="fake", file=("a.wav", wav()))
+        return plain, verbose, srt, raised.value
+
+    plain, verbose, srt, refused = asyncio.run(ask())
+    assert plain.text == "8000 samples"
+    assert verbose.language == "english" and verbose.duration == 0.5
+    assert [s.text for s in verbose.segments] == ["8000 samples"]
+    assert srt.startswith("1\n00:00:00,000 --> ") and "8000 samples" in srt
+    assert refused.body["code"] == "task_unsupported"
+    assert refused.body["message"] == "This model translates only: it cannot transcribe."
+
+
 @pytest.mark.parametrize("name", ["fake", "fake:v1", "whisper-1"])
 def test_the_model_is_named_by_tag_name_or_alias(client, name):
     assert client.post("/v1/audio/transcriptions", wav(0.5), model=name).status_code == 200

@@ -141,6 +141,10 @@ def test_openai_sdk(server: BentoServer, clips: list[HeldoutClip]):
     assert verbose.text == clip.text
     assert verbose.duration == pytest.approx(sf.info(clip.path).duration, abs=0.01)
     assert verbose.segments[0].text == clip.text
+    with clip.path.open("rb") as audio, pytest.raises(openai.BadRequestError) as refused:
+        client.audio.translations.create(model="espnet-digits-asr", file=audio)
+    assert refused.value.body["code"] == "task_unsupported"
+    assert "transcribes only" in refused.value.body["message"]
 
 
 def test_concurrent_requests_are_batched_and_each_gets_its_own_transcript(server, clips):

@@ -134,7 +134,7 @@ def main(args: argparse.Namespace) -> int:
         spec = stored_spec(model)
         print(f"Family: {spec.family or 'none served'} ({spec.inference_class})")
         executor = executor_class(spec.family, spec.inference_class)
-        print(f"Task: {executor.task}")
+        print(f"Tasks: {', '.join(executor.tasks)}")
         if args.bento:
             bento_tag, dockerfile = build_bento(str(model.tag), args.bentofile)
             print(f"Bento: {bento_tag}")

@@ -14,7 +14,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
+# What the HTTP layer may ask of a model (/v1/audio/transcriptions, /v1/audio/translations).
 TRANSCRIBE = "transcribe"
+TRANSLATE = "translate"
 TEXT_KEYS = ("text", "hyp")
 TOKEN_ID_KEYS = ("token_int", "token_ids")
 
@@ -39,7 +41,7 @@ class Executor(ABC):
 
     Attributes:
         family: The family's name (``/v1/models``, the model store, ``espnet-serve build``).
-        task: What the HTTP layer may ask of it (``transcribe``).
+        tasks: What the HTTP layer may ask of it (:data:`TRANSCRIBE`, :data:`TRANSLATE`).
         inference_classes: The ``_target_`` s of an inference config this executor serves.
         batched_class: A batched class built from the same options, exact for this family
             (``None``: the family is decoded one clip at a time).
@@ -50,7 +52,7 @@ class Executor(ABC):
     """
 
     family: ClassVar[str]
-    task: ClassVar[str] = TRANSCRIBE
+    tasks: ClassVar[tuple[str, ...]] = (TRANSCRIBE,)
     inference_classes: ClassVar[tuple[str, ...]]
     batched_class: ClassVar[str | None] = None
     unbatched_reason: ClassVar[str] = ""

@@ -26,7 +26,7 @@ from espnet_serve.serving.middleware.body_limit import BodySizeLimitMiddleware
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
 from espnet_serve.serving.model_client import ModelClient
-from espnet_serve.serving.routes import models, transcriptions
+from espnet_serve.serving.routes import models, transcriptions, translations
 from espnet_serve.serving.served_model import ServedModel
 from espnet_serve.serving.settings import ServeSettings
 
@@ -76,7 +76,7 @@ def build_app(
     )
     app.add_middleware(
         AdmissionMiddleware,
-        routes=transcriptions.ROUTES,
+        routes=transcriptions.ROUTES + translations.ROUTES,
         in_flight=in_flight or InFlight(),
         limit=settings.max_pending_requests,
         retry_after_seconds=settings.retry_after_seconds,
@@ -87,6 +87,7 @@ def build_app(
     install_error_handlers(app)
     app.include_router(models.router)
     app.include_router(transcriptions.router)
+    app.include_router(translations.router)
     if model_client is not None:
         connect(app, model_client)
     return app

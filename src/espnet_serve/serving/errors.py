@@ -33,6 +33,7 @@ STATUS: dict[str, int] = {
     "invalid_language": 400,
     "unsupported_language": 400,
     "word_timestamps_unsupported": 400,
+    "task_unsupported": 400,
     "invalid_audio": 400,
     "empty_audio": 400,
     "audio_too_short": 400,

@@ -30,11 +30,12 @@ from espnet_serve.audio.ingest import (
     open_audio_stream,
 )
 from espnet_serve.audio.segmenter import AudioSegment, Segmenter
+from espnet_serve.executors.base import TRANSCRIBE, TRANSLATE
 from espnet_serve.pipeline.types import Segment, SegmentDecodeError, Transcript
 from espnet_serve.serving.errors import ApiError, as_api_error, error_code
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.model_client import ModelClient
-from espnet_serve.serving.protocol import TranscribeResponse, TranscriptionForm
+from espnet_serve.serving.protocol import TranscribeResponse, TranscriptionForm, TranslationForm
 from espnet_serve.serving.responses import event_stream, formatted_response
 from espnet_serve.serving.rpc import ModelInfo, SegmentRequest, SegmentResult
 from espnet_serve.serving.served_model import ServedModel
@@ -86,8 +87,12 @@ class OpenedUpload:
         self._exit.close()
 
 
+# The language a translation is into (OpenAI's route translates into English).
+TRANSLATION_LANGUAGE = "english"
+
+
 class TranscriptionHandler:
-    """Serves transcription requests through the model client, counting each outcome.
+    """Serves transcription and translation requests through the model client, counting each.
 
     Args:
         settings: Limits and the segments in flight per request.
@@ -102,6 +107,7 @@ class TranscriptionHandler:
 
     async def transcribe(self, upload: UploadFile, route: str) -> TranscribeResponse:
         """``POST /transcribe``: the plain transcript of ``upload``."""
+        await self.model.check_task(TRANSCRIBE)
         transcript = await self.transcript(upload, route)
         info = await self.model.info()
         return TranscribeResponse(
@@ -113,6 +119,7 @@ class TranscriptionHandler:
     ) -> Response:
         """``POST /v1/audio/transcriptions``: the transcript in the form's response format."""
         await self.model.named(form.model)
+        await self.model.check_task(TRANSCRIBE)
         language = await self.model.language_name(form.language)
         if form.words:
             await self.model.check_word_timestamps()
@@ -122,6 +129,20 @@ class TranscriptionHandler:
         transcript = await self.transcript(upload, route, words=form.timed)
         return formatted_response(
             transcript, form.response_format, language=language, words=form.words
+        )
+
+    async def create_translation(
+        self, upload: UploadFile, form: TranslationForm, route: str
+    ) -> Response:
+        """``POST /v1/audio/translations``: ``upload`` in English, in the form's format.
+
+        A model that does not translate is a 400 (``task_unsupported``).
+        """
+        await self.model.named(form.model)
+        await self.model.check_task(TRANSLATE)
+        transcript = await self.transcript(upload, route, words=form.timed)
+        return formatted_response(
+            transcript, form.response_format, language=TRANSLATION_LANGUAGE, task=TRANSLATE
         )
 
     async def transcript(

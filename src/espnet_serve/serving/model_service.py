@@ -98,7 +98,7 @@ class ModelService:
                 created=int(self.bento_model.info.creation_time.timestamp()),
                 word_timestamps=self.decoder.word_timestamps,
                 family=executor.family,
-                task=executor.task,
+                tasks=list(executor.tasks),
             )
             if settings.warmup:
                 warm_up(self.decoder)

@@ -1,10 +1,11 @@
-"""The HTTP wire: OpenAI's transcription request and response models, and the error body.
+"""The HTTP wire: OpenAI's transcription and translation requests and responses, errors.
 
-Requests are validated here, in one place (:class:`TranscriptionForm`): types and
-ranges by pydantic (422 when they are wrong), options that do not go together
-and language codes that do not exist by :class:`InvalidOptionError` (400, as
-OpenAI answers them). What depends on the served model (its name, its
-languages, word timing) is checked by the request handler.
+Requests are validated here, in one place (:class:`TranscriptionForm`,
+:class:`TranslationForm`): types and ranges by pydantic (422 when they are
+wrong), options that do not go together and language codes that do not exist by
+:class:`InvalidOptionError` (400, as OpenAI answers them). What depends on the
+served model (its name, its tasks, its languages, word timing) is checked by the
+request handler.
 """
 
 from __future__ import annotations
@@ -47,23 +48,40 @@ class TimestampGranularity(StrEnum):
     SEGMENT = "segment"
 
 
-class TranscriptionForm(BaseModel):
-    """The form fields of ``POST /v1/audio/transcriptions`` (besides ``file``).
+class AudioForm(BaseModel):
+    """The form fields both audio routes take (besides ``file``).
 
-    ``model`` must name the served model; ``language`` must be an ISO-639-1 code
-    the model takes; ``prompt`` and ``temperature`` are accepted and unused (the
-    decoder takes no prompt and decodes as the bundle says); ``srt``/``vtt`` give
-    subtitles, ``verbose_json`` timed segments (and words with
-    ``timestamp_granularities[]=word``); ``stream=true`` sends server-sent events.
+    ``model`` must name the served model; ``prompt`` and ``temperature`` are
+    accepted and unused (the decoder takes no prompt and decodes as the bundle
+    says); ``srt``/``vtt`` give subtitles, ``verbose_json`` timed segments.
     """
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)
 
     model: str
     response_format: ResponseFormat = ResponseFormat.JSON
-    language: str | None = None
     prompt: str | None = None
     temperature: float = Field(default=0.0, ge=0.0, le=1.0)
+
+    @property
+    def timed(self) -> bool:
+        """Whether the response carries times that need the words aligned (``verbose_json``)."""
+        return self.response_format is ResponseFormat.VERBOSE_JSON
+
+
+class TranslationForm(AudioForm):
+    """The form fields of ``POST /v1/audio/translations``: OpenAI's, into English."""
+
+
+class TranscriptionForm(AudioForm):
+    """The form fields of ``POST /v1/audio/transcriptions`` (besides ``file``).
+
+    Those of :class:`AudioForm`, and: ``language`` must be an ISO-639-1 code the
+    model takes; ``verbose_json`` gives words with ``timestamp_granularities[]=word``;
+    ``stream=true`` sends server-sent events.
+    """
+
+    language: str | None = None
     stream: bool = False
     timestamp_granularities: list[TimestampGranularity] | None = Field(
         default=None, alias="timestamp_granularities[]"
@@ -99,11 +117,6 @@ class TranscriptionForm(BaseModel):
     def words(self) -> bool:
         """Whether word times were asked for."""
         return TimestampGranularity.WORD in (self.timestamp_granularities or [])
-
-    @property
-    def timed(self) -> bool:
-        """Whether the response carries times that need the words aligned (``verbose_json``)."""
-        return self.response_format is ResponseFormat.VERBOSE_JSON
 
 
 class TranscribeResponse(BaseModel):
@@ -178,6 +191,15 @@ class VerboseTranscriptionResponse(BaseModel):
     usage: DurationUsage | None = None
 
 
+class VerboseTranslationResponse(BaseModel):
+    """OpenAI ``response_format=verbose_json`` of a translation (``language``: the output's)."""
+
+    language: str
+    duration: float
+    text: str
+    segments: list[TranscriptionSegment]
+
+
 class TextDeltaEvent(BaseModel):
     """A ``stream=true`` event: more text (one segment's)."""
 
@@ -193,14 +215,17 @@ class TextDoneEvent(BaseModel):
 
 
 class ModelObject(BaseModel):
-    """One model of ``GET /v1/models``: OpenAI's model object, with its family and task."""
+    """One model of ``GET /v1/models``: OpenAI's model object, with its family and tasks."""
 
     id: str
     object: Literal["model"] = "model"
     created: int
     owned_by: str = "espnet-serve"
     family: str = Field(description="The espnet2 model family (asr, asr_transducer, ...).")
-    task: str = Field(description="What the model does on this server (transcribe, ...).")
+    tasks: list[str] = Field(
+        description="What the model does on this server: transcribe (/v1/audio/transcriptions), "
+        "translate (/v1/audio/translations)."
+    )
 
 
 class ModelList(BaseModel):

@@ -87,7 +87,7 @@ class ModelInfo(BaseModel):
         default=False, description="Whether the model can time words (it has a CTC head)."
     )
     family: str = Field(description="The model's family (its executor).")
-    task: str = Field(description="What the model does (transcribe, ...).")
+    tasks: list[str] = Field(description="What the model does (transcribe, translate).")
 
     @property
     def tag(self) -> str:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from espnet_serve.executors.base import TRANSCRIBE, TRANSLATE
 from espnet_serve.serving.errors import ApiError, model_unavailable
 from espnet_serve.serving.languages import language_name
 from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.rpc import ModelInfo
 from espnet_serve.serving.settings import ServeSettings
+
+# How an error message says what a model does.
+TASK_VERBS = {TRANSCRIBE: "transcribes", TRANSLATE: "translates"}
 
 
 class ServedModel:
@@ -59,6 +63,17 @@ class ServedModel:
                 param="language",
             )
         return language_name(language) or "unknown"
+
+    async def check_task(self, task: str) -> None:
+        """400 when the served model does not do ``task`` (``transcribe``, ``translate``)."""
+        tasks = (await self.info()).tasks
+        if task not in tasks:
+            does = " and ".join(TASK_VERBS.get(t, t) for t in tasks)
+            raise ApiError(
+                "task_unsupported",
+                f"This model {does} only: it cannot {task}.",
+                param="model",
+            )
 
     async def check_word_timestamps(self) -> None:
         """400 when the served model cannot time words."""

@@ -26,7 +26,7 @@ Model = Annotated[ServedModel, Depends(served_model)]
 
 def model_object(info: ModelInfo) -> ModelObject:
     """The served model's OpenAI model object: its store tag as the id, family and task."""
-    return ModelObject(id=info.tag, created=info.created, family=info.family, task=info.task)
+    return ModelObject(id=info.tag, created=info.created, family=info.family, tasks=info.tasks)
 
 
 @router.get(MODELS_ROUTE, response_model=ModelList, responses=ERROR_RESPONSES)
