@@ -55,6 +55,7 @@ def write_random_asr_experiment(
     n_mels: int = 40,
     ctc_weight: float = 0.5,
     token_type: str = "char",
+    global_mvn_stats: str | None = None,
     seed: int = 0,
 ) -> AsrExperiment:
     """Build a random-initialised espnet2 ASR model and save it like a trained one.
@@ -70,6 +71,10 @@ def write_random_asr_experiment(
         n_mels: Mel filterbank size of the default frontend.
         ctc_weight: Training-time CTC weight recorded in ``model_conf``.
         token_type: ``char`` or ``word`` (how tokens join into text).
+        global_mvn_stats: A ``feats_stats.npz`` (:func:`write_feats_stats`): ``normalize:
+            global_mvn`` with that ``stats_file``, as recipes train (default: utterance MVN).
+            Recorded as given: a relative path is read from the current directory, as
+            espnet2 reads it in a recipe folder.
         seed: Torch seed for the initial weights.
 
     Returns:
@@ -87,12 +92,29 @@ def write_random_asr_experiment(
     if joint_net_conf is not None:
         args.joint_net_conf = dict(joint_net_conf)
     args.model_conf = {"ctc_weight": ctc_weight}
+    if global_mvn_stats is not None:
+        args.normalize, args.normalize_conf = "global_mvn", {"stats_file": global_mvn_stats}
     args.seed = seed
 
     torch.manual_seed(seed)
     with training_only_stand_ins():
         model = ASRTask.build_model(args)
     return _save(out_dir, args, model)
+
+
+def write_feats_stats(path: Path, n_mels: int = 40, seed: int = 0) -> Path:
+    """Write a ``feats_stats.npz`` as espnet2's ``collect_stats`` does, for random statistics.
+
+    Its ``count``, ``sum`` and ``sum_square`` give a mean and variance drawn at random.
+    """
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    count = 1000
+    mean, var = rng.normal(size=n_mels), rng.uniform(0.5, 2.0, size=n_mels)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez(path, count=np.array(count), sum=mean * count, sum_square=(var + mean**2) * count)
+    return path
 
 
 def write_random_transducer_experiment(

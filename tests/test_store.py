@@ -176,6 +176,53 @@ def test_downloader_cache_paths_are_made_relocatable(
     assert isinstance(text_of(session(speech)), str)
 
 
+def test_a_recipe_bundle_packed_by_espnet2_with_global_mvn_is_served_as_espnet2_decodes_it(
+    bentoml_home: Path, tmp_path: Path, monkeypatch
+):
+    """As a recipe publishes: global_mvn with its stats file (a path relative to the recipe
+    folder), packed by espnet2's own pack(), no inference config. Imported, the batched backend
+    answers as Speech2Text does in the unpacked folder."""
+    import zipfile
+
+    from espnet2.bin.asr_inference import Speech2Text
+    from espnet2.main_funcs.pack_funcs import pack
+
+    from devkit.random_init import write_feats_stats, write_random_asr_experiment
+    from espnet_serve.assets import load_heldout
+    from espnet_serve.backends import BatchedSpeech2Text
+
+    recipe = tmp_path / "egs2" / "tiny" / "asr1"
+    stats = Path("exp/asr_stats_raw_char/train/feats_stats.npz")
+    recipe.mkdir(parents=True)
+    monkeypatch.chdir(recipe)
+    write_feats_stats(stats)
+    experiment = write_random_asr_experiment(
+        Path("exp/asr_train_char"), global_mvn_stats=str(stats)
+    )
+    archive = tmp_path / "published.zip"
+    pack(
+        files={"asr_model_file": str(experiment.asr_model_file)},
+        yaml_files={"asr_train_config": str(experiment.asr_train_config)},
+        option=[str(stats)],
+        outpath=archive,
+    )
+    unpacked = tmp_path / "unpacked"
+    zipfile.ZipFile(archive).extractall(unpacked)
+    monkeypatch.chdir(unpacked)
+    reference = Speech2Text(str(experiment.asr_train_config), str(experiment.asr_model_file))
+    monkeypatch.chdir(tmp_path)
+
+    model = store.import_bundle(archive)
+    session = store.load_session(model, batched_backend=True, prefer_model_batch=True)
+
+    assert isinstance(session.model, BatchedSpeech2Text)
+    assert type(session.model.asr_model.normalize).__name__ == "GlobalMVN"
+    clips = [clip.read_audio(16000) for clip in load_heldout(4)]
+    assert [nbest[0][2] for nbest in session.forward_batch(clips)] == [
+        reference(clip)[0][2] for clip in clips
+    ]
+
+
 def test_offline_hugging_face_snapshot_is_imported(
     bentoml_home: Path, tiny_bundle_dir: Path, tmp_path: Path, monkeypatch, speech
 ):
