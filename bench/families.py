@@ -42,6 +42,7 @@ import torch
 from devkit.publish import write_bundle
 from devkit.random_init import (
     AsrExperiment,
+    sharpen,
     write_random_asr_experiment,
     write_random_lm_experiment,
     write_random_transducer_experiment,
@@ -187,14 +188,11 @@ class Row:
 
 def _peak(model_file: Path, blank_bias: float) -> None:
     """Make the random model's posteriors peaked (and a transducer's blank-dominated)."""
-    state = torch.load(model_file, map_location="cpu")
-    for key in SHARPENED:
-        if key in state:
-            state[key] = state[key] * SHARPEN
+    sharpen(model_file, SHARPENED, SHARPEN)
     if blank_bias:
-        state[JOINT_OUTPUT_BIAS] = state[JOINT_OUTPUT_BIAS].clone()
+        state = torch.load(model_file, map_location="cpu")
         state[JOINT_OUTPUT_BIAS][0] += blank_bias
-    torch.save(state, model_file)
+        torch.save(state, model_file)
 
 
 def _bundle(family: Family, root: Path) -> Path:

@@ -4,7 +4,7 @@ Bundle layout (what ``InferenceSession.from_pretrained`` and the build step read
 
     meta.yaml                  schema_version, files, yaml_files, user_code_paths, versions
     conf/inference.yaml        model (_target_), input_key, output_fn, recipe_dir: "."
-    exp/asr/config.yaml        espnet2 training config
+    exp/asr/config.yaml        espnet2 training config (exp/<task>/: st, ...)
     exp/asr/model.pth          weights
     src/                       recipe code (output_fn), run only under trust
 """
@@ -53,8 +53,9 @@ def write_bundle(
     extra_meta: Mapping[str, Any] | None = None,
     lm_train_config: Path | None = None,
     lm_file: Path | None = None,
+    task: str = "asr",
 ) -> Path:
-    """Lay out a published ASR bundle directory.
+    """Lay out a published bundle directory (an ASR model's, or another ``task``'s).
 
     Args:
         out_dir: Bundle directory to create (must not exist or be empty).
@@ -71,6 +72,8 @@ def write_bundle(
         lm_train_config: A language model's espnet2 ``config.yaml`` (shallow fusion; set
             ``lm_weight`` in ``decoding``).
         lm_file: The language model's weights.
+        task: The model's espnet2 task (``asr``, ``st``): its files are the artifacts
+            ``<task>_train_config`` and ``<task>_model_file`` under ``exp/<task>/``.
 
     Returns:
         Path: ``out_dir``.
@@ -79,8 +82,8 @@ def write_bundle(
     if any(out_dir.iterdir()):
         raise FileExistsError(f"Bundle directory {out_dir} is not empty.")
     artifacts = {
-        "asr_train_config": (asr_train_config, TRAIN_CONFIG_RELPATH),
-        "asr_model_file": (asr_model_file, MODEL_FILE_RELPATH),
+        f"{task}_train_config": (asr_train_config, TRAIN_CONFIG_RELPATH.replace("asr", task)),
+        f"{task}_model_file": (asr_model_file, MODEL_FILE_RELPATH.replace("asr", task)),
     }
     if lm_train_config is not None and lm_file is not None:
         artifacts["lm_train_config"] = (lm_train_config, LM_CONFIG_RELPATH)

@@ -165,6 +165,82 @@ def write_random_transducer_experiment(
     return _save(out_dir, args, model)
 
 
+def write_random_st_experiment(
+    out_dir: Path,
+    *,
+    token_list: Sequence[str] = CHAR_TOKENS,
+    src_token_list: Sequence[str] = CHAR_TOKENS,
+    encoder: str,
+    encoder_conf: Mapping[str, Any],
+    decoder: str = "transformer",
+    decoder_conf: Mapping[str, Any],
+    extra_asr_decoder: str | None = None,
+    extra_asr_decoder_conf: Mapping[str, Any] | None = None,
+    extra_mt_decoder: str | None = None,
+    extra_mt_decoder_conf: Mapping[str, Any] | None = None,
+    model_conf: Mapping[str, Any] | None = None,
+    n_mels: int = 40,
+    token_type: str = "char",
+    seed: int = 0,
+) -> AsrExperiment:
+    """Build a random-initialised espnet2 speech translation model and save it like a trained one.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        token_list: The target (translation) vocabulary.
+        src_token_list: The source (transcript) vocabulary of the auxiliary CTC and decoders.
+        encoder: espnet2 encoder name.
+        encoder_conf: Encoder options.
+        decoder: The translation decoder's name.
+        decoder_conf: Its options.
+        extra_asr_decoder: An auxiliary transcript decoder (training only at ``mtlalpha: 1``).
+        extra_asr_decoder_conf: Its options.
+        extra_mt_decoder: An auxiliary text-to-text decoder (training only at ``mt_weight: 0``).
+        extra_mt_decoder_conf: Its options.
+        model_conf: Model options (``asr_weight``, ``mt_weight``, ``mtlalpha``, ...).
+        n_mels: Mel filterbank size of the default frontend.
+        token_type: ``char`` or ``word``, of both vocabularies.
+        seed: Torch seed for the initial weights.
+
+    Returns:
+        AsrExperiment: The written config (``asr_train_config``: the ST model's) and weights.
+    """
+    import torch
+
+    block_runtime_downloads()
+    from espnet2.tasks.st import STTask
+
+    args = STTask.get_parser().parse_args(["--output_dir", str(out_dir)])
+    _set_front(args, token_list, n_mels, token_type)
+    args.src_token_list, args.src_token_type = list(src_token_list), token_type
+    args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
+    args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
+    args.extra_asr_decoder = extra_asr_decoder
+    args.extra_asr_decoder_conf = dict(extra_asr_decoder_conf or {})
+    args.extra_mt_decoder = extra_mt_decoder
+    args.extra_mt_decoder_conf = dict(extra_mt_decoder_conf or {})
+    args.model_conf = dict(model_conf or {})
+    args.seed = seed
+    torch.manual_seed(seed)
+    return _save(out_dir, args, STTask.build_model(args))
+
+
+def sharpen(model_file: Path, keys: Sequence[str], factor: float) -> None:
+    """Scale the weights ``keys`` (output projections) of a saved model by ``factor``.
+
+    Random weights give near-uniform posteriors; scaled output projections make them peaked, as
+    a trained model's are, so that answers depend on the audio and floating-point noise cannot
+    flip them. Keys the model does not have are skipped.
+    """
+    import torch
+
+    state = torch.load(model_file, map_location="cpu")
+    for key in keys:
+        if key in state:
+            state[key] = state[key] * factor
+    torch.save(state, model_file)
+
+
 def _set_front(args: Any, token_list: Sequence[str], n_mels: int, token_type: str) -> None:
     """Vocabulary and token type, fbank front end, utterance MVN, no SpecAugment."""
     args.token_list = list(token_list)

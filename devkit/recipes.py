@@ -21,6 +21,7 @@ from typing import Any
 
 LIBRISPEECH_100 = "egs2/librispeech_100/asr1/conf/"
 AISHELL = "egs2/aishell/asr1/conf/"
+FISHER_CALLHOME_SPANISH_ST = "egs2/fisher_callhome_spanish/st1/conf/"
 
 CI_WIDTH = 64
 CI_SIZES: dict[str, int] = {
@@ -286,6 +287,37 @@ AISHELL_STREAMING_CONFORMER = Recipe(
 )
 
 
+# Spanish speech to English text. The auxiliary decoders train only: at mtlalpha 1.0 the
+# transcript is learnt by CTC alone, at mt_weight 0 there is no text-to-text loss.
+FISHER_CALLHOME_SPANISH_CONFORMER_ST = Recipe(
+    f"{FISHER_CALLHOME_SPANISH_ST}tuning/train_conformer_st.yaml",
+    {
+        "encoder": "conformer",
+        "encoder_conf": {
+            "output_size": 256,
+            "attention_heads": 4,
+            "linear_units": 2048,
+            "num_blocks": 12,
+            "input_layer": "conv2d",
+            "normalize_before": True,
+            "macaron_style": True,
+            "pos_enc_layer_type": "rel_pos",
+            "selfattention_layer_type": "rel_selfattn",
+            "activation_type": "swish",
+            "use_cnn_module": True,
+            "cnn_module_kernel": 31,
+        },
+        "decoder": "transformer",
+        "decoder_conf": {"input_layer": "embed", "num_blocks": 6, "linear_units": 2048},
+        "extra_asr_decoder": "transformer",
+        "extra_asr_decoder_conf": {"input_layer": "embed", "num_blocks": 2, "linear_units": 2048},
+        "extra_mt_decoder": "transformer",
+        "extra_mt_decoder_conf": {"input_layer": "embed", "num_blocks": 2, "linear_units": 2048},
+        "model_conf": {"asr_weight": 0.3, "mt_weight": 0.0, "mtlalpha": 1.0},
+    },
+)
+
+
 def reduced(recipe: Recipe) -> Recipe:
     """The recipe at the size tests build: dimensions and depths cut, every other option kept.
 
@@ -301,7 +333,7 @@ def reduced(recipe: Recipe) -> Recipe:
         Recipe: The same config's options at the reduced size (new dicts).
     """
     options = {
-        name: _cut(value, CI_DECODER_SIZES if name == "decoder_conf" else CI_SIZES)
+        name: _cut(value, CI_DECODER_SIZES if name.endswith("decoder_conf") else CI_SIZES)
         for name, value in recipe.options.items()
     }
     encoder_conf = recipe.options.get("encoder_conf", {})

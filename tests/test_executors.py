@@ -9,7 +9,10 @@ Reduced-size models (the recipes' options as they are; dimensions and depths cut
 - ``Speech2TextStreaming``: egs2/aishell/asr1/conf/``train_asr_streaming_conformer.yaml`` with
   ``decode_asr_streaming2.yaml`` (no LM);
 - interCTC and self-conditioned CTC: egs2/librispeech_100/asr1/conf/tuning/
-  ``train_conformer_interctc.yaml`` and ``train_conformer_scctc.yaml`` (CTC only), batched.
+  ``train_conformer_interctc.yaml`` and ``train_conformer_scctc.yaml`` (CTC only), batched;
+- speech translation (``st_inference.Speech2Text``): egs2/fisher_callhome_spanish/st1/conf/
+  tuning/``train_conformer_st.yaml``, its decoder's output projection scaled (random weights
+  otherwise always write the same token).
 """
 
 from __future__ import annotations
@@ -27,9 +30,15 @@ import pytest
 import yaml
 
 from devkit.publish import write_bundle
-from devkit.random_init import write_random_asr_experiment, write_random_transducer_experiment
+from devkit.random_init import (
+    sharpen,
+    write_random_asr_experiment,
+    write_random_st_experiment,
+    write_random_transducer_experiment,
+)
 from devkit.recipes import (
     AISHELL_STREAMING_CONFORMER,
+    FISHER_CALLHOME_SPANISH_CONFORMER_ST,
     LIBRISPEECH_100_CONFORMER_INTERCTC,
     LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER,
     reduced,
@@ -49,6 +58,7 @@ SAMPLE_RATE = 16000
 CLIPS = 8
 TRANSDUCER_TARGET = "espnet2.bin.asr_transducer_inference.Speech2Text"
 STREAMING_TARGET = "espnet2.bin.asr_inference_streaming.Speech2TextStreaming"
+ST_TARGET = "espnet2.bin.st_inference.Speech2Text"
 
 
 @pytest.fixture(scope="module")
@@ -91,6 +101,23 @@ def asr_streaming_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
+@pytest.fixture(scope="module")
+def st_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("st")
+    experiment = write_random_st_experiment(
+        root / "exp", **reduced(FISHER_CALLHOME_SPANISH_CONFORMER_ST).options
+    )
+    sharpen(experiment.asr_model_file, ["decoder.output_layer.weight"], 8.0)
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        backend=ST_TARGET,
+        decoding={"beam_size": 4},
+        task="st",
+    )
+
+
 def interctc_bundle(root: Path, *, conditioning: bool) -> Path:
     options = reduced(LIBRISPEECH_100_CONFORMER_INTERCTC).options
     options["encoder_conf"]["interctc_use_conditioning"] = conditioning  # true: scctc
@@ -106,13 +133,13 @@ def interctc_bundle(root: Path, *, conditioning: bool) -> Path:
 def espnet2_class(bundle: Path) -> Any:
     """The bundle's espnet2 class called directly, with its files and decoding options."""
     model = yaml.safe_load((bundle / "conf" / "inference.yaml").read_text())["model"]
-    options = {k: v for k, v in model.items() if k != "_target_" and "${" not in str(v)}
+    options = {
+        key: value.replace("${recipe_dir}", str(bundle)) if isinstance(value, str) else value
+        for key, value in model.items()
+        if key != "_target_"
+    }
     with training_only_stand_ins():
-        return import_object(model["_target_"])(
-            asr_train_config=bundle / "exp" / "asr" / "config.yaml",
-            asr_model_file=bundle / "exp" / "asr" / "model.pth",
-            **options,
-        )
+        return import_object(model["_target_"])(**options)
 
 
 def best(reference: Any, output: Any) -> tuple[str, tuple[int, ...]]:
@@ -130,7 +157,8 @@ def segments_of(clips: list[np.ndarray]) -> list[AudioSegment]:
 
 
 @pytest.mark.parametrize(
-    ("family", "word_timestamps"), [("asr_transducer", False), ("asr_streaming", True)]
+    ("family", "word_timestamps"),
+    [("asr_transducer", False), ("asr_streaming", True), ("st", False)],
 )
 def test_an_unbatched_family_answers_as_its_espnet2_class(
     family: str, word_timestamps: bool, request: pytest.FixtureRequest, clips: list[np.ndarray]
@@ -157,7 +185,7 @@ def test_an_unbatched_family_answers_as_its_espnet2_class(
         assert timed and all(o.words for o in timed)
 
 
-@pytest.mark.parametrize("family", ["asr_transducer", "asr_streaming"])
+@pytest.mark.parametrize("family", ["asr_transducer", "asr_streaming", "st"])
 def test_the_shortest_input_a_family_takes_decodes(
     family: str, request: pytest.FixtureRequest, clips: list[np.ndarray]
 ):
@@ -281,3 +309,37 @@ def test_a_streaming_model_is_served_as_espnet2_decodes_it(
     reference = espnet2_class(asr_streaming_bundle)
     assert served == [best(reference, reference(clip))[0] for clip in clips]
     assert [(m["family"], m["tasks"]) for m in models] == [("asr_streaming", ["transcribe"])]
+
+
+@pytest.mark.slow
+def test_a_translation_model_is_served_on_the_translations_route_as_espnet2_decodes_it(
+    tmp_path: Path, st_bundle: Path, clips: list[np.ndarray]
+):
+    (tmp_path / "home").mkdir()
+    env = serve_env(tmp_path / "home", model_tag="st:latest")
+    built = build(st_bundle, "st", env)
+    assert built.returncode == 0, built.stderr
+    assert "Family: st" in built.stdout and "Tasks: translate" in built.stdout
+    server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        served, verbose = [], None
+        for clip in load_heldout(CLIPS):
+            with clip.path.open("rb") as audio:
+                served.append(sdk.audio.translations.create(model="st", file=audio).text)
+        with clip.path.open("rb") as audio:
+            verbose = sdk.audio.translations.create(
+                model="st", file=audio, response_format="verbose_json"
+            )
+        with clip.path.open("rb") as audio, pytest.raises(openai.BadRequestError) as refused:
+            sdk.audio.transcriptions.create(model="st", file=audio)
+        models = httpx.get(f"{server.url}/v1/models").json()["data"]
+    finally:
+        server.stop()
+    reference = espnet2_class(st_bundle)
+    expected = [best(reference, reference(clip))[0] for clip in clips]
+    assert served == expected and any(expected)
+    assert verbose.language == "english" and verbose.text == expected[-1]
+    assert refused.value.body["code"] == "task_unsupported"
+    assert "translates only" in refused.value.body["message"]
+    assert [(m["family"], m["tasks"]) for m in models] == [("st", ["translate"])]

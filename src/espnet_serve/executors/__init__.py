@@ -13,8 +13,14 @@ from espnet_serve.executors.asr import AsrExecutor
 from espnet_serve.executors.asr_streaming import AsrStreamingExecutor
 from espnet_serve.executors.asr_transducer import AsrTransducerExecutor
 from espnet_serve.executors.base import Executor, Hypothesis
+from espnet_serve.executors.st import StExecutor
 
-EXECUTORS: tuple[type[Executor], ...] = (AsrExecutor, AsrTransducerExecutor, AsrStreamingExecutor)
+EXECUTORS: tuple[type[Executor], ...] = (
+    AsrExecutor,
+    AsrTransducerExecutor,
+    AsrStreamingExecutor,
+    StExecutor,
+)
 _BY_FAMILY = {executor.family: executor for executor in EXECUTORS}
 _BY_CLASS = {name: executor for executor in EXECUTORS for name in executor.inference_classes}
 
