@@ -45,11 +45,13 @@ from devkit.random_init import (
     sharpen,
     write_random_asr_experiment,
     write_random_lm_experiment,
+    write_random_st_experiment,
     write_random_transducer_experiment,
 )
 from devkit.recipes import (
     AISHELL_BRANCHFORMER_E24,
     AISHELL_STREAMING_CONFORMER,
+    FISHER_CALLHOME_SPANISH_CONFORMER_ST,
     LIBRISPEECH_100_CONFORMER,
     LIBRISPEECH_100_CONFORMER_INTERCTC,
     LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER,
@@ -92,12 +94,27 @@ class Family:
     target: str = SPEECH2TEXT
     lm: bool = False
     blank_bias: float = 0.0  # added to the joint network's blank logit (a transducer)
+    task: str = "asr"  # espnet2's task: the bundle's exp/<task>/ files; st is served as translate
 
 
 def _asr(recipe: Recipe) -> Callable[[Path], AsrExperiment]:
     def build(out: Path) -> AsrExperiment:
         return write_random_asr_experiment(
             out, token_list=VOCABULARY, token_type="word", n_mels=80, **recipe.options
+        )
+
+    return build
+
+
+def _st(recipe: Recipe) -> Callable[[Path], AsrExperiment]:
+    def build(out: Path) -> AsrExperiment:
+        return write_random_st_experiment(
+            out,
+            token_list=VOCABULARY,
+            src_token_list=VOCABULARY,
+            token_type="word",
+            n_mels=80,
+            **recipe.options,
         )
 
     return build
@@ -162,6 +179,14 @@ FAMILIES = (
         {"beam_size": 20, "ctc_weight": 0.6, "penalty": 0.0},
         target="espnet2.bin.asr_inference_streaming.Speech2TextStreaming",
     ),
+    Family(
+        "conformer speech translation (Spanish to English)",
+        f"{FISHER_CALLHOME_SPANISH_CONFORMER_ST.config}, st_inference's defaults (beam 20)",
+        _st(FISHER_CALLHOME_SPANISH_CONFORMER_ST),
+        {"beam_size": 20},
+        target="espnet2.bin.st_inference.Speech2Text",
+        task="st",
+    ),
 )
 
 
@@ -213,6 +238,7 @@ def _bundle(family: Family, root: Path) -> Path:
         asr_model_file=experiment.asr_model_file,
         backend=family.target,
         decoding={**family.decoding, "device": "cpu"},
+        task=family.task,
         **lm,
     )
 
@@ -226,8 +252,10 @@ def _reference(bundle: Path, family: Family) -> Any:
         }
     with training_only_stand_ins():
         return import_object(family.target)(
-            asr_train_config=bundle / "exp/asr/config.yaml",
-            asr_model_file=bundle / "exp/asr/model.pth",
+            **{
+                f"{family.task}_train_config": bundle / f"exp/{family.task}/config.yaml",
+                f"{family.task}_model_file": bundle / f"exp/{family.task}/model.pth",
+            },
             **options,
         )
 
@@ -241,7 +269,8 @@ def _best(reference: Any, output: Any) -> tuple[str, tuple[int, ...]]:
     return (text or "").strip(), tuple(int(t) for t in token_ids)
 
 
-def _served(bundle: Path, clips: list, home: Path) -> list[str]:
+def _served(bundle: Path, clips: list, home: Path, translate: bool) -> list[str]:
+    """The openai SDK's answers from a real ``bentoml serve`` (translations for an ST model)."""
     env = serve_env(home, model_tag="family:latest")
     cli = str(Path(sys.executable).with_name("espnet-serve"))
     subprocess.run(
@@ -255,10 +284,11 @@ def _served(bundle: Path, clips: list, home: Path) -> list[str]:
         sdk = openai.OpenAI(
             base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600
         )
+        route = sdk.audio.translations if translate else sdk.audio.transcriptions
         texts = []
         for clip in clips:
             with clip.path.open("rb") as audio:
-                texts.append(sdk.audio.transcriptions.create(model="family", file=audio).text)
+                texts.append(route.create(model="family", file=audio).text)
         return texts
     finally:
         server.stop()
@@ -300,7 +330,7 @@ def run_family(family: Family, clips: list, waves: list[np.ndarray], served: boo
         ]
         row.equal_in_process = not row.mismatches
         if served:
-            texts = _served(bundle, clips[:8], Path(scratch) / "home")
+            texts = _served(bundle, clips[:8], Path(scratch) / "home", family.task == "st")
             row.served_over_http = texts == [text for text, _ in expected[:8]]
     return row
 
