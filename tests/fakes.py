@@ -80,6 +80,7 @@ class FakeModelClient:
         self.failures: list[BaseException] = []
         self.requests: list[SegmentRequest] = []
         self.tasks = ["transcribe"]
+        self.target_languages: list[str] = []
 
     async def readiness(self) -> Readiness:
         return self.ready
@@ -96,6 +97,7 @@ class FakeModelClient:
             word_timestamps=True,
             family="asr",
             tasks=self.tasks,
+            target_languages=self.target_languages,
         )
 
     async def decode(self, request: SegmentRequest) -> SegmentResult:

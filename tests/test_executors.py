@@ -115,6 +115,7 @@ def st_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         backend=ST_TARGET,
         decoding={"beam_size": 4},
         task="st",
+        extra_meta={"languages": ["es"], "target_languages": ["en"]},
     )
 
 
@@ -320,6 +321,7 @@ def test_a_translation_model_is_served_on_the_translations_route_as_espnet2_deco
     built = build(st_bundle, "st", env)
     assert built.returncode == 0, built.stderr
     assert "Family: st" in built.stdout and "Tasks: translate" in built.stdout
+    assert "Target languages: en" in built.stdout
     server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
     try:
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
@@ -333,6 +335,10 @@ def test_a_translation_model_is_served_on_the_translations_route_as_espnet2_deco
             )
         with clip.path.open("rb") as audio, pytest.raises(openai.BadRequestError) as refused:
             sdk.audio.transcriptions.create(model="st", file=audio)
+        with clip.path.open("rb") as audio, pytest.raises(openai.BadRequestError) as into_german:
+            sdk.audio.translations.create(
+                model="st", file=audio, extra_body={"target_language": "de"}
+            )
         models = httpx.get(f"{server.url}/v1/models").json()["data"]
     finally:
         server.stop()
@@ -342,4 +348,7 @@ def test_a_translation_model_is_served_on_the_translations_route_as_espnet2_deco
     assert verbose.language == "english" and verbose.text == expected[-1]
     assert refused.value.body["code"] == "task_unsupported"
     assert "translates only" in refused.value.body["message"]
-    assert [(m["family"], m["tasks"]) for m in models] == [("st", ["translate"])]
+    assert into_german.value.body["code"] == "unsupported_language"
+    assert [(m["family"], m["tasks"], m["languages"], m["target_languages"]) for m in models] == [
+        ("st", ["translate"], ["es"], ["en"])
+    ]

@@ -174,7 +174,8 @@ def test_a_model_that_only_transcribes_refuses_translations_through_the_sdk(sett
         return listed, raised.value
 
     listed, refused = asyncio.run(ask())
-    assert listed.data[0].model_dump()["tasks"] == ["transcribe"]
+    model = listed.data[0].model_dump()
+    assert model["tasks"] == ["transcribe"] and model["languages"] == ["en"]
     assert refused.body["code"] == "task_unsupported" and refused.body["param"] == "model"
     assert refused.body["message"] == "This model transcribes only: it cannot translate."
     assert not fake.requests
@@ -204,6 +205,27 @@ def test_a_model_that_translates_serves_translations_in_every_format(settings, f
     assert srt.startswith("1\n00:00:00,000 --> ") and "8000 samples" in srt
     assert refused.body["code"] == "task_unsupported"
     assert refused.body["message"] == "This model translates only: it cannot transcribe."
+
+
+def test_a_translation_target_the_model_does_not_write_is_a_400(settings, fake):
+    fake.tasks, fake.target_languages = ["translate"], ["de"]
+    client = sdk(served_app(settings, fake))
+
+    async def ask(**extra):
+        return await client.audio.translations.create(
+            model="fake", file=("a.wav", wav(0.5)), response_format="verbose_json", **extra
+        )
+
+    with pytest.raises(openai.BadRequestError) as into_english:
+        asyncio.run(ask())
+    assert into_english.value.body["code"] == "unsupported_language"
+    assert into_english.value.body["param"] == "target_language"
+    assert "translates into de only, not 'en'" in into_english.value.body["message"]
+    german = asyncio.run(ask(extra_body={"target_language": "DE"}))
+    assert german.language == "german" and german.text == "8000 samples"
+    with pytest.raises(openai.BadRequestError) as invalid:
+        asyncio.run(ask(extra_body={"target_language": "xx"}))
+    assert invalid.value.body["code"] == "invalid_language" and not fake.requests[1:]
 
 
 @pytest.mark.parametrize("name", ["fake", "fake:v1", "whisper-1"])

@@ -38,6 +38,7 @@ class BundleMetadata(BaseModel):
         user_code_paths: Bundle-relative import roots of recipe code.
         languages: ISO-639-1 codes of the languages the model transcribes (``language``
             with one code is accepted too).
+        target_languages: ISO-639-1 codes of the languages a translation model writes.
     """
 
     model_config = ConfigDict(extra="allow")
@@ -47,6 +48,7 @@ class BundleMetadata(BaseModel):
     inference_config_key: str | None = None
     user_code_paths: list[str] | None = None
     languages: list[str] = Field(default_factory=list)
+    target_languages: list[str] = Field(default_factory=list)
 
     @model_validator(mode="before")
     @classmethod
@@ -56,7 +58,7 @@ class BundleMetadata(BaseModel):
             return {**values, "languages": [language] if isinstance(language, str) else language}
         return values
 
-    @field_validator("languages", mode="after")
+    @field_validator("languages", "target_languages", mode="after")
     @classmethod
     def _lower_case_codes(cls, value: list[str]) -> list[str]:
         return [str(code).strip().lower() for code in value]

@@ -69,6 +69,7 @@ class BundlePlan:
         input_key: The backend's input keyword.
         sample_rate: Sample rate the model expects (``frontend_conf.fs``).
         languages: ISO-639-1 codes the model transcribes (``meta.yaml`` or given at import).
+        target_languages: ISO-639-1 codes a translation model writes (likewise).
         user_code_included: Whether bundled user code was copied (trusted).
         user_code_paths: The bundle's user-code import roots.
         espnet_version: The espnet version recorded in ``meta.yaml`` at packing.
@@ -84,6 +85,7 @@ class BundlePlan:
     input_key: str = DEFAULT_INPUT_KEY
     sample_rate: int = DEFAULT_SAMPLE_RATE
     languages: list[str] = field(default_factory=list)
+    target_languages: list[str] = field(default_factory=list)
     user_code_included: bool = False
     user_code_paths: list[str] = field(default_factory=list)
     espnet_version: str = ""
@@ -216,6 +218,7 @@ def plan_bundle(
         task=_task(list(yaml_files)),
         espnet_version=str(meta_document.get("espnet", "")),
         languages=metadata.languages,
+        target_languages=metadata.target_languages,
     )
 
     meta_changed = False

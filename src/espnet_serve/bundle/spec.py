@@ -37,6 +37,7 @@ class ModelSpec(BaseModel):
         source_sha256: The archive's digest, for an archive.
         espnet_version: The espnet version ``meta.yaml`` recorded at packing ("" if none).
         languages: ISO-639-1 codes the model transcribes (empty: not recorded).
+        target_languages: ISO-639-1 codes a translation model writes (empty: not recorded).
     """
 
     model_config = ConfigDict(extra="ignore", frozen=True)
@@ -58,6 +59,7 @@ class ModelSpec(BaseModel):
     source_sha256: str | None = None
     espnet_version: str = ""
     languages: list[str] = Field(default_factory=list)
+    target_languages: list[str] = Field(default_factory=list)
 
     @property
     def weights_sha256(self) -> str:

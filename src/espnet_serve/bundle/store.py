@@ -77,6 +77,7 @@ def stage_bundle(
     user_code_paths: Sequence[str] | None = None,
     cachedir: Path | None = None,
     languages: Sequence[str] | None = None,
+    target_languages: Sequence[str] | None = None,
 ) -> tuple[ModelSpec, FetchedSource]:
     """Fetch a source and write its verified, relocatable bundle to ``target``.
 
@@ -93,6 +94,7 @@ def stage_bundle(
         user_code_paths: Bundle-relative import roots overriding ``meta.yaml``.
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
         languages: ISO-639-1 codes the model transcribes, replacing ``meta.yaml``'s.
+        target_languages: ISO-639-1 codes a translation model writes, likewise.
 
     Returns:
         tuple[ModelSpec, FetchedSource]: The bundle's spec, and what was fetched.
@@ -129,6 +131,9 @@ def stage_bundle(
         source_sha256=fetched.archive_sha256,
         espnet_version=plan.espnet_version,
         languages=list(languages) if languages is not None else plan.languages,
+        target_languages=(
+            list(target_languages) if target_languages is not None else plan.target_languages
+        ),
     )
     return spec, fetched
 
@@ -141,6 +146,7 @@ def import_bundle(
     user_code_paths: Sequence[str] | None = None,
     cachedir: Path | None = None,
     languages: Sequence[str] | None = None,
+    target_languages: Sequence[str] | None = None,
 ) -> bentoml.Model:
     """Import a model into the BentoML model store as a verified, relocatable bundle.
 
@@ -151,6 +157,7 @@ def import_bundle(
         user_code_paths: Bundle-relative import roots overriding ``meta.yaml``.
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
         languages: ISO-639-1 codes the model transcribes, replacing ``meta.yaml``'s.
+        target_languages: ISO-639-1 codes a translation model writes, likewise.
 
     Returns:
         bentoml.Model: The stored model; its metadata is the bundle's :class:`ModelSpec`.
@@ -172,6 +179,7 @@ def import_bundle(
             user_code_paths=user_code_paths,
             cachedir=cachedir,
             languages=languages,
+            target_languages=target_languages,
         )
         labels = {
             "task": spec.task,

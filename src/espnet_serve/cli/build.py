@@ -43,6 +43,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "meta.yaml's languages). The server refuses requests for other languages.",
     )
     parser.add_argument(
+        "--target-language",
+        dest="target_languages",
+        action="append",
+        default=None,
+        help="ISO-639-1 code of a language a translation model writes (repeatable; default: "
+        "meta.yaml's target_languages). The server refuses translations into others.",
+    )
+    parser.add_argument(
         "--trust-user-code",
         action="store_true",
         help="Include the bundle's own Python code (src/) and let its config use it. "
@@ -120,6 +128,7 @@ def main(args: argparse.Namespace) -> int:
     """Run ``espnet-serve build``; returns the exit status."""
     from espnet_serve.bundle.store import import_bundle, stored_spec
     from espnet_serve.executors import executor_class
+    from espnet_serve.executors.base import TRANSLATE
 
     try:
         model = import_bundle(
@@ -129,12 +138,18 @@ def main(args: argparse.Namespace) -> int:
             user_code_paths=args.user_code_paths,
             cachedir=args.cachedir,
             languages=args.languages,
+            target_languages=args.target_languages,
         )
         print(f"Model: {model.tag}")
         spec = stored_spec(model)
         print(f"Family: {spec.family or 'none served'} ({spec.inference_class})")
         executor = executor_class(spec.family, spec.inference_class)
         print(f"Tasks: {', '.join(executor.tasks)}")
+        if TRANSLATE in executor.tasks:
+            targets = ", ".join(spec.target_languages) or (
+                "not recorded: any target_language is accepted (pass --target-language)"
+            )
+            print(f"Target languages: {targets}")
         if args.bento:
             bento_tag, dockerfile = build_bento(str(model.tag), args.bentofile)
             print(f"Bento: {bento_tag}")

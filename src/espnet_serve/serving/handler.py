@@ -87,10 +87,6 @@ class OpenedUpload:
         self._exit.close()
 
 
-# The language a translation is into (OpenAI's route translates into English).
-TRANSLATION_LANGUAGE = "english"
-
-
 class TranscriptionHandler:
     """Serves transcription and translation requests through the model client, counting each.
 
@@ -134,15 +130,17 @@ class TranscriptionHandler:
     async def create_translation(
         self, upload: UploadFile, form: TranslationForm, route: str
     ) -> Response:
-        """``POST /v1/audio/translations``: ``upload`` in English, in the form's format.
+        """``POST /v1/audio/translations``: ``upload`` in English (or ``target_language``).
 
-        A model that does not translate is a 400 (``task_unsupported``).
+        A model that does not translate is a 400 (``task_unsupported``); so is a target
+        language the model does not write, when its bundle records the ones it does.
         """
         await self.model.named(form.model)
         await self.model.check_task(TRANSLATE)
+        language = await self.model.target_language_name(form.target_language)
         transcript = await self.transcript(upload, route, words=form.timed)
         return formatted_response(
-            transcript, form.response_format, language=TRANSLATION_LANGUAGE, task=TRANSLATE
+            transcript, form.response_format, language=language, task=TRANSLATE
         )
 
     async def transcript(

@@ -95,6 +95,7 @@ class ModelService:
                 sample_rate=spec.sample_rate,
                 min_samples=self.decoder.executor.min_samples(),
                 languages=spec.languages,
+                target_languages=spec.target_languages,
                 created=int(self.bento_model.info.creation_time.timestamp()),
                 word_timestamps=self.decoder.word_timestamps,
                 family=executor.family,

@@ -19,6 +19,7 @@ from espnet_serve.pipeline.types import Segment, Word
 from espnet_serve.serving.languages import language_name
 
 SEEK_FRAMES_PER_SECOND = 100  # Whisper's seek unit: 10 ms mel frames
+DEFAULT_TARGET_LANGUAGE = "en"  # OpenAI's translations route writes English
 
 
 class InvalidOptionError(Exception):
@@ -48,6 +49,21 @@ class TimestampGranularity(StrEnum):
     SEGMENT = "segment"
 
 
+def iso_639_1(language: str, *, param: str) -> str:
+    """``language`` in lower case, if it is an ISO-639-1 code.
+
+    Raises:
+        InvalidOptionError: ``invalid_language`` (400), naming ``param``.
+    """
+    if language_name(language) is None:
+        raise InvalidOptionError(
+            f"{param} {language!r} is not an ISO-639-1 code (e.g. 'en', 'de').",
+            param=param,
+            code="invalid_language",
+        )
+    return language.lower()
+
+
 class AudioForm(BaseModel):
     """The form fields both audio routes take (besides ``file``).
 
@@ -70,7 +86,18 @@ class AudioForm(BaseModel):
 
 
 class TranslationForm(AudioForm):
-    """The form fields of ``POST /v1/audio/translations``: OpenAI's, into English."""
+    """The form fields of ``POST /v1/audio/translations``: OpenAI's, into English.
+
+    ``target_language`` (ours, not OpenAI's: the SDK sends it with ``extra_body``) asks for
+    another language a translation model writes (ISO-639-1).
+    """
+
+    target_language: str = DEFAULT_TARGET_LANGUAGE
+
+    @field_validator("target_language")
+    @classmethod
+    def _target_iso_639_1(cls, language: str) -> str:
+        return iso_639_1(language, param="target_language")
 
 
 class TranscriptionForm(AudioForm):
@@ -90,13 +117,7 @@ class TranscriptionForm(AudioForm):
     @field_validator("language")
     @classmethod
     def _iso_639_1(cls, language: str | None) -> str | None:
-        if language is not None and language_name(language) is None:
-            raise InvalidOptionError(
-                f"language {language!r} is not an ISO-639-1 code (e.g. 'en', 'de').",
-                param="language",
-                code="invalid_language",
-            )
-        return None if language is None else language.lower()
+        return None if language is None else iso_639_1(language, param="language")
 
     @model_validator(mode="after")
     def _options_go_together(self) -> TranscriptionForm:
@@ -225,6 +246,10 @@ class ModelObject(BaseModel):
     tasks: list[str] = Field(
         description="What the model does on this server: transcribe (/v1/audio/transcriptions), "
         "translate (/v1/audio/translations)."
+    )
+    languages: list[str] = Field(description="ISO-639-1 codes of the speech it takes, if known.")
+    target_languages: list[str] = Field(
+        description="ISO-639-1 codes a translation model writes, if known."
     )
 
 

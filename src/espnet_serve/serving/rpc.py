@@ -82,6 +82,9 @@ class ModelInfo(BaseModel):
     sample_rate: int
     min_samples: int = Field(default=0, description="Shortest input the model decodes.")
     languages: list[str] = Field(default_factory=list, description="ISO-639-1 codes, if known.")
+    target_languages: list[str] = Field(
+        default_factory=list, description="ISO-639-1 codes a translation model writes, if known."
+    )
     created: int = Field(default=0, description="When the model was imported (Unix time).")
     word_timestamps: bool = Field(
         default=False, description="Whether the model can time words (it has a CTC head)."

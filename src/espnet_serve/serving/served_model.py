@@ -64,6 +64,22 @@ class ServedModel:
             )
         return language_name(language) or "unknown"
 
+    async def target_language_name(self, target: str) -> str:
+        """The full name of a translation's language; 400 for one the model does not write.
+
+        Args:
+            target: A valid ISO-639-1 code (the form checked it).
+        """
+        info = await self.info()
+        if info.target_languages and target not in info.target_languages:
+            raise ApiError(
+                "unsupported_language",
+                f"This model translates into {', '.join(info.target_languages)} only, not "
+                f"{target!r} (ask for another with the target_language field).",
+                param="target_language",
+            )
+        return language_name(target) or "unknown"
+
     async def check_task(self, task: str) -> None:
         """400 when the served model does not do ``task`` (``transcribe``, ``translate``)."""
         tasks = (await self.info()).tasks

@@ -25,8 +25,15 @@ Model = Annotated[ServedModel, Depends(served_model)]
 
 
 def model_object(info: ModelInfo) -> ModelObject:
-    """The served model's OpenAI model object: its store tag as the id, family and task."""
-    return ModelObject(id=info.tag, created=info.created, family=info.family, tasks=info.tasks)
+    """The served model's OpenAI model object: its store tag as the id, family, tasks, languages."""
+    return ModelObject(
+        id=info.tag,
+        created=info.created,
+        family=info.family,
+        tasks=info.tasks,
+        languages=info.languages,
+        target_languages=info.target_languages,
+    )
 
 
 @router.get(MODELS_ROUTE, response_model=ModelList, responses=ERROR_RESPONSES)
