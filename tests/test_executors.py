@@ -352,3 +352,31 @@ def test_a_translation_model_is_served_on_the_translations_route_as_espnet2_deco
     assert [(m["family"], m["tasks"], m["languages"], m["target_languages"]) for m in models] == [
         ("st", ["translate"], ["es"], ["en"])
     ]
+
+
+def test_special_symbols_never_reach_the_served_text(tmp_path: Path, clips: list[np.ndarray]):
+    """A random CTC model writes <unk>: espnet2's text keeps it, the served text does not."""
+    experiment = write_random_asr_experiment(tmp_path / "exp")
+    sharpen(experiment.asr_model_file, ["ctc.ctc_lo.weight"], 4.0)
+    bundle = write_bundle(
+        tmp_path / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        decoding={"beam_size": 2, "ctc_weight": 1.0},
+    )
+    session = InferenceSession.from_pretrained(
+        str(bundle), batched_backend=True, prefer_model_batch=True
+    )
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    assert {"<blank>", "<unk>", "<sos/eos>"} <= decoder.executor.special_symbols
+    reference = espnet2_class(bundle)
+    raw = [reference(clip)[0] for clip in clips]
+    assert any("<unk>" in text for text, *_ in raw)  # the model does write one
+
+    outcomes = decoder.decode(segments_of(clips), words=True)
+
+    for (text, _, token_ids, _), outcome in zip(raw, outcomes, strict=True):
+        assert isinstance(outcome, Segment), outcome
+        assert outcome.text == " ".join(text.replace("<unk>", "").split())
+        assert list(outcome.tokens) == token_ids  # the model's own ids, <unk> included
+        assert not any("<" in word.word for word in outcome.words)

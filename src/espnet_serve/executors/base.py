@@ -9,15 +9,21 @@ segments, the wire) is the same for every family.
 
 from __future__ import annotations
 
+import re
 from abc import ABC
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from functools import cached_property
 from typing import Any, ClassVar
 
 # What the HTTP layer may ask of a model (/v1/audio/transcriptions, /v1/audio/translations).
 TRANSCRIBE = "transcribe"
 TRANSLATE = "translate"
 TEXT_KEYS = ("text", "hyp")
+# ESPnet writes its special symbols in angle brackets: <blank>, <unk>, <sos/eos>, OWSM's <na>,
+# <eng>, <asr>, <0.00>, ... A vocabulary token of that form is never served as text.
+SPECIAL_SYMBOL = re.compile(r"<[^<>\s]+>")
+EXTRA_SPACES = re.compile(r"\s{2,}")
 TOKEN_ID_KEYS = ("token_int", "token_ids")
 
 
@@ -76,6 +82,27 @@ class Executor(ABC):
             TypeError: If the output has no transcript.
         """
         return read_common(output)
+
+    @cached_property
+    def special_symbols(self) -> frozenset[str]:
+        """The model's special symbols: the tokens of its vocabulary written ``<...>``."""
+        token_list = getattr(getattr(self.backend, "converter", None), "token_list", None) or []
+        return frozenset(t for t in token_list if SPECIAL_SYMBOL.fullmatch(str(t)))
+
+    def without_special_symbols(self, hypothesis: Hypothesis) -> Hypothesis:
+        """The hypothesis with the model's special symbols taken out of its text.
+
+        The one place where served text differs from the espnet2 object's: a model may
+        emit ``<sos/eos>`` or ``<unk>`` as a token, and a client must never read one as a
+        word. The token ids are kept as the model gave them.
+        """
+        found = [s for s in SPECIAL_SYMBOL.findall(hypothesis.text) if s in self.special_symbols]
+        if not found:
+            return hypothesis
+        text = hypothesis.text
+        for symbol in set(found):
+            text = text.replace(symbol, "")  # a symbol inside a word joins its halves
+        return replace(hypothesis, text=EXTRA_SPACES.sub(" ", text).strip())
 
     def min_samples(self) -> int:
         """The fewest samples the model decodes (0: no known limit)."""

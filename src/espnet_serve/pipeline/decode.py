@@ -3,7 +3,8 @@
 The library transcriber, the model service, the warm-up and ``espnet-serve eval``
 all decode through :class:`SegmentDecoder`: the model family's executor
 (:mod:`espnet_serve.executors`) decodes each batch (one ``forward_batch`` call,
-every sample its own result or error) and reads each output's best hypothesis;
+every sample its own result or error) and reads each output's best hypothesis,
+without the model's special symbols (``<unk>``, ``<sos/eos>``, ...);
 for the segments that ask, words are timed with the CTC head
 (:mod:`espnet_serve.pipeline.align`) on the encoder output the decode pass
 already computed.
@@ -130,7 +131,7 @@ def _read(
         error.__cause__ = output
         return error
     try:
-        return executor.read(output)
+        return executor.without_special_symbols(executor.read(output))
     except TypeError as exc:
         return SegmentDecodeError(
             f"the model's output for {where} holds no transcript ({exc})", code=BAD_MODEL_OUTPUT
