@@ -67,6 +67,7 @@ from espnet_serve.backends.offline import training_only_stand_ins
 from espnet_serve.bundle.imports import import_object
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
+from tests.answers import served_text
 from tests.server import serve_env, start_server
 
 SAMPLE_RATE = 16000
@@ -266,7 +267,7 @@ def _best(reference: Any, output: Any) -> tuple[str, tuple[int, ...]]:
     if hasattr(reference, "hypotheses_to_results"):
         output = reference.hypotheses_to_results(output)
     text, _, token_ids, _ = output[0]
-    return (text or "").strip(), tuple(int(t) for t in token_ids)
+    return served_text(text or ""), tuple(int(t) for t in token_ids)
 
 
 def _served(bundle: Path, clips: list, home: Path, translate: bool) -> list[str]:
