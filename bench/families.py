@@ -13,7 +13,13 @@ published bundle (``meta.yaml`` + ``conf/inference.yaml``) and then:
 3. with ``--served``: imported with ``espnet-serve build``, served with ``bentoml serve`` and
    transcribed with the openai SDK, the texts compared with (1).
 
-The vocabulary is synthetic (5,000 word tokens, LibriSpeech's BPE size). Writes
+An OWSM row (families ``s2t``, ``s2t_ctc``) is compared three times: transcribing with a
+given language (``<eng>``), with no language (the attention model's language identification,
+compared with espnet2's ``Speech2Language``; OWSM-CTC's default ``<nolang>``) and translating
+into English (``<st_eng>``; over HTTP on ``/v1/audio/translations``).
+
+The vocabulary is synthetic (5,000 word tokens, LibriSpeech's BPE size; OWSM: 50,000 tokens,
+its special tokens around word tokens). Writes
 ``<out>/families.json`` and ``<out>/families.md`` (the table of ``docs/model-families.md``).
 
 Example:
@@ -42,9 +48,11 @@ import torch
 from devkit.publish import write_bundle
 from devkit.random_init import (
     AsrExperiment,
+    owsm_token_list,
     sharpen,
     write_random_asr_experiment,
     write_random_lm_experiment,
+    write_random_s2t_experiment,
     write_random_st_experiment,
     write_random_transducer_experiment,
 )
@@ -58,6 +66,8 @@ from devkit.recipes import (
     LIBRISPEECH_100_CONFORMER_TRANSDUCER,
     LIBRISPEECH_100_E_BRANCHFORMER,
     LIBRISPEECH_100_TRANSFORMER_LM,
+    OWSM_CTC_V31_MEDIUM,
+    OWSM_V31_BASE,
     Recipe,
 )
 from espnet_serve import InferenceSession
@@ -65,6 +75,7 @@ from espnet_serve.assets import load_heldout
 from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.backends.offline import training_only_stand_ins
 from espnet_serve.bundle.imports import import_object
+from espnet_serve.executors import DecodeOptions
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
 from tests.answers import served_text
@@ -82,6 +93,13 @@ SHARPENED = ("ctc.ctc_lo.weight", "decoder.output_layer.weight")
 BLANK_BIAS = 6.0
 JOINT_OUTPUT_BIAS = "joint_network.lin_out.bias"
 SPEECH2TEXT = "espnet2.bin.asr_inference.Speech2Text"
+OWSM_VOCABULARY_SIZE = 50000  # OWSM v3.1's BPE vocabulary, special tokens included
+# How each OWSM comparison asks (DecodeOptions) and what espnet2's class is given for it.
+OWSM_MODES: dict[str, tuple[DecodeOptions, dict[str, str]]] = {
+    "language": (DecodeOptions(language="en"), {"lang_sym": "<eng>", "task_sym": "<asr>"}),
+    "identified": (DecodeOptions(), {}),
+    "translated": (DecodeOptions(task="translate"), {"task_sym": "<st_eng>"}),
+}
 
 
 @dataclass(frozen=True)
@@ -96,6 +114,7 @@ class Family:
     lm: bool = False
     blank_bias: float = 0.0  # added to the joint network's blank logit (a transducer)
     task: str = "asr"  # espnet2's task: the bundle's exp/<task>/ files; st is served as translate
+    identifies: bool = False  # an OWSM model with a language-identification step
 
 
 def _asr(recipe: Recipe) -> Callable[[Path], AsrExperiment]:
@@ -116,6 +135,17 @@ def _st(recipe: Recipe) -> Callable[[Path], AsrExperiment]:
             token_type="word",
             n_mels=80,
             **recipe.options,
+        )
+
+    return build
+
+
+def _s2t(recipe: Recipe) -> Callable[[Path], AsrExperiment]:
+    def build(out: Path) -> AsrExperiment:
+        specials = len(owsm_token_list([]))
+        words = [f"w{i}" for i in range(OWSM_VOCABULARY_SIZE - specials)]
+        return write_random_s2t_experiment(
+            out, token_list=owsm_token_list(words), token_type="word", **recipe.options
         )
 
     return build
@@ -187,6 +217,25 @@ FAMILIES = (
         {"beam_size": 20},
         target="espnet2.bin.st_inference.Speech2Text",
         task="st",
+    ),
+    # maxlenratio: a random decoder seldom writes <eos>; 0.04 of OWSM's 750 frames is 30 tokens.
+    Family(
+        "OWSM v3.1 base (attention)",
+        f"{OWSM_V31_BASE.config} at base size (see devkit/recipes.py), beam 5, "
+        "ctc 0, maxlenratio 0.04",
+        _s2t(OWSM_V31_BASE),
+        {"beam_size": 5, "ctc_weight": 0.0, "maxlenratio": 0.04},
+        target="espnet2.bin.s2t_inference.Speech2Text",
+        task="s2t",
+        identifies=True,
+    ),
+    Family(
+        "OWSM-CTC v3.1",
+        f"{OWSM_CTC_V31_MEDIUM.config}, decode_s2t.yaml (beam 1)",
+        _s2t(OWSM_CTC_V31_MEDIUM),
+        {"beam_size": 1},
+        target="espnet2.bin.s2t_inference_ctc.Speech2Text",
+        task="s2t",
     ),
 )
 
@@ -266,12 +315,22 @@ def _best(reference: Any, output: Any) -> tuple[str, tuple[int, ...]]:
         output = output[0]
     if hasattr(reference, "hypotheses_to_results"):
         output = reference.hypotheses_to_results(output)
-    text, _, token_ids, _ = output[0]
+    text, _, token_ids, *_ = output[0]  # OWSM adds text without special tokens, then hyp
     return served_text(text or ""), tuple(int(t) for t in token_ids)
 
 
-def _served(bundle: Path, clips: list, home: Path, translate: bool) -> list[str]:
-    """The openai SDK's answers from a real ``bentoml serve`` (translations for an ST model)."""
+# What the openai SDK sends for each comparison: the route and its arguments.
+SDK_CALLS: dict[str, tuple[str, dict[str, Any]]] = {
+    "": ("transcriptions", {}),
+    "st": ("translations", {}),
+    "language": ("transcriptions", {"language": "en"}),
+    "identified": ("transcriptions", {}),
+    "translated": ("translations", {}),
+}
+
+
+def _served(bundle: Path, clips: list, home: Path, modes: list[str]) -> dict[str, list[str]]:
+    """The openai SDK's answers from a real ``bentoml serve``, for each comparison."""
     env = serve_env(home, model_tag="family:latest")
     cli = str(Path(sys.executable).with_name("espnet-serve"))
     subprocess.run(
@@ -285,14 +344,36 @@ def _served(bundle: Path, clips: list, home: Path, translate: bool) -> list[str]
         sdk = openai.OpenAI(
             base_url=f"{server.url}/v1", api_key="unused", max_retries=0, timeout=600
         )
-        route = sdk.audio.translations if translate else sdk.audio.transcriptions
-        texts = []
-        for clip in clips:
-            with clip.path.open("rb") as audio:
-                texts.append(route.create(model="family", file=audio).text)
+        texts: dict[str, list[str]] = {}
+        for mode in modes:
+            route, arguments = SDK_CALLS[mode]
+            create = getattr(sdk.audio, route).create
+            texts[mode] = []
+            for clip in clips:
+                with clip.path.open("rb") as audio:
+                    texts[mode].append(create(model="family", file=audio, **arguments).text)
         return texts
     finally:
         server.stop()
+
+
+def _modes(family: Family) -> dict[str, tuple[DecodeOptions | None, dict[str, str]]]:
+    """The comparisons of a row: OWSM's three, else one (the task its family serves)."""
+    if family.task == "s2t":
+        return OWSM_MODES
+    return {family.task if family.task == "st" else "": (None, {})}
+
+
+def _identified(bundle: Path, family: Family, waves: list[np.ndarray]) -> list[str | None]:
+    """The language token espnet2's ``Speech2Language`` gives each clip (OWSM attention)."""
+    if not family.identifies:
+        return [None] * len(waves)
+    from espnet2.bin.s2t_inference_language import Speech2Language
+
+    identifier = Speech2Language(
+        bundle / "exp/s2t/config.yaml", bundle / "exp/s2t/model.pth", device="cpu"
+    )
+    return [identifier(wave)[0][0] for wave in waves]
 
 
 def run_family(family: Family, clips: list, waves: list[np.ndarray], served: bool) -> Row:
@@ -300,10 +381,18 @@ def run_family(family: Family, clips: list, waves: list[np.ndarray], served: boo
     with tempfile.TemporaryDirectory(prefix="family-") as scratch:
         bundle = _bundle(family, Path(scratch))
         reference = _reference(bundle, family)
+        modes = _modes(family)
+        identified = _identified(bundle, family, waves)
         reference(waves[0])  # warm
-        started = time.perf_counter()
-        expected = [_best(reference, reference(wave)) for wave in waves]
-        row.espnet2_seconds = round(time.perf_counter() - started, 3)
+        expected: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
+        for number, (mode, (_, symbols)) in enumerate(modes.items()):
+            started = time.perf_counter()
+            expected[mode] = [
+                _best(reference, reference(wave, **_symbols(symbols, language)))
+                for wave, language in zip(waves, identified, strict=True)
+            ]
+            if number == 0:
+                row.espnet2_seconds = round(time.perf_counter() - started, 3)
         try:
             session = InferenceSession.from_pretrained(
                 str(bundle),
@@ -319,21 +408,33 @@ def run_family(family: Family, clips: list, waves: list[np.ndarray], served: boo
         row.batched, row.word_times = session.prefer_model_batch, decoder.word_timestamps
         segments = [AudioSegment.whole(i, wave, SAMPLE_RATE) for i, wave in enumerate(waves)]
         decoder.decode(segments[:1])  # warm
-        started = time.perf_counter()
-        outcomes = decoder.decode(segments)
-        row.served_path_seconds = round(time.perf_counter() - started, 3)
+        for number, (mode, (options, _)) in enumerate(modes.items()):
+            asked = None if options is None else [options] * len(segments)
+            started = time.perf_counter()
+            outcomes = decoder.decode(segments, options=asked)
+            if number == 0:
+                row.served_path_seconds = round(time.perf_counter() - started, 3)
+            ours = [
+                (o.text, o.tokens) if isinstance(o, Segment) else ("<error>", ()) for o in outcomes
+            ]
+            row.mismatches += [
+                f"{mode} {i}: {o} != {e}"
+                for i, (o, e) in enumerate(zip(ours, expected[mode], strict=True))
+                if o != e
+            ]
         row.speedup = round(row.espnet2_seconds / row.served_path_seconds, 2)
-        ours = [(o.text, o.tokens) if isinstance(o, Segment) else ("<error>", ()) for o in outcomes]
-        row.mismatches = [
-            f"{i}: {o} != {e}"
-            for i, (o, e) in enumerate(zip(ours, expected, strict=True))
-            if o != e
-        ]
         row.equal_in_process = not row.mismatches
         if served:
-            texts = _served(bundle, clips[:8], Path(scratch) / "home", family.task == "st")
-            row.served_over_http = texts == [text for text, _ in expected[:8]]
+            texts = _served(bundle, clips[:8], Path(scratch) / "home", list(modes))
+            row.served_over_http = all(
+                texts[mode] == [text for text, _ in expected[mode][:8]] for mode in modes
+            )
     return row
+
+
+def _symbols(symbols: dict[str, str], identified: str | None) -> dict[str, str]:
+    """espnet2's keyword inputs for one clip: the mode's, the identified language by default."""
+    return {"lang_sym": identified, **symbols} if identified is not None else dict(symbols)
 
 
 def table(rows: list[Row]) -> str:

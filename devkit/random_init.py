@@ -225,6 +225,106 @@ def write_random_st_experiment(
     return _save(out_dir, args, STTask.build_model(args))
 
 
+# OWSM's vocabulary around its text tokens, in OWSM v3.1's order: <blank> <unk> <na> <nospeech>
+# (and OWSM-CTC's <nolang>), the language tokens <abk> ... <zul>, the task tokens <asr> and
+# <st_xxx>, <notimestamps> and the time tokens <0.00> ... <30.00> (every 20 ms), the text,
+# then <sos> <eos> <sop>.
+OWSM_TRANSLATION_TARGETS: tuple[str, ...] = (
+    # Into English, and from English into CoVoST 2's and MuST-C's target languages.
+    *("eng", "deu", "cat", "zho", "fas", "est", "mon", "tur", "ara", "swe", "lav", "slv"),
+    *("tam", "jpn", "ind", "cym", "spa", "fra", "ita", "nld", "por", "ron", "rus"),
+)
+
+
+def owsm_token_list(text_tokens: Sequence[str]) -> list[str]:
+    """OWSM's vocabulary with ``text_tokens`` as its text.
+
+    The language tokens are every ISO-639-3 code with an ISO-639-1 code (pycountry) from
+    ``<abk>`` to ``<zul>``, the range espnet2's ``Speech2Language`` reads (OWSM v3.1 has 151
+    languages there, some without a two-letter code).
+    """
+    import pycountry
+
+    languages = sorted(
+        language.alpha_3 for language in pycountry.languages if hasattr(language, "alpha_2")
+    )
+    return [
+        *("<blank>", "<unk>", "<na>", "<nospeech>", "<nolang>"),
+        *(f"<{code}>" for code in languages if "abk" <= code <= "zul"),
+        "<asr>",
+        *(f"<st_{code}>" for code in sorted(OWSM_TRANSLATION_TARGETS)),
+        "<notimestamps>",
+        *(f"<{step * 0.02:.2f}>" for step in range(1501)),
+        *text_tokens,
+        *("<sos>", "<eos>", "<sop>"),
+    ]
+
+
+def write_random_s2t_experiment(
+    out_dir: Path,
+    *,
+    token_list: Sequence[str],
+    token_type: str = "char",
+    preprocessor: str,
+    preprocessor_conf: Mapping[str, Any],
+    encoder: str,
+    encoder_conf: Mapping[str, Any],
+    decoder: str | None = None,
+    decoder_conf: Mapping[str, Any] | None = None,
+    promptencoder: str | None = None,
+    promptencoder_conf: Mapping[str, Any] | None = None,
+    model: str = "espnet",
+    model_conf: Mapping[str, Any],
+    n_mels: int = 80,
+    seed: int = 0,
+) -> AsrExperiment:
+    """Build a random-initialised OWSM model (espnet2's ``S2TTask``) and save it like a trained one.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        token_list: The vocabulary (:func:`owsm_token_list`).
+        token_type: ``char`` or ``word``.
+        preprocessor: ``s2t`` (attention) or ``s2t_ctc``.
+        preprocessor_conf: Its options (30 s inputs, the symbols).
+        encoder: espnet2 encoder name (``e_branchformer``, ``e_branchformer_ctc``).
+        encoder_conf: Encoder options.
+        decoder: The attention decoder (``None`` for OWSM-CTC).
+        decoder_conf: Its options.
+        promptencoder: OWSM-CTC's prompt encoder.
+        promptencoder_conf: Its options.
+        model: ``espnet`` (attention) or ``espnet_ctc`` (``espnet2.tasks.s2t_ctc``).
+        model_conf: Model options.
+        n_mels: Mel filterbank size (OWSM: 80).
+        seed: Torch seed for the initial weights.
+
+    Returns:
+        AsrExperiment: The written config (``asr_train_config``: the S2T model's) and weights.
+    """
+    import importlib
+
+    import torch
+
+    block_runtime_downloads()
+    task = importlib.import_module(
+        "espnet2.tasks.s2t_ctc" if model == "espnet_ctc" else "espnet2.tasks.s2t"
+    ).S2TTask
+    args = task.get_parser().parse_args(["--output_dir", str(out_dir)])
+    _set_front(args, token_list, n_mels, token_type)
+    args.frontend_conf = {**args.frontend_conf, "win_length": 400, "fs": 16000}
+    args.preprocessor, args.preprocessor_conf = preprocessor, dict(preprocessor_conf)
+    args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
+    if decoder is not None:
+        args.decoder, args.decoder_conf = decoder, dict(decoder_conf or {})
+    if promptencoder is not None:
+        args.promptencoder, args.promptencoder_conf = promptencoder, dict(promptencoder_conf or {})
+    args.model, args.model_conf = model, dict(model_conf)
+    args.seed = seed
+    torch.manual_seed(seed)
+    with training_only_stand_ins():
+        built = task.build_model(args)
+    return _save(out_dir, args, built)
+
+
 def sharpen(model_file: Path, keys: Sequence[str], factor: float) -> None:
     """Scale the weights ``keys`` (output projections) of a saved model by ``factor``.
 

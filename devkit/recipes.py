@@ -22,6 +22,8 @@ from typing import Any
 LIBRISPEECH_100 = "egs2/librispeech_100/asr1/conf/"
 AISHELL = "egs2/aishell/asr1/conf/"
 FISHER_CALLHOME_SPANISH_ST = "egs2/fisher_callhome_spanish/st1/conf/"
+OWSM_V31 = "egs2/owsm_v3.1/s2t1/conf/"
+OWSM_CTC_V31 = "egs2/owsm_ctc_v3.1/s2t1/conf/"
 
 CI_WIDTH = 64
 CI_SIZES: dict[str, int] = {
@@ -318,6 +320,104 @@ FISHER_CALLHOME_SPANISH_CONFORMER_ST = Recipe(
 )
 
 
+# OWSM v3.1 at base size (101M). egs2 holds only the medium config (1.02B); its header names
+# the base's (size384_e6_d6_..._lessreg): the same options at width 384, 6 encoder and 6
+# decoder blocks; 6 heads and 1536-unit feed-forward and cgMLP layers as the OWSM v3.1 paper's
+# table gives them. Flash attention is off: inference here has none.
+OWSM_V31_BASE = Recipe(
+    f"{OWSM_V31}train_s2t_ebf_conv2d_size1024_e18_d18_piecewise_lr2e-4_warmup60k_flashattn.yaml",
+    {
+        "preprocessor": "s2t",
+        "preprocessor_conf": {
+            "text_prev_name": "text_prev",
+            "text_ctc_name": "text_ctc",
+            "fs": 16000,
+            "na_symbol": "<na>",
+            "speech_length": 30,
+            "speech_resolution": 0.02,
+            "speech_init_silence": 30,
+            "text_prev_apply_prob": 0.5,
+            "time_apply_prob": 0.5,
+            "notime_symbol": "<notimestamps>",
+            "first_time_symbol": "<0.00>",
+            "last_time_symbol": "<30.00>",
+        },
+        "encoder": "e_branchformer",
+        "encoder_conf": {
+            "output_size": 384,
+            "attention_heads": 6,
+            "attention_layer_type": "selfattn",
+            "pos_enc_layer_type": "abs_pos",
+            "rel_pos_type": "latest",
+            "cgmlp_linear_units": 1536,
+            "cgmlp_conv_kernel": 31,
+            "use_linear_after_conv": False,
+            "gate_activation": "identity",
+            "num_blocks": 6,
+            "input_layer": "conv2d",
+            "linear_units": 1536,
+            "positionwise_layer_type": "linear",
+            "use_ffn": True,
+            "macaron_ffn": True,
+            "merge_conv_kernel": 31,
+        },
+        "decoder": "transformer",
+        "decoder_conf": {"attention_heads": 6, "linear_units": 1536, "num_blocks": 6},
+        "model_conf": {"ctc_weight": 0.3, "sym_na": "<na>"},
+    },
+)
+# OWSM-CTC v3.1 (1.01B): interCTC layers conditioned on the prompt encoder's output.
+OWSM_CTC_V31_MEDIUM = Recipe(
+    f"{OWSM_CTC_V31}train_s2t_multitask-ctc_ebf27_conv2d8_size1024.yaml",
+    {
+        "preprocessor": "s2t_ctc",
+        "preprocessor_conf": {
+            "na_symbol": "<na>",
+            "speech_length": 30,
+            "speech_init_silence": 30,
+            "text_prev_apply_prob": 0.5,
+            "lang_apply_prob": 0.5,
+            "nolang_symbol": "<nolang>",
+        },
+        "encoder": "e_branchformer_ctc",
+        "encoder_conf": {
+            "output_size": 1024,
+            "attention_heads": 16,
+            "attention_layer_type": "selfattn",
+            "pos_enc_layer_type": "abs_pos",
+            "rel_pos_type": "latest",
+            "cgmlp_linear_units": 4096,
+            "cgmlp_conv_kernel": 31,
+            "use_linear_after_conv": False,
+            "gate_activation": "identity",
+            "num_blocks": 27,
+            "input_layer": "conv2d8",
+            "linear_units": 4096,
+            "positionwise_layer_type": "linear",
+            "use_ffn": True,
+            "macaron_ffn": True,
+            "merge_conv_kernel": 31,
+            "interctc_layer_idx": [6, 12, 15, 21],
+            "interctc_use_conditioning": True,
+            "use_cross_attention": [0, 0, 1] * 9,
+        },
+        "promptencoder": "transformer",
+        "promptencoder_conf": {
+            "output_size": 512,
+            "attention_heads": 8,
+            "linear_units": 2048,
+            "num_blocks": 4,
+        },
+        "model": "espnet_ctc",
+        "model_conf": {
+            "interctc_weight": 0.8,
+            "sym_na": "<na>",
+            "ctc_asr_only": [True, True, True, False, False],
+        },
+    },
+)
+
+
 def reduced(recipe: Recipe) -> Recipe:
     """The recipe at the size tests build: dimensions and depths cut, every other option kept.
 
@@ -342,6 +442,9 @@ def reduced(recipe: Recipe) -> Recipe:
         step = math.gcd(encoder_conf["num_blocks"], *layers)
         options["encoder_conf"]["num_blocks"] = encoder_conf["num_blocks"] // step
         options["encoder_conf"]["interctc_layer_idx"] = [layer // step for layer in layers]
+        if "use_cross_attention" in encoder_conf:  # one flag per block: each step's last
+            flags = encoder_conf["use_cross_attention"]
+            options["encoder_conf"]["use_cross_attention"] = flags[step - 1 :: step]
     for name in ("joint_net_conf", "joint_network_conf"):
         if name in options:
             real = recipe.options[name]["joint_space_size"]

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import re
 
-# The special symbols of the vocabularies the tests and benchmarks build.
-SPECIAL_SYMBOLS = re.compile(r"<(?:blank|unk|sos/eos)>")
+# The special symbols of the vocabularies the tests and benchmarks build: <blank>, <unk>,
+# <sos/eos>; OWSM's <eng>, <asr>, <st_eng>, <notimestamps>, <0.00>, ... (no text token of
+# theirs is written in angle brackets).
+SPECIAL_SYMBOLS = re.compile(r"<[^<>\s]+>")
 
 
 def served_text(text: str) -> str:

@@ -12,7 +12,8 @@ from typing import Any
 from espnet_serve.executors.asr import AsrExecutor
 from espnet_serve.executors.asr_streaming import AsrStreamingExecutor
 from espnet_serve.executors.asr_transducer import AsrTransducerExecutor
-from espnet_serve.executors.base import Executor, Hypothesis
+from espnet_serve.executors.base import DecodeOptions, Executor, Hypothesis
+from espnet_serve.executors.s2t import S2tCtcExecutor, S2tExecutor
 from espnet_serve.executors.st import StExecutor
 
 EXECUTORS: tuple[type[Executor], ...] = (
@@ -20,6 +21,8 @@ EXECUTORS: tuple[type[Executor], ...] = (
     AsrTransducerExecutor,
     AsrStreamingExecutor,
     StExecutor,
+    S2tExecutor,
+    S2tCtcExecutor,
 )
 _BY_FAMILY = {executor.family: executor for executor in EXECUTORS}
 _BY_CLASS = {name: executor for executor in EXECUTORS for name in executor.inference_classes}
@@ -93,6 +96,7 @@ def executor_for(session: Any, family: str | None = None) -> Executor:
 
 __all__ = [
     "EXECUTORS",
+    "DecodeOptions",
     "Executor",
     "Hypothesis",
     "UnsupportedFamilyError",

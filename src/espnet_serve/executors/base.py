@@ -25,6 +25,28 @@ TEXT_KEYS = ("text", "hyp")
 SPECIAL_SYMBOL = re.compile(r"<[^<>\s]+>")
 EXTRA_SPACES = re.compile(r"\s{2,}")
 TOKEN_ID_KEYS = ("token_int", "token_ids")
+DEFAULT_TARGET_LANGUAGE = "en"  # what /v1/audio/translations writes, as OpenAI defines it
+
+
+@dataclass(frozen=True)
+class DecodeOptions:
+    """What one request asks of the model, beyond its audio.
+
+    A family that takes none of these (an ASR recipe model) decodes as its bundle says;
+    a multilingual, multitask one (OWSM) turns them into its own prompt tokens.
+
+    Attributes:
+        task: :data:`TRANSCRIBE` or :data:`TRANSLATE`.
+        language: ISO-639-1 code of the speech (``None``: the model's own language
+            identification, where it has one, else its default).
+        target_language: ISO-639-1 code a translation is written in.
+        prompt: Text that precedes the speech (OWSM's previous-text prompt).
+    """
+
+    task: str = TRANSCRIBE
+    language: str | None = None
+    target_language: str = DEFAULT_TARGET_LANGUAGE
+    prompt: str | None = None
 
 
 @dataclass(frozen=True)
@@ -34,10 +56,13 @@ class Hypothesis:
     Attributes:
         text: The transcript.
         token_ids: Its token ids in the model's vocabulary, where the output holds them.
+        language: ISO-639-1 code of the language the model decoded the speech as, where
+            the output shows it (OWSM's language token).
     """
 
     text: str
     token_ids: tuple[int, ...] | None = None
+    language: str | None = None
 
 
 class Executor(ABC):
@@ -71,9 +96,27 @@ class Executor(ABC):
         """The espnet2 object the session calls."""
         return self.session.model
 
-    def decode(self, waves: Sequence[Any]) -> list[Any]:
-        """One session output per waveform, or the exception that sample met (in its slot)."""
+    def decode(
+        self, waves: Sequence[Any], options: Sequence[DecodeOptions] | None = None
+    ) -> list[Any]:
+        """One session output per waveform, or the exception that sample met (in its slot).
+
+        Args:
+            waves: The batch.
+            options: What each sample asks (default: transcribe, as the bundle says). A
+                family that takes no options (the base's) ignores them: the HTTP layer
+                only asks what :attr:`tasks`, :meth:`languages` and
+                :meth:`target_languages` allow.
+        """
         return list(self.session.forward_batch(list(waves), return_exceptions=True))
+
+    def languages(self) -> tuple[str, ...]:
+        """ISO-639-1 codes a request may name as the speech's language (empty: not known)."""
+        return ()
+
+    def target_languages(self) -> tuple[str, ...]:
+        """ISO-639-1 codes a translation may be written in (empty: not known)."""
+        return ()
 
     def read(self, output: Any) -> Hypothesis:
         """The best hypothesis in one sample's output (the class's own, or an ``output_fn``'s).

@@ -14,12 +14,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from dataclasses import replace
 from functools import cached_property
 from typing import Any
 
 from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.backends.sample_errors import InvalidSampleError
-from espnet_serve.executors import Executor, Hypothesis, executor_for
+from espnet_serve.executors import DecodeOptions, Executor, Hypothesis, executor_for
+from espnet_serve.executors.base import TRANSCRIBE
 from espnet_serve.pipeline.align import Alignment, CtcAligner, keep_encoder_output
 from espnet_serve.pipeline.types import (
     BAD_MODEL_OUTPUT,
@@ -72,27 +74,35 @@ class SegmentDecoder:
         return self.aligner is not None
 
     def decode(
-        self, segments: Sequence[AudioSegment], *, words: bool | Sequence[bool] = False
+        self,
+        segments: Sequence[AudioSegment],
+        *,
+        words: bool | Sequence[bool] = False,
+        options: Sequence[DecodeOptions] | None = None,
     ) -> list[Outcome]:
         """Decode one batch; each segment gets its :class:`Segment` or its error, in order.
 
         Args:
             segments: The batch.
             words: Time the words of every segment, or of those marked ``True``.
+            options: What each segment's request asks (language, task, prompt; default:
+                transcribe as the bundle says). Translations are never word-timed.
 
         Returns:
             list[Segment | SegmentDecodeError]: One outcome per segment.
         """
         if not segments:
             return []
+        asked = list(options) if options is not None else [DecodeOptions()] * len(segments)
         timed = [words] * len(segments) if isinstance(words, bool) else list(words)
+        timed = [t and a.task == TRANSCRIBE for t, a in zip(timed, asked, strict=True)]
         waves = [segment.samples for segment in segments]
         aligner = self.aligner if any(timed) else None
         with keep_encoder_output(self.session.model, enabled=aligner is not None) as encoded:
-            outputs = self.executor.decode(waves)
+            outputs = self.executor.decode(waves, asked)
         hypotheses = [
-            _read(self.executor, segment, output)
-            for segment, output in zip(segments, outputs, strict=True)
+            _read(self.executor, segment, output, option)
+            for segment, output, option in zip(segments, outputs, asked, strict=True)
         ]
         alignments: list[Alignment | None] = [None] * len(segments)
         wanted = [i for i, h in enumerate(hypotheses) if timed[i] and isinstance(h, Hypothesis)]
@@ -117,9 +127,12 @@ class SegmentDecoder:
 
 
 def _read(
-    executor: Executor, segment: AudioSegment, output: Any
+    executor: Executor, segment: AudioSegment, output: Any, options: DecodeOptions
 ) -> Hypothesis | SegmentDecodeError:
-    """The best hypothesis in one session output, or the error the output is or holds."""
+    """The best hypothesis in one session output, or the error the output is or holds.
+
+    Its language is the one the output shows, else the one the request named.
+    """
     where = f"the segment at {segment.start:.2f}-{segment.end:.2f} s"
     if isinstance(output, InvalidSampleError):
         return SegmentDecodeError(f"The model cannot decode {where}: {output}", code=INVALID_AUDIO)
@@ -131,11 +144,14 @@ def _read(
         error.__cause__ = output
         return error
     try:
-        return executor.without_special_symbols(executor.read(output))
+        hypothesis = executor.without_special_symbols(executor.read(output))
     except TypeError as exc:
         return SegmentDecodeError(
             f"the model's output for {where} holds no transcript ({exc})", code=BAD_MODEL_OUTPUT
         )
+    if hypothesis.language is None and options.language is not None:
+        return replace(hypothesis, language=options.language)
+    return hypothesis
 
 
 def _segment(audio: AudioSegment, hypothesis: Hypothesis, alignment: Alignment | None) -> Segment:
@@ -154,6 +170,7 @@ def _segment(audio: AudioSegment, hypothesis: Hypothesis, alignment: Alignment |
             text=text.strip(),
             tokens=hypothesis.token_ids or (),
             no_speech_prob=audio.no_speech_prob,
+            language=hypothesis.language,
         )
     return Segment(
         id=audio.index,
@@ -171,4 +188,5 @@ def _segment(audio: AudioSegment, hypothesis: Hypothesis, alignment: Alignment |
         tokens=hypothesis.token_ids if hypothesis.token_ids is not None else alignment.tokens,
         avg_logprob=alignment.avg_logprob,
         no_speech_prob=audio.no_speech_prob,
+        language=hypothesis.language,
     )

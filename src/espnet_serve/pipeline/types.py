@@ -36,6 +36,8 @@ class Segment(BaseModel):
         tokens: The transcript's token ids, when word timing was asked for.
         avg_logprob: Mean CTC log-probability of the aligned frames (0.0 without alignment).
         no_speech_prob: One minus the segment's mean voice-activity probability.
+        language: ISO-639-1 code of the language the model decoded the speech as (the
+            requested one, or the one a multilingual model identified), if known.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -48,6 +50,7 @@ class Segment(BaseModel):
     tokens: tuple[int, ...] = ()
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
+    language: str | None = None
 
     @property
     def compression_ratio(self) -> float:
@@ -73,6 +76,11 @@ class Transcript(BaseModel):
     def text(self) -> str:
         """The segments' texts joined by spaces."""
         return join_texts(segment.text for segment in self.segments)
+
+    @property
+    def language(self) -> str | None:
+        """The first segment's language, if known (Whisper reports one per recording)."""
+        return next((s.language for s in self.segments if s.language is not None), None)
 
     @property
     def words(self) -> list[Word]:

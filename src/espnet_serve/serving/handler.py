@@ -30,7 +30,8 @@ from espnet_serve.audio.ingest import (
     open_audio_stream,
 )
 from espnet_serve.audio.segmenter import AudioSegment, Segmenter
-from espnet_serve.executors.base import TRANSCRIBE, TRANSLATE
+from espnet_serve.executors.base import TRANSCRIBE, TRANSLATE, DecodeOptions
+from espnet_serve.languages import language_name
 from espnet_serve.pipeline.types import Segment, SegmentDecodeError, Transcript
 from espnet_serve.serving.errors import ApiError, as_api_error, error_code
 from espnet_serve.serving.metrics import get_metrics
@@ -119,10 +120,13 @@ class TranscriptionHandler:
         language = await self.model.language_name(form.language)
         if form.words:
             await self.model.check_word_timestamps()
+        options = DecodeOptions(language=form.language, prompt=form.prompt)
         if form.stream:
             opened = await self.open(upload, route)
-            return event_stream(self.segments(opened, route))
-        transcript = await self.transcript(upload, route, words=form.timed)
+            return event_stream(self.segments(opened, route, options=options))
+        transcript = await self.transcript(upload, route, words=form.timed, options=options)
+        if form.language is None and transcript.language is not None:
+            language = language_name(transcript.language) or transcript.language  # identified
         return formatted_response(
             transcript, form.response_format, language=language, words=form.words
         )
@@ -138,17 +142,25 @@ class TranscriptionHandler:
         await self.model.named(form.model)
         await self.model.check_task(TRANSLATE)
         language = await self.model.target_language_name(form.target_language)
-        transcript = await self.transcript(upload, route, words=form.timed)
+        options = DecodeOptions(
+            task=TRANSLATE, target_language=form.target_language, prompt=form.prompt
+        )
+        transcript = await self.transcript(upload, route, options=options)
         return formatted_response(
             transcript, form.response_format, language=language, task=TRANSLATE
         )
 
     async def transcript(
-        self, upload: UploadFile, route: str, *, words: bool = False
+        self,
+        upload: UploadFile,
+        route: str,
+        *,
+        words: bool = False,
+        options: DecodeOptions | None = None,
     ) -> Transcript:
         """The whole transcript of ``upload`` (see :meth:`segments`)."""
         opened = await self.open(upload, route)
-        segments = [s async for s in self.segments(opened, route, words=words)]
+        segments = [s async for s in self.segments(opened, route, words=words, options=options)]
         return Transcript(segments=segments, duration=round(opened.duration_seconds, 3))
 
     async def open(self, upload: UploadFile, route: str) -> OpenedUpload:
@@ -175,15 +187,22 @@ class TranscriptionHandler:
         return await anyio.to_thread.run_sync(lambda: OpenedUpload(upload.file, info, limits))
 
     async def segments(
-        self, opened: OpenedUpload, route: str, *, words: bool = False
+        self,
+        opened: OpenedUpload,
+        route: str,
+        *,
+        words: bool = False,
+        options: DecodeOptions | None = None,
     ) -> AsyncIterator[Segment]:
         """The upload's decoded segments, in order; the outcome is counted once at the end.
+
+        Every segment is decoded with the request's ``options`` (default: transcribe).
 
         Raises:
             AudioInputError / ApiError: On the first failure (the rest is cancelled).
         """
         try:
-            async for segment in self._decoded(opened, words):
+            async for segment in self._decoded(opened, words, options or DecodeOptions()):
                 yield segment
         except BaseException as exc:
             _count_failure(route, exc)
@@ -192,7 +211,9 @@ class TranscriptionHandler:
             opened.close()
         get_metrics().requests.labels(route, "ok").inc()
 
-    async def _decoded(self, opened: OpenedUpload, words: bool) -> AsyncIterator[Segment]:
+    async def _decoded(
+        self, opened: OpenedUpload, words: bool, options: DecodeOptions
+    ) -> AsyncIterator[Segment]:
         """Segment off the event loop, decode concurrently, yield in order."""
         window = self.settings.max_segments_in_flight
         pending: deque[asyncio.Task[SegmentResult]] = deque()
@@ -200,7 +221,7 @@ class TranscriptionHandler:
             while True:
                 while not opened.finished and len(pending) < window:
                     for segment in await anyio.to_thread.run_sync(opened.next_segments):
-                        request = SegmentRequest.of(segment, words=words)
+                        request = SegmentRequest.of(segment, words=words, options=options)
                         pending.append(asyncio.create_task(self.client.decode(request)))
                     if pending and pending[0].done():
                         break  # hand the first result on before reading further

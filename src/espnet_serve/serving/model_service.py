@@ -94,8 +94,9 @@ class ModelService:
                 sha256=spec.weights_sha256,
                 sample_rate=spec.sample_rate,
                 min_samples=self.decoder.executor.min_samples(),
-                languages=spec.languages,
-                target_languages=spec.target_languages,
+                languages=spec.languages or list(self.decoder.executor.languages()),
+                target_languages=spec.target_languages
+                or list(self.decoder.executor.target_languages()),
                 created=int(self.bento_model.info.creation_time.timestamp()),
                 word_timestamps=self.decoder.word_timestamps,
                 family=executor.family,
@@ -159,7 +160,11 @@ class ModelService:
         for request in requests:
             self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
         segments = [request.audio_segment() for request in requests]
-        outcomes = self.decoder.decode(segments, words=[request.words for request in requests])
+        outcomes = self.decoder.decode(
+            segments,
+            words=[request.words for request in requests],
+            options=[request.options() for request in requests],
+        )
         for outcome in outcomes:
             if isinstance(outcome, SegmentDecodeError) and not outcome.invalid_input:
                 logger.error("%s", outcome, exc_info=outcome.__cause__ or outcome)

@@ -15,11 +15,11 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from espnet_serve.executors.base import DEFAULT_TARGET_LANGUAGE
+from espnet_serve.languages import language_name
 from espnet_serve.pipeline.types import Segment, Word
-from espnet_serve.serving.languages import language_name
 
 SEEK_FRAMES_PER_SECOND = 100  # Whisper's seek unit: 10 ms mel frames
-DEFAULT_TARGET_LANGUAGE = "en"  # OpenAI's translations route writes English
 
 
 class InvalidOptionError(Exception):
@@ -67,9 +67,10 @@ def iso_639_1(language: str, *, param: str) -> str:
 class AudioForm(BaseModel):
     """The form fields both audio routes take (besides ``file``).
 
-    ``model`` must name the served model; ``prompt`` and ``temperature`` are
-    accepted and unused (the decoder takes no prompt and decodes as the bundle
-    says); ``srt``/``vtt`` give subtitles, ``verbose_json`` timed segments.
+    ``model`` must name the served model. ``prompt`` goes to a model that takes a text
+    prompt (OWSM's previous text); other models accept it and decode as the bundle says,
+    as they do with ``temperature``. ``srt``/``vtt`` give subtitles, ``verbose_json``
+    timed segments.
     """
 
     model_config = ConfigDict(extra="ignore", populate_by_name=True)

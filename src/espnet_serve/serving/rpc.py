@@ -16,13 +16,14 @@ from bentoml.validators import TensorSchema
 from pydantic import BaseModel, Field
 
 from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.executors.base import DEFAULT_TARGET_LANGUAGE, TRANSCRIBE, DecodeOptions
 from espnet_serve.pipeline.types import DECODE_FAILED, Outcome, Segment, SegmentDecodeError
 
 AUDIO_FIELDS = fields(AudioSegment)
 
 
 class SegmentRequest(BaseModel):
-    """One audio segment of an upload, sent to be decoded: an :class:`AudioSegment`'s fields."""
+    """One audio segment to decode: an :class:`AudioSegment`'s fields and its request's options."""
 
     samples: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]
     index: int = 0
@@ -31,14 +32,33 @@ class SegmentRequest(BaseModel):
     offset: float = 0.0
     no_speech_prob: float = 0.0
     words: bool = Field(default=False, description="Also time the words (CTC forced alignment).")
+    task: str = TRANSCRIBE
+    language: str | None = Field(default=None, description="ISO-639-1 code of the speech.")
+    target_language: str = DEFAULT_TARGET_LANGUAGE
+    prompt: str | None = None
     sent_at: float = Field(
         default_factory=time.time, description="time.time() when the API service sent it."
     )
 
     @classmethod
-    def of(cls, segment: AudioSegment, *, words: bool = False) -> SegmentRequest:
-        """The request for ``segment``."""
-        return cls(**vars(segment), words=words)
+    def of(
+        cls,
+        segment: AudioSegment,
+        *,
+        words: bool = False,
+        options: DecodeOptions | None = None,
+    ) -> SegmentRequest:
+        """The request for ``segment``, with its request's options."""
+        return cls(**vars(segment), **vars(options or DecodeOptions()), words=words)
+
+    def options(self) -> DecodeOptions:
+        """The request's options again, on the model service's side."""
+        return DecodeOptions(
+            task=self.task,
+            language=self.language,
+            target_language=self.target_language,
+            prompt=self.prompt,
+        )
 
     def audio_segment(self) -> AudioSegment:
         """The audio segment again, on the model service's side."""

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from espnet_serve.executors.base import TRANSCRIBE, TRANSLATE
+from espnet_serve.languages import language_name
 from espnet_serve.serving.errors import ApiError, model_unavailable
-from espnet_serve.serving.languages import language_name
 from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.rpc import ModelInfo
 from espnet_serve.serving.settings import ServeSettings
@@ -51,11 +51,17 @@ class ServedModel:
         """The full name of the language to report; 400 for one the model does not take.
 
         Args:
-            language: A valid ISO-639-1 code (the form checked it), or ``None``.
+            language: A valid ISO-639-1 code (the form checked it), or ``None``: then the
+                model's one language, or ``unknown`` for a multilingual model (the handler
+                reports the language it identified, where it did).
         """
         info = await self.info()
         if language is None:
-            return language_name(info.languages[0]) if info.languages else "unknown"
+            return (
+                language_name(info.languages[0]) or "unknown"
+                if len(info.languages) == 1
+                else "unknown"
+            )
         if info.languages and language not in info.languages:
             raise ApiError(
                 "unsupported_language",

@@ -1,0 +1,249 @@
+"""OWSM, ESPnet's Whisper-style multilingual models: attention (``s2t``) and CTC (``s2t_ctc``).
+
+``espnet2.bin.s2t_inference.Speech2Text`` and ``espnet2.bin.s2t_inference_ctc``'s classes.
+
+One model transcribes and translates: each request's language and task become the
+model's own prompt tokens (``<eng>``, ``<asr>`` or ``<st_eng>``), passed to the espnet2
+class as its ``lang_sym`` and ``task_sym``; a prompt is its ``text_prev``. With no
+language, the attention model identifies it first, as espnet2's ``Speech2Language``
+does (one decoder step, the language tokens' posteriors); OWSM-CTC has no such step and
+decodes with its default (``<nolang>``). Clips are decoded one at a time, through the
+bundle's session (so an ``output_fn`` sees what the espnet2 class returns).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from functools import cached_property
+from typing import Any
+
+from espnet_serve.executors.base import (
+    TRANSCRIBE,
+    TRANSLATE,
+    DecodeOptions,
+    Executor,
+    Hypothesis,
+    read_common,
+)
+from espnet_serve.languages import three_letter_code, two_letter_code
+
+S2T_SPEECH2TEXT = "espnet2.bin.s2t_inference.Speech2Text"
+S2T_CTC_SPEECH2TEXT = "espnet2.bin.s2t_inference_ctc.Speech2Text"
+S2T_CTC_GREEDY = "espnet2.bin.s2t_inference_ctc.Speech2TextGreedySearch"
+# espnet2's Speech2Language reads the language tokens between these two (OWSM's vocabulary).
+FIRST_LANGUAGE_SYMBOL = "<abk>"
+LAST_LANGUAGE_SYMBOL = "<zul>"
+ASR_TASK_SYMBOL = "<asr>"
+TRANSLATE_TASK_PREFIX = "<st_"  # <st_eng>: translate into English
+
+
+class UnsupportedOptionError(ValueError):
+    """A language or task the model has no token for (the HTTP layer refuses it first)."""
+
+
+@dataclass(frozen=True)
+class OwsmVocabulary:
+    """OWSM's prompt tokens, read from the model's token list.
+
+    Attributes:
+        language_symbols: ``<eng>``, ... by ISO-639-1 code (languages with one).
+        translation_symbols: ``<st_eng>``, ... by the ISO-639-1 code they write.
+        language_ids: The language tokens' ids, by id: their ISO-639-1 code, or the
+            three-letter code where there is none.
+    """
+
+    language_symbols: dict[str, str]
+    translation_symbols: dict[str, str]
+    language_ids: dict[int, str]
+
+    @classmethod
+    def of(cls, token_list: Sequence[str]) -> OwsmVocabulary:
+        """The prompt tokens of ``token_list`` (none if it has no OWSM language range)."""
+        tokens = [str(token) for token in token_list]
+        if FIRST_LANGUAGE_SYMBOL not in tokens or LAST_LANGUAGE_SYMBOL not in tokens:
+            return cls({}, {}, {})
+        first, last = tokens.index(FIRST_LANGUAGE_SYMBOL), tokens.index(LAST_LANGUAGE_SYMBOL)
+        language_ids: dict[int, str] = {}
+        language_symbols: dict[str, str] = {}
+        for token_id in range(first, last + 1):
+            alpha_3 = tokens[token_id].strip("<>")
+            alpha_2 = two_letter_code(alpha_3)
+            language_ids[token_id] = alpha_2 or alpha_3
+            if alpha_2 is not None:
+                language_symbols.setdefault(alpha_2, tokens[token_id])
+        translation_symbols = {
+            alpha_2: token
+            for token in tokens
+            if token.startswith(TRANSLATE_TASK_PREFIX) and token.endswith(">")
+            for alpha_2 in [two_letter_code(token[len(TRANSLATE_TASK_PREFIX) : -1])]
+            if alpha_2 is not None
+        }
+        return cls(language_symbols, translation_symbols, language_ids)
+
+    def language_symbol(self, language: str) -> str:
+        """The token of an ISO-639-1 code.
+
+        Raises:
+            UnsupportedOptionError: If the model has none.
+        """
+        symbol = self.language_symbols.get(language)
+        if symbol is None:
+            raise UnsupportedOptionError(f"The model has no language token for {language!r}.")
+        return symbol
+
+    def task_symbol(self, options: DecodeOptions) -> str:
+        """``<asr>``, or the translation token of the target language.
+
+        Raises:
+            UnsupportedOptionError: If the model does not translate into it.
+        """
+        if options.task == TRANSCRIBE:
+            return ASR_TASK_SYMBOL
+        symbol = self.translation_symbols.get(options.target_language)
+        if symbol is None:
+            raise UnsupportedOptionError(
+                f"The model does not translate into {options.target_language!r} "
+                f"({three_letter_code(options.target_language)})."
+            )
+        return symbol
+
+    def language_of(self, token_ids: Sequence[int] | None) -> str | None:
+        """The language of a hypothesis that starts with a language token, as OWSM's do."""
+        return self.language_ids.get(token_ids[0]) if token_ids else None
+
+
+class _OwsmExecutor(Executor):
+    """What OWSM and OWSM-CTC share: prompt tokens as the espnet2 class's keyword inputs."""
+
+    tasks = (TRANSCRIBE, TRANSLATE)
+    unbatched_reason = "espnet2's OWSM classes decode one utterance at a time"
+
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
+        self._views: dict[tuple[str, ...], Any] = {}
+
+    @cached_property
+    def vocabulary(self) -> OwsmVocabulary:
+        """The model's language and task tokens."""
+        return OwsmVocabulary.of(self.backend.s2t_model.token_list)
+
+    def languages(self) -> tuple[str, ...]:
+        """The ISO-639-1 codes of the model's language tokens."""
+        return tuple(sorted(self.vocabulary.language_symbols))
+
+    def target_languages(self) -> tuple[str, ...]:
+        """The ISO-639-1 codes of the model's translation tokens."""
+        return tuple(sorted(self.vocabulary.translation_symbols))
+
+    def _view(self, keys: tuple[str, ...]) -> Any:
+        """The bundle's session taking ``keys`` too, as keyword inputs of the espnet2 class.
+
+        An ``InferenceSession`` on the same backend and ``output_fn``, whose input keys are
+        the audio's and ``keys``.
+        """
+        if keys not in self._views:
+            self._views[keys] = type(self.session)(
+                self.session.model,
+                input_key=[self.session.primary_input_key, *keys],
+                output_fn=self.session.output_fn,
+                bundle_root=self.session.bundle_root,
+                bundle_metadata=self.session.bundle_metadata,
+            )
+        return self._views[keys]
+
+    def decode(
+        self, waves: Sequence[Any], options: Sequence[DecodeOptions] | None = None
+    ) -> list[Any]:
+        """Each clip with its own language, task and prompt; an error stays in its slot."""
+        asked = list(options) if options is not None else [DecodeOptions()] * len(waves)
+        outputs: list[Any] = []
+        for wave, option in zip(waves, asked, strict=True):
+            try:
+                outputs.append(self._decode_one(wave, option))
+            except Exception as exc:  # this clip's failure, not the batch's
+                outputs.append(exc)
+        return outputs
+
+    def _decode_one(self, wave: Any, options: DecodeOptions) -> Any:
+        inputs: dict[str, Any] = {
+            "lang_sym": self._language_symbol(wave, options),
+            "task_sym": self.vocabulary.task_symbol(options),
+        }
+        if options.prompt:
+            inputs["text_prev"] = options.prompt
+        view = self._view(tuple(inputs))
+        return view.forward({self.session.primary_input_key: wave, **inputs})
+
+    def _language_symbol(self, wave: Any, options: DecodeOptions) -> str | None:
+        """The language token to decode with (``None``: the class's default)."""
+        if options.language is None:
+            return None
+        return self.vocabulary.language_symbol(options.language)
+
+    def read(self, output: Any) -> Hypothesis:
+        """The n-best list (of ``(n-best, interCTC)`` when the class adds intermediate CTC)."""
+        if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], list):
+            output = output[0]
+        return read_common(output)
+
+
+class S2tExecutor(_OwsmExecutor):
+    """espnet2's ``s2t_inference.Speech2Text`` (OWSM): attention decoder, clips padded to 30 s."""
+
+    family = "s2t"
+    inference_classes = (S2T_SPEECH2TEXT,)
+
+    @cached_property
+    def identifier(self) -> Any:
+        """espnet2's ``Speech2Language`` on this model's weights (not a second copy of them).
+
+        Built without its constructor (which would load the weights again) and given the
+        attributes its ``__call__`` reads, so language identification runs espnet2's own code.
+        """
+        from espnet2.bin.s2t_inference_language import Speech2Language
+
+        backend = self.backend
+        token_list = list(backend.s2t_model.token_list)
+        identifier = Speech2Language.__new__(Speech2Language)
+        identifier.s2t_model = backend.s2t_model
+        identifier.s2t_train_args = getattr(backend, "s2t_train_args", None)
+        identifier.preprocessor_conf = backend.preprocessor_conf
+        identifier.device = backend.device
+        identifier.dtype = backend.dtype
+        identifier.nbest = 1
+        identifier.first_lang_id = token_list.index(FIRST_LANGUAGE_SYMBOL)
+        identifier.last_lang_id = token_list.index(LAST_LANGUAGE_SYMBOL)
+        return identifier
+
+    def read(self, output: Any) -> Hypothesis:
+        """The best hypothesis, its language read from its first token (``<eng>``, ...)."""
+        hypothesis = super().read(output)
+        return replace(hypothesis, language=self.vocabulary.language_of(hypothesis.token_ids))
+
+    def identify(self, wave: Any) -> str:
+        """The language token the model gives ``wave`` (``<eng>``, ...)."""
+        return self.identifier(wave)[0][0]
+
+    def _language_symbol(self, wave: Any, options: DecodeOptions) -> str | None:
+        """The requested language's token; with none, the one the model identifies."""
+        if options.language is None:
+            return self.identify(wave)
+        return self.vocabulary.language_symbol(options.language)
+
+    def min_samples(self) -> int:
+        """Any clip: espnet2 pads every clip to the model's 30 s."""
+        return 1
+
+
+class S2tCtcExecutor(_OwsmExecutor):
+    """espnet2's ``s2t_inference_ctc`` classes (OWSM-CTC): no decoder, no language step."""
+
+    family = "s2t_ctc"
+    inference_classes = (S2T_CTC_SPEECH2TEXT, S2T_CTC_GREEDY)
+
+    def min_samples(self) -> int:
+        """Found on the model's front end and the encoder's subsampling."""
+        from espnet_serve.backends.encoding import min_input_samples
+
+        return min_input_samples(self.backend.s2t_model)

@@ -1,0 +1,254 @@
+"""OWSM (attention and CTC) served as espnet2's classes decode it, language and task included.
+
+Reduced-size models of OWSM v3.1 (egs2/owsm_v3.1/s2t1/conf/, the base's options as
+``devkit.recipes.OWSM_V31_BASE`` gives them) and OWSM-CTC v3.1
+(egs2/owsm_ctc_v3.1/s2t1/conf/``train_s2t_multitask-ctc_ebf27_conv2d8_size1024.yaml``), with
+OWSM's vocabulary around a character set (``devkit.random_init.owsm_token_list``). The attention
+decoder's and the CTC head's output projections are scaled: random weights otherwise answer
+nearly the same for every clip.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import openai
+import pytest
+
+from devkit.publish import write_bundle
+from devkit.random_init import (
+    CHAR_TOKENS,
+    owsm_token_list,
+    sharpen,
+    write_random_s2t_experiment,
+)
+from devkit.recipes import OWSM_CTC_V31_MEDIUM, OWSM_V31_BASE, reduced
+from espnet_serve import InferenceSession
+from espnet_serve.assets import load_heldout
+from espnet_serve.executors import DecodeOptions
+from espnet_serve.executors.s2t import S2T_CTC_GREEDY, S2T_CTC_SPEECH2TEXT, S2T_SPEECH2TEXT
+from espnet_serve.languages import language_name, two_letter_code
+from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.types import Segment
+from tests.answers import served_text
+from tests.server import serve_env, start_server
+from tests.test_executors import build, espnet2_class, segments_of
+
+SAMPLE_RATE = 16000
+CLIPS = 8
+TEXT_TOKENS = [token for token in CHAR_TOKENS if not token.startswith("<")] + ["<space>"]
+PROMPT = "the previous sentence"
+# Beam 2 and at most 2 % of the encoder frames as tokens (15 for OWSM's 30 s): random weights
+# seldom end a hypothesis, and CI decodes each clip several times.
+S2T_DECODING = {"beam_size": 2, "ctc_weight": 0.3, "maxlenratio": 0.02}
+
+
+def owsm_bundle(root: Path, recipe: Any, target: str, decoding: dict[str, Any]) -> Path:
+    options = reduced(recipe).options
+    experiment = write_random_s2t_experiment(
+        root / "exp", token_list=owsm_token_list(TEXT_TOKENS), **options
+    )
+    sharpen(experiment.asr_model_file, ["decoder.output_layer.weight", "ctc.ctc_lo.weight"], 8.0)
+    # The speech's weight in the decoder: a clip padded to 30 s is mostly padding.
+    blocks = range(options.get("decoder_conf", {}).get("num_blocks", 0))
+    cross = [f"decoder.decoders.{block}.src_attn.linear_out.weight" for block in blocks]
+    sharpen(experiment.asr_model_file, cross, 300.0)
+    return write_bundle(
+        root / "bundle",
+        asr_train_config=experiment.asr_train_config,
+        asr_model_file=experiment.asr_model_file,
+        backend=target,
+        decoding=decoding,
+        task="s2t",
+    )
+
+
+@pytest.fixture(scope="module")
+def s2t_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("s2t")
+    return owsm_bundle(root, OWSM_V31_BASE, S2T_SPEECH2TEXT, S2T_DECODING)
+
+
+@pytest.fixture(scope="module")
+def s2t_ctc_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("s2t_ctc")
+
+
+@pytest.fixture(scope="module")
+def clips() -> list[np.ndarray]:
+    return [clip.read_audio(SAMPLE_RATE) for clip in load_heldout(CLIPS)]
+
+
+def best(output: Any) -> tuple[str, tuple[int, ...]]:
+    """The served text and the token ids of an espnet2 OWSM class's best hypothesis."""
+    if isinstance(output, tuple):  # (n-best, interCTC)
+        output = output[0]
+    text, _, token_ids, *_ = output[0]
+    return served_text(text), tuple(int(t) for t in token_ids)
+
+
+def served(decoder: SegmentDecoder, clips: list[np.ndarray], options: DecodeOptions) -> list:
+    outcomes = decoder.decode(segments_of(clips), options=[options] * len(clips))
+    assert all(isinstance(outcome, Segment) for outcome in outcomes), outcomes
+    return outcomes
+
+
+def test_owsm_answers_as_espnet2_with_a_language_with_its_identification_and_translating(
+    s2t_bundle: Path, clips: list[np.ndarray]
+):
+    session = InferenceSession.from_pretrained(str(s2t_bundle), prefer_model_batch=True)
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    executor = decoder.executor
+    assert executor.family == "s2t" and executor.tasks == ("transcribe", "translate")
+    assert {"de", "en", "ja"} <= set(executor.languages()) and "aa" not in executor.languages()
+    assert {"en", "de", "ja"} <= set(executor.target_languages())
+    reference = espnet2_class(s2t_bundle)
+    token_id = reference.converter.token2id
+
+    german = served(decoder, clips, DecodeOptions(language="de"))
+    expected = [best(reference(clip, lang_sym="<deu>", task_sym="<asr>")) for clip in clips]
+    assert [(o.text, o.tokens) for o in german] == expected
+    assert {o.tokens[:2] for o in german} == {(token_id["<deu>"], token_id["<asr>"])}
+    assert {o.language for o in german} == {"de"}
+
+    from espnet2.bin.s2t_inference_language import Speech2Language
+
+    config = s2t_bundle / "exp" / "s2t" / "config.yaml"
+    identifier = Speech2Language(config, s2t_bundle / "exp" / "s2t" / "model.pth")
+    identified = [identifier(clip)[0][0] for clip in clips]
+    assert len(set(identified)) > 1  # the answer depends on the audio
+    detected = served(decoder, clips, DecodeOptions())
+    expected = [
+        best(reference(clip, lang_sym=s)) for clip, s in zip(clips, identified, strict=True)
+    ]
+    assert [(o.text, o.tokens) for o in detected] == expected
+    assert [o.tokens[0] for o in detected] == [token_id[s] for s in identified]
+    assert [o.language for o in detected] == [two_letter_code(s[1:-1]) for s in identified]
+
+    translated = served(decoder, clips, DecodeOptions(task="translate", target_language="en"))
+    expected = [
+        best(reference(clip, lang_sym=s, task_sym="<st_eng>"))
+        for clip, s in zip(clips, identified, strict=True)
+    ]
+    assert [(o.text, o.tokens) for o in translated] == expected
+    assert {o.tokens[1] for o in translated} == {token_id["<st_eng>"]}
+    assert all(not o.words for o in translated)
+
+    prompted = served(decoder, clips[:3], DecodeOptions(language="fr", prompt=PROMPT))
+    expected = [best(reference(clip, text_prev=PROMPT, lang_sym="<fra>")) for clip in clips[:3]]
+    assert [(o.text, o.tokens) for o in prompted] == expected
+    unprompted = [best(reference(clip, lang_sym="<fra>")) for clip in clips[:3]]
+    assert expected != unprompted  # the prompt reached the decoder
+
+
+@pytest.mark.parametrize("target", [S2T_CTC_SPEECH2TEXT, S2T_CTC_GREEDY])
+def test_owsm_ctc_answers_as_espnet2(target: str, s2t_ctc_root: Path, clips: list[np.ndarray]):
+    decoding = {"beam_size": 2} if target == S2T_CTC_SPEECH2TEXT else {}
+    root = s2t_ctc_root / target.rsplit(".", 1)[-1]
+    bundle = owsm_bundle(root, OWSM_CTC_V31_MEDIUM, target, decoding)
+    session = InferenceSession.from_pretrained(str(bundle), prefer_model_batch=True)
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    assert decoder.executor.family == "s2t_ctc"
+    reference = espnet2_class(bundle)
+
+    for options, symbols in [
+        (DecodeOptions(language="de"), {"lang_sym": "<deu>", "task_sym": "<asr>"}),
+        (DecodeOptions(), {"lang_sym": "<nolang>"}),  # no language step: the class's default
+        (
+            DecodeOptions(task="translate", language="es"),
+            {"lang_sym": "<spa>", "task_sym": "<st_eng>"},
+        ),
+        (DecodeOptions(language="ja", prompt=PROMPT), {"lang_sym": "<jpn>", "text_prev": PROMPT}),
+    ]:
+        outcomes = served(decoder, clips, options)
+        expected = [best(reference(clip, **symbols)) for clip in clips]
+        assert [(o.text, o.tokens) for o in outcomes] == expected, options
+        assert len(set(expected)) > 1
+        assert {o.language for o in outcomes} == {options.language}
+
+
+@pytest.mark.slow
+def test_owsm_over_http_selects_the_language_identifies_it_and_translates(
+    tmp_path: Path, s2t_bundle: Path, clips: list[np.ndarray]
+):
+    (tmp_path / "home").mkdir()
+    env = serve_env(tmp_path / "home", model_tag="owsm:latest")
+    built = build(s2t_bundle, "owsm", env)
+    assert built.returncode == 0, built.stderr
+    assert "Family: s2t" in built.stdout and "Tasks: transcribe, translate" in built.stdout
+    server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
+    refused: dict[str, openai.BadRequestError] = {}
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        german, identified, translated = [], [], []
+        for clip in load_heldout(CLIPS):
+            with clip.path.open("rb") as audio:
+                german.append(
+                    sdk.audio.transcriptions.create(
+                        model="owsm", file=audio, language="de", response_format="verbose_json"
+                    )
+                )
+            with clip.path.open("rb") as audio:
+                identified.append(
+                    sdk.audio.transcriptions.create(
+                        model="owsm", file=audio, response_format="verbose_json"
+                    )
+                )
+            with clip.path.open("rb") as audio:
+                translated.append(sdk.audio.translations.create(model="owsm", file=audio).text)
+        for name, call in {
+            "language": lambda f: sdk.audio.transcriptions.create(
+                model="owsm", file=f, language="aa"
+            ),
+            "target": lambda f: sdk.audio.translations.create(
+                model="owsm", file=f, extra_body={"target_language": "ko"}
+            ),
+        }.items():
+            with clip.path.open("rb") as audio, pytest.raises(openai.BadRequestError) as error:
+                call(audio)
+            refused[name] = error.value
+        models = httpx.get(f"{server.url}/v1/models").json()["data"]
+    finally:
+        server.stop()
+
+    reference = espnet2_class(s2t_bundle)
+    token_id = reference.converter.token2id
+    # verbose_json lists segments with text: their token ids show the prompt tokens.
+    expected = [best(reference(clip, lang_sym="<deu>")) for clip in clips]
+    assert [r.text for r in german] == [text for text, _ in expected]
+    shown = [(r, ids) for r, (_, ids) in zip(german, expected, strict=True) if r.segments]
+    assert len(shown) >= CLIPS // 2
+    assert all(tuple(r.segments[0].tokens) == ids for r, ids in shown)
+    assert {r.segments[0].tokens[0] for r, _ in shown} == {token_id["<deu>"]}
+    assert {r.language for r in german} == {"german"}
+
+    from espnet2.bin.s2t_inference_language import Speech2Language
+
+    identifier = Speech2Language(
+        s2t_bundle / "exp" / "s2t" / "config.yaml", s2t_bundle / "exp" / "s2t" / "model.pth"
+    )
+    symbols = [identifier(clip)[0][0] for clip in clips]
+    assert [r.text for r in identified] == [
+        best(reference(clip, lang_sym=s))[0] for clip, s in zip(clips, symbols, strict=True)
+    ]
+    assert [r.language for r in identified] == [
+        language_name(two_letter_code(s[1:-1]) or "") for s in symbols
+    ]
+    assert len({r.language for r in identified}) > 1
+    assert translated == [
+        best(reference(clip, lang_sym=s, task_sym="<st_eng>"))[0]
+        for clip, s in zip(clips, symbols, strict=True)
+    ]
+    assert refused["language"].body["code"] == "unsupported_language"
+    assert "'aa'" in refused["language"].body["message"]
+    assert " de," in refused["language"].body["message"]  # it names the ones the model has
+    assert refused["target"].body["code"] == "unsupported_language"
+    assert "'ko'" in refused["target"].body["message"]
+    assert " ja," in refused["target"].body["message"]
+    (model,) = models
+    assert (model["family"], model["tasks"]) == ("s2t", ["transcribe", "translate"])
+    assert {"de", "en", "ja"} <= set(model["languages"]) and "aa" not in model["languages"]
+    assert {"en", "de"} <= set(model["target_languages"]) and "ko" not in model["target_languages"]
