@@ -80,7 +80,9 @@ class FakeModelClient:
         self.failures: list[BaseException] = []
         self.requests: list[SegmentRequest] = []
         self.tasks = ["transcribe"]
+        self.languages = ["en"]
         self.target_languages: list[str] = []
+        self.identified: str | None = None  # the language a multilingual model "identifies"
 
     async def readiness(self) -> Readiness:
         return self.ready
@@ -92,7 +94,7 @@ class FakeModelClient:
             sha256="0" * 64,
             sample_rate=16000,
             min_samples=self.MIN_SAMPLES,
-            languages=["en"],
+            languages=self.languages,
             created=1_700_000_000,
             word_timestamps=True,
             family="asr",
@@ -108,9 +110,16 @@ class FakeModelClient:
             failing = self.fail_from_segment is not None and request.index >= self.fail_from_segment
             if self.failure is not None and (self.fail_from_segment is None or failing):
                 return SegmentResult(failure=self.failure)
-            return SegmentResult(segment=self.segment(request))
+            segment = self.segment(request)
+            return SegmentResult(
+                segment=segment.model_copy(update={"language": self.language(request)})
+            )
 
         return await call_model(once, what="decode", retry_after_seconds=1)
+
+    def language(self, request: SegmentRequest) -> str | None:
+        """The request's language, else the one set to be "identified"."""
+        return request.language or self.identified
 
     @staticmethod
     def segment(request: SegmentRequest) -> Segment:

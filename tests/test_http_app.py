@@ -263,6 +263,42 @@ def test_language_is_validated(client, fake, language, status, code):
         assert "transcribes en only" in response.json()["error"]["message"]
 
 
+def test_a_multilingual_model_gets_the_language_task_and_prompt_and_reports_what_it_found(
+    settings, fake
+):
+    fake.languages, fake.tasks, fake.target_languages = (
+        ["de", "en"],
+        ["transcribe", "translate"],
+        ["en"],
+    )
+    client = sdk(served_app(settings, fake))
+
+    async def ask(route: str, **fields):
+        create = getattr(client.audio, route).create
+        return await create(
+            model="fake", file=("a.wav", wav(0.5)), response_format="verbose_json", **fields
+        )
+
+    unknown = asyncio.run(ask("transcriptions"))
+    german = asyncio.run(ask("transcriptions", language="de", prompt="vorher"))
+    fake.identified = "de"
+    identified = asyncio.run(ask("transcriptions"))
+    translated = asyncio.run(ask("translations", prompt="before"))
+    assert [r.language for r in (unknown, german, identified, translated)] == [
+        "unknown",  # several languages, none asked for, none identified
+        "german",
+        "german",
+        "english",  # a translation reports the language it is written in
+    ]
+    sent = [(r.task, r.language, r.target_language, r.prompt) for r in fake.requests]
+    assert sent == [
+        ("transcribe", None, "en", None),
+        ("transcribe", "de", "en", "vorher"),
+        ("transcribe", None, "en", None),
+        ("translate", None, "en", "before"),
+    ]
+
+
 @pytest.fixture()
 def keyed() -> ServeSettings:
     return ServeSettings(api_keys=SecretStr("key-one, key-two"))

@@ -90,8 +90,10 @@ def best(output: Any) -> tuple[str, tuple[int, ...]]:
     return served_text(text), tuple(int(t) for t in token_ids)
 
 
-def served(decoder: SegmentDecoder, clips: list[np.ndarray], options: DecodeOptions) -> list:
-    outcomes = decoder.decode(segments_of(clips), options=[options] * len(clips))
+def served(
+    decoder: SegmentDecoder, clips: list[np.ndarray], options: DecodeOptions, words: bool = False
+) -> list:
+    outcomes = decoder.decode(segments_of(clips), words=words, options=[options] * len(clips))
     assert all(isinstance(outcome, Segment) for outcome in outcomes), outcomes
     return outcomes
 
@@ -108,9 +110,13 @@ def test_owsm_answers_as_espnet2_with_a_language_with_its_identification_and_tra
     reference = espnet2_class(s2t_bundle)
     token_id = reference.converter.token2id
 
-    german = served(decoder, clips, DecodeOptions(language="de"))
+    assert decoder.word_timestamps  # OWSM's CTC head
+    german = served(decoder, clips, DecodeOptions(language="de"), words=True)
     expected = [best(reference(clip, lang_sym="<deu>", task_sym="<asr>")) for clip in clips]
     assert [(o.text, o.tokens) for o in german] == expected
+    timed = [(o, len(clip) / SAMPLE_RATE) for o, clip in zip(german, clips, strict=True) if o.text]
+    assert timed and all(o.words for o, _ in timed)
+    assert all(0 <= w.start <= w.end <= seconds + 0.05 for o, seconds in timed for w in o.words)
     assert {o.tokens[:2] for o in german} == {(token_id["<deu>"], token_id["<asr>"])}
     assert {o.language for o in german} == {"de"}
 
@@ -128,7 +134,9 @@ def test_owsm_answers_as_espnet2_with_a_language_with_its_identification_and_tra
     assert [o.tokens[0] for o in detected] == [token_id[s] for s in identified]
     assert [o.language for o in detected] == [two_letter_code(s[1:-1]) for s in identified]
 
-    translated = served(decoder, clips, DecodeOptions(task="translate", target_language="en"))
+    translated = served(
+        decoder, clips, DecodeOptions(task="translate", target_language="en"), words=True
+    )
     expected = [
         best(reference(clip, lang_sym=s, task_sym="<st_eng>"))
         for clip, s in zip(clips, identified, strict=True)

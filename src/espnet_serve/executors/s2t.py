@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
+from types import SimpleNamespace
 from typing import Any
 
 from espnet_serve.executors.base import (
@@ -234,6 +235,19 @@ class S2tExecutor(_OwsmExecutor):
     def min_samples(self) -> int:
         """Any clip: espnet2 pads every clip to the model's 30 s."""
         return 1
+
+    def ctc_backend(self) -> Any | None:
+        """The CTC head (``s2t_model.ctc``), its tokenizer and converter, for word times.
+
+        Words are aligned on the clip's own encoding, not on the 30 s padded one the decoder
+        read (the aligner encodes the clip again). ``None`` for a model trained without CTC.
+        """
+        model = self.backend.s2t_model
+        if getattr(model, "ctc", None) is None:
+            return None
+        return SimpleNamespace(
+            asr_model=model, tokenizer=self.backend.tokenizer, converter=self.backend.converter
+        )
 
 
 class S2tCtcExecutor(_OwsmExecutor):
