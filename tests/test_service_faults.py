@@ -3,26 +3,32 @@
 Both models are the tiny random-init test model with a recipe ``output_fn``
 that raises: one only for clips longer than two seconds (a backend failure on
 valid input), one always (so warm-up fails and the service must stay unready).
+And the embedded model's worker killed under load: no request lost.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import subprocess
 import sys
 import textwrap
+import threading
+import time
 from pathlib import Path
 
 import httpx
 import numpy as np
+import psutil
 import pytest
 import soundfile as sf
 
 from devkit.publish import write_bundle
 from devkit.random_init import AsrExperiment
+from espnet_serve.assets import load_heldout
 from tests.conftest import TINY_DECODING
-from tests.server import BentoServer, serve_env, start_server, wait_for
+from tests.server import BentoServer, serve_default_model, serve_env, start_server, wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -127,3 +133,82 @@ def test_a_model_that_cannot_decode_stays_unready_with_the_reason(tmp_path, tiny
     assert set(server.readyz_statuses) == {503}
     assert answer.status_code == 503 and answer.json()["error"]["code"] == "model_unavailable"
     assert "warm-up failed" in answer.json()["error"]["message"]
+
+
+def model_worker(server: BentoServer) -> psutil.Process:
+    """The model service's worker process (the one the arbiter restarts)."""
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "--service-name" in command and "ModelService" in command:
+            return child
+    raise AssertionError("no model worker found")
+
+
+def test_a_killed_model_worker_costs_no_request(tmp_path: Path):
+    """16 clients in loops; the model worker is killed (as the OOM killer would) mid-traffic.
+
+    Every request is answered 200 with the clip's own answer, or 503 with ``Retry-After``:
+    never a 500, never a reset. The segments in flight on the dead worker are sent again
+    once the restarted worker is ready, and the log and ``/metrics`` say so.
+    """
+    server = serve_default_model(tmp_path / "home")
+    clips = [(clip.path.read_bytes(), clip.path.name) for clip in load_heldout(8)]
+    outcomes: collections.Counter = collections.Counter()
+    wrong: list[str] = []
+    stop = threading.Event()
+    try:
+        with httpx.Client(timeout=120) as alone:
+            answers = [transcribe(alone, server, audio).json()["text"] for audio, _ in clips]
+
+        def loop(offset: int) -> None:
+            with httpx.Client(timeout=120) as client:
+                for sent in range(offset, offset + REQUESTS_PER_CLIENT):
+                    if stop.is_set():
+                        return
+                    audio_index = sent % len(clips)
+                    try:
+                        response = transcribe(client, server, clips[audio_index][0])
+                    except httpx.TransportError as exc:
+                        outcomes[type(exc).__name__] += 1
+                        continue
+                    retry = response.headers.get("retry-after")
+                    outcomes[(response.status_code, retry is not None)] += 1
+                    text = response.json().get("text") if response.status_code == 200 else None
+                    if text is not None and text != answers[audio_index]:
+                        wrong.append(text)
+
+        threads = [threading.Thread(target=loop, args=(i,)) for i in range(16)]
+        for thread in threads:
+            thread.start()
+        time.sleep(3)
+        killed = model_worker(server)
+        killed.kill()
+        for thread in threads:
+            thread.join(timeout=300)
+        stop.set()
+        metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+        with httpx.Client(timeout=60) as client:
+            after = transcribe(client, server, clips[0][0])
+    finally:
+        stop.set()
+        server.stop()
+    log = server.log_path.read_text(errors="replace")  # all of it
+    assert set(outcomes) <= {(200, False), (503, True)}, outcomes
+    assert outcomes[(200, False)] >= 16 * REQUESTS_PER_CLIENT // 2, outcomes
+    assert not wrong and after.status_code == 200
+    assert "was lost; a worker is ready again, sending the segment again" in log
+    resent = [line for line in metrics.splitlines() if line.startswith(RESENT)]
+    assert resent and float(resent[0].split()[-1]) >= 1, resent
+    assert "Internal error" not in log
+
+
+RESENT = "espnet_serve_segments_resent_total"
+REQUESTS_PER_CLIENT = 40
+
+
+def transcribe(client: httpx.Client, server: BentoServer, audio: bytes) -> httpx.Response:
+    return client.post(
+        f"{server.url}/v1/audio/transcriptions",
+        files={"file": ("clip.wav", audio, "audio/wav")},
+        data={"model": "whisper-1"},
+    )

@@ -12,6 +12,7 @@ import signal
 
 import aiohttp
 import httpx
+import numpy as np
 import pytest
 from aiohttp import web
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
@@ -22,7 +23,8 @@ from espnet_serve.serving.drain import SigtermDrain
 from espnet_serve.serving.errors import ApiError, install_error_handlers
 from espnet_serve.serving.middleware.admission import AdmissionMiddleware
 from espnet_serve.serving.middleware.inflight import InFlight
-from espnet_serve.serving.model_client import call_model
+from espnet_serve.serving.model_client import BentoModelClient, call_model
+from espnet_serve.serving.rpc import Readiness, SegmentRequest
 
 
 async def slow_server(delay: float) -> tuple[web.AppRunner, str]:
@@ -165,6 +167,63 @@ def test_model_not_ready_is_503_and_a_model_failure_is_500():
         run_call(failure)
     assert failed.value.status == 500 and failed.value.error_id
     assert failure.count == 1
+
+
+class LosingDependency:
+    """A model-service dependency whose decode fails as ``decode_errors`` say, then answers;
+    its readiness answers ``readiness`` in turn (then ready). Control flow only: the real
+    worker kill is in ``test_service_faults.py``."""
+
+    def __init__(self, decode_errors: list[BaseException], readiness: list[object]) -> None:
+        self.to_async = self
+        self.decode_errors, self.readiness_answers = decode_errors, readiness
+        self.decodes = self.polls = 0
+
+    async def decode(self, requests: list) -> list:
+        self.decodes += 1
+        if self.decode_errors:
+            raise self.decode_errors.pop(0)
+        return ["decoded"]
+
+    async def readiness(self) -> Readiness:
+        self.polls += 1
+        answer = self.readiness_answers.pop(0) if self.readiness_answers else True
+        if isinstance(answer, BaseException):
+            raise answer
+        return Readiness(ready=bool(answer), reason="" if answer else "loading")
+
+
+def decode_with(dependency: LosingDependency, timeout: float = 30.0) -> object:
+    client = BentoModelClient(dependency, retry_after_seconds=3, request_timeout_seconds=timeout)
+    request = SegmentRequest(samples=np.zeros(160, dtype=np.float32), index=4)
+    return asyncio.run(client.decode(request))
+
+
+def test_a_segment_lost_with_its_worker_is_sent_again_once_a_worker_is_ready(monkeypatch):
+    monkeypatch.setattr("espnet_serve.serving.model_client.READY_POLL_SECONDS", 0.01)
+    lost = LosingDependency(
+        [aiohttp.ServerDisconnectedError(), ServiceUnavailable("The model is not ready.")],
+        [aiohttp.ClientOSError(), False, False, True],  # unreachable, loading, loading, ready
+    )
+    assert decode_with(lost) == "decoded"
+    assert lost.decodes == 3 and lost.polls == 5  # 4 until the first resend, 1 after the second
+
+
+def test_a_lost_segment_whose_worker_never_comes_back_is_a_503_at_its_timeout(monkeypatch):
+    monkeypatch.setattr("espnet_serve.serving.model_client.READY_POLL_SECONDS", 0.01)
+    gone = LosingDependency([aiohttp.ServerDisconnectedError()], [False] * 1000)
+    with pytest.raises(ApiError) as raised:
+        decode_with(gone, timeout=0.2)
+    assert raised.value.status == 503 and raised.value.headers["Retry-After"] == "3"
+    assert "none was ready again within the request timeout" in raised.value.message
+    assert gone.decodes == 1
+
+
+def test_a_segment_sent_while_no_worker_is_ready_is_refused_at_once():
+    unready = LosingDependency([ServiceUnavailable("The model is not ready: loading.")], [])
+    with pytest.raises(ApiError) as raised:
+        decode_with(unready)
+    assert raised.value.status == 503 and unready.decodes == 1 and unready.polls == 0
 
 
 def gated_app(in_flight: InFlight, limit: int, draining: list[bool]) -> tuple[FastAPI, list]:

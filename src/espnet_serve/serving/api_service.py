@@ -43,7 +43,11 @@ class ApiService:
     model = bentoml.depends(ModelService)
 
     def __init__(self) -> None:
-        self.client = BentoModelClient(self.model, retry_after_seconds=settings.retry_after_seconds)
+        self.client = BentoModelClient(
+            self.model,
+            retry_after_seconds=settings.retry_after_seconds,
+            request_timeout_seconds=settings.request_timeout_seconds,
+        )
         connect(app, self.client)
         API_DRAIN.install()
 

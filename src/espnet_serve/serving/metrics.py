@@ -31,6 +31,7 @@ class ServiceMetrics:
     queue_wait_seconds: Any
     pending_requests: Any
     model_info: Any
+    segments_resent: Any
 
 
 @lru_cache(maxsize=1)
@@ -87,5 +88,10 @@ def get_metrics() -> ServiceMetrics:
             ["name", "version", "sha256"],
             namespace=NAMESPACE,
             multiprocess_mode="liveall",
+        ),
+        segments_resent=Counter(
+            "segments_resent",
+            "Segments sent again after the model worker decoding them was lost.",
+            namespace=NAMESPACE,
         ),
     )

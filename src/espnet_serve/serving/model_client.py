@@ -11,7 +11,9 @@ or 504 (it took longer than the request timeout).
 
 from __future__ import annotations
 
+import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -19,11 +21,13 @@ import aiohttp
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from espnet_serve.serving.errors import ApiError, InternalError, model_unavailable
+from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.rpc import ModelInfo, Readiness, SegmentRequest, SegmentResult
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
 CONNECTION_RETRIES = 1
+READY_POLL_SECONDS = 0.5  # how often a lost segment's request asks whether a worker is back
 
 
 def is_connection_error(exc: BaseException) -> bool:
@@ -31,13 +35,20 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, aiohttp.ClientConnectionError) and not isinstance(exc, TimeoutError)
 
 
-async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after_seconds: int) -> T:
-    """Run one model-service call, retrying once on a connection error.
+async def call_model(
+    call: Callable[[], Awaitable[T]],
+    *,
+    what: str,
+    retry_after_seconds: int,
+    connection_retries: int = CONNECTION_RETRIES,
+) -> T:
+    """Run one model-service call, retrying at once on a connection error.
 
     Args:
         call: Makes the call (called again for the retry).
         what: What the call does, for messages and logs.
         retry_after_seconds: ``Retry-After`` of a 503.
+        connection_retries: How many times a call that lost its connection is made again.
 
     Returns:
         The call's result.
@@ -47,7 +58,7 @@ async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after
             ready, ``timeout`` (504) when it did not answer in time.
         InternalError: When it failed (500).
     """
-    for attempt in range(CONNECTION_RETRIES + 1):
+    for attempt in range(connection_retries + 1):
         try:
             return await call()
         except ServiceUnavailable as exc:
@@ -59,7 +70,7 @@ async def call_model(call: Callable[[], Awaitable[T]], *, what: str, retry_after
         except BentoMLException as exc:
             raise InternalError(f"the model service failed ({what})", exc) from exc
         except aiohttp.ClientError as exc:
-            if is_connection_error(exc) and attempt < CONNECTION_RETRIES:
+            if is_connection_error(exc) and attempt < connection_retries:
                 logger.warning("Model service connection failed (%s), retrying: %r", what, exc)
                 continue
             if is_connection_error(exc):
@@ -97,9 +108,12 @@ class BentoModelClient:
         retry_after_seconds: ``Retry-After`` of a 503.
     """
 
-    def __init__(self, dependency: Any, *, retry_after_seconds: int) -> None:
+    def __init__(
+        self, dependency: Any, *, retry_after_seconds: int, request_timeout_seconds: float
+    ) -> None:
         self._calls = dependency.to_async
         self._retry_after = retry_after_seconds
+        self._timeout = request_timeout_seconds
 
     async def readiness(self) -> Readiness:
         """See :class:`ModelClient`."""
@@ -114,10 +128,58 @@ class BentoModelClient:
         )
 
     async def decode(self, request: SegmentRequest) -> SegmentResult:
-        """See :class:`ModelClient`."""
-        (result,) = await call_model(
-            lambda: self._calls.decode([request]),
-            what="decode",
-            retry_after_seconds=self._retry_after,
-        )
-        return result
+        """See :class:`ModelClient`; a segment lost with its worker is sent again.
+
+        Decoding is idempotent: when the connection drops under the call (the worker died,
+        or a pooled connection was stale), the segment waits for a ready worker and is sent
+        again, as often as that happens, until the request's timeout (counted from
+        ``request.sent_at``) runs out. A segment sent while no worker is ready, and never
+        lost, is refused at once (503).
+
+        Raises:
+            ApiError: ``model_unavailable`` (503, ``Retry-After``) when no worker came back
+                in time; see :func:`call_model` for the others.
+        """
+        deadline = request.sent_at + self._timeout
+        lost = False
+        while True:
+            try:
+                (result,) = await call_model(
+                    lambda: self._calls.decode([request]),
+                    what="decode",
+                    retry_after_seconds=self._retry_after,
+                    connection_retries=0,
+                )
+                return result
+            except ApiError as exc:
+                lost = lost or _connection_lost(exc)
+                if not (lost and exc.code == "model_unavailable"):
+                    raise
+                if not await self._ready_by(deadline):
+                    raise model_unavailable(
+                        "its worker was lost and none was ready again within the request "
+                        f"timeout ({self._timeout:g} s)",
+                        self._retry_after,
+                    ) from exc
+                get_metrics().segments_resent.inc()
+                logger.warning(
+                    "The model worker decoding segment %d was lost; a worker is ready again, "
+                    "sending the segment again.",
+                    request.index,
+                )
+
+    async def _ready_by(self, deadline: float) -> bool:
+        """Whether a model worker is ready before ``deadline`` (``time.time()``), polling."""
+        while time.time() < deadline:
+            try:
+                if (await self._calls.readiness()).ready:
+                    return True
+            except Exception as exc:  # not back yet: unreachable, or not serving
+                logger.debug("Waiting for a model worker: %r", exc)
+            await asyncio.sleep(min(READY_POLL_SECONDS, max(0.0, deadline - time.time())))
+        return False
+
+
+def _connection_lost(error: ApiError) -> bool:
+    """Whether a call failed because its connection to the model worker was lost."""
+    return error.__cause__ is not None and is_connection_error(error.__cause__)

@@ -11,6 +11,8 @@ timeout, so it never cancels a request that could still be answered in time.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
 import logging
 import threading
 import time
@@ -36,6 +38,22 @@ settings = get_settings()
 # ``SessionManager.get_session``): those calls fail. Never recycle it.
 NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
 MODEL_IN_FLIGHT = InFlight()
+
+
+def import_batch_types() -> None:
+    """Import, in this thread, every installed module BentoML's batcher looks classes up in.
+
+    To merge a batch, BentoML finds its container by checking each registered class of a
+    module already in ``sys.modules`` (pandas' ``DataFrame``, PIL's ``Image``, ...). A module
+    the model-loading thread is importing at that moment is there half-initialised, and the
+    check raises: every request that reached a restarted worker while it loaded was a 500.
+    """
+    from bentoml._internal.runner.container import DataContainerRegistry
+
+    for lazy_type in list(DataContainerRegistry.CONTAINER_BATCH_TYPE_MAP):
+        module = getattr(lazy_type, "module", "")
+        if module and importlib.util.find_spec(module.split(".")[0]) is not None:
+            importlib.import_module(module)
 
 
 def served_model_tag() -> str:
@@ -70,6 +88,7 @@ class ModelService:
             quiet_seconds=settings.drain_quiet_seconds,
         )
         self.drain.install()
+        import_batch_types()  # before another thread imports them
         # Load in the background so /readyz answers 503 (not nothing) while it runs.
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
