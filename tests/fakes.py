@@ -119,7 +119,7 @@ class FakeModelClient:
 
     def language(self, request: SegmentRequest) -> str | None:
         """The request's language, else the one set to be "identified"."""
-        return request.language or self.identified
+        return request.options.language or self.identified
 
     @staticmethod
     def segment(request: SegmentRequest) -> Segment:

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import psutil
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BENTOML = str(Path(sys.executable).with_name("bentoml"))
@@ -117,6 +118,15 @@ def wait_for(
                     return response
             time.sleep(0.25)
     return None
+
+
+def service_worker(server: BentoServer, service: str) -> psutil.Process:
+    """The worker process of ``service`` (``ApiService`` or ``ModelService``) of a server."""
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        command = child.cmdline()
+        if "--service-name" in command and service in command:
+            return child
+    raise AssertionError(f"no {service} worker found")
 
 
 def serve_env(home: Path, **settings: str) -> dict[str, str]:

@@ -53,7 +53,7 @@ from espnet_serve.executors import UnsupportedFamilyError, executor_class, famil
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
 from tests.answers import served_text
-from tests.server import serve_env, start_server, wait_for
+from tests.server import BentoServer, serve_env, start_server, wait_for
 
 SAMPLE_RATE = 16000
 CLIPS = 8
@@ -247,6 +247,17 @@ def build(bundle: Path, name: str, env: dict[str, str]) -> subprocess.CompletedP
     )
 
 
+def build_and_serve(
+    tmp_path: Path, bundle: Path, name: str
+) -> tuple[subprocess.CompletedProcess, BentoServer]:
+    """``espnet-serve build`` the bundle as ``name`` into a fresh home, then serve it."""
+    (tmp_path / "home").mkdir()
+    env = serve_env(tmp_path / "home", model_tag=f"{name}:latest")
+    built = build(bundle, name, env)
+    assert built.returncode == 0, built.stderr
+    return built, start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
+
+
 def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_transducer_bundle):
     assert family_of(TTS) is None and family_of(TRANSDUCER_TARGET) == "asr_transducer"
     with pytest.raises(UnsupportedFamilyError) as refused:
@@ -318,13 +329,9 @@ def test_a_streaming_model_is_served_as_espnet2_decodes_it(
 def test_a_translation_model_is_served_on_the_translations_route_as_espnet2_decodes_it(
     tmp_path: Path, st_bundle: Path, clips: list[np.ndarray]
 ):
-    (tmp_path / "home").mkdir()
-    env = serve_env(tmp_path / "home", model_tag="st:latest")
-    built = build(st_bundle, "st", env)
-    assert built.returncode == 0, built.stderr
+    built, server = build_and_serve(tmp_path, st_bundle, "st")
     assert "Family: st" in built.stdout and "Tasks: translate" in built.stdout
     assert "Target languages: en" in built.stdout
-    server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
     try:
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
         served, verbose = [], None

@@ -290,7 +290,10 @@ def test_a_multilingual_model_gets_the_language_task_and_prompt_and_reports_what
         "german",
         "english",  # a translation reports the language it is written in
     ]
-    sent = [(r.task, r.language, r.target_language, r.prompt) for r in fake.requests]
+    sent = [
+        (r.options.task, r.options.language, r.options.target_language, r.options.prompt)
+        for r in fake.requests
+    ]
     assert sent == [
         ("transcribe", None, "en", None),
         ("transcribe", "de", "en", "vorher"),

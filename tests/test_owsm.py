@@ -34,8 +34,7 @@ from espnet_serve.languages import language_name, two_letter_code
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
 from tests.answers import served_text
-from tests.server import serve_env, start_server
-from tests.test_executors import build, espnet2_class, segments_of
+from tests.test_executors import build_and_serve, espnet2_class, segments_of
 
 SAMPLE_RATE = 16000
 CLIPS = 8
@@ -182,12 +181,8 @@ def test_owsm_ctc_answers_as_espnet2(target: str, s2t_ctc_root: Path, clips: lis
 def test_owsm_over_http_selects_the_language_identifies_it_and_translates(
     tmp_path: Path, s2t_bundle: Path, clips: list[np.ndarray]
 ):
-    (tmp_path / "home").mkdir()
-    env = serve_env(tmp_path / "home", model_tag="owsm:latest")
-    built = build(s2t_bundle, "owsm", env)
-    assert built.returncode == 0, built.stderr
+    built, server = build_and_serve(tmp_path, s2t_bundle, "owsm")
     assert "Family: s2t" in built.stdout and "Tasks: transcribe, translate" in built.stdout
-    server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
     refused: dict[str, openai.BadRequestError] = {}
     try:
         sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)

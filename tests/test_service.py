@@ -15,14 +15,13 @@ from pathlib import Path
 import httpx
 import numpy as np
 import openai
-import psutil
 import pytest
 import soundfile as sf
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
 from tests.crafted import CRAFTED_UPLOADS
-from tests.server import REPO_ROOT, BentoServer
+from tests.server import REPO_ROOT, BentoServer, service_worker
 
 pytestmark = pytest.mark.slow
 
@@ -258,20 +257,11 @@ def test_readme_examples_work_as_written(server: BentoServer):
         assert clip.text in run.stdout, (code, run.stdout)
 
 
-def api_worker(server: BentoServer) -> psutil.Process:
-    """The API service's worker process (not the model service's)."""
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        command = child.cmdline()
-        if "--service-name" in command and "ApiService" in command:
-            return child
-    raise AssertionError("no API worker found")
-
-
 def test_crafted_headers_are_refused_cheaply_and_the_server_keeps_serving(
     server: BentoServer, clips: list[HeldoutClip]
 ):
     url = f"{server.url}/v1/audio/transcriptions"
-    workers = [api_worker(server)]
+    workers = [service_worker(server, "ApiService")]
     before = sum(worker.memory_info().rss for worker in workers)
     for name, (data, status, code) in CRAFTED_UPLOADS.items():
         response = post_file(url, data, name="crafted.wav", content_type="audio/wav", model=MODEL)

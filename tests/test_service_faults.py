@@ -20,7 +20,6 @@ from pathlib import Path
 
 import httpx
 import numpy as np
-import psutil
 import pytest
 import soundfile as sf
 
@@ -28,7 +27,14 @@ from devkit.publish import write_bundle
 from devkit.random_init import AsrExperiment
 from espnet_serve.assets import load_heldout
 from tests.conftest import TINY_DECODING
-from tests.server import BentoServer, serve_default_model, serve_env, start_server, wait_for
+from tests.server import (
+    BentoServer,
+    serve_default_model,
+    serve_env,
+    service_worker,
+    start_server,
+    wait_for,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -135,15 +141,6 @@ def test_a_model_that_cannot_decode_stays_unready_with_the_reason(tmp_path, tiny
     assert "warm-up failed" in answer.json()["error"]["message"]
 
 
-def model_worker(server: BentoServer) -> psutil.Process:
-    """The model service's worker process (the one the arbiter restarts)."""
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        command = child.cmdline()
-        if "--service-name" in command and "ModelService" in command:
-            return child
-    raise AssertionError("no model worker found")
-
-
 def test_a_killed_model_worker_costs_no_request(tmp_path: Path):
     """16 clients in loops; the model worker is killed (as the OOM killer would) mid-traffic.
 
@@ -181,7 +178,7 @@ def test_a_killed_model_worker_costs_no_request(tmp_path: Path):
         for thread in threads:
             thread.start()
         time.sleep(3)
-        killed = model_worker(server)
+        killed = service_worker(server, "ModelService")
         killed.kill()
         for thread in threads:
             thread.join(timeout=300)

@@ -182,7 +182,7 @@ class ModelService:
         outcomes = self.decoder.decode(
             segments,
             words=[request.words for request in requests],
-            options=[request.options() for request in requests],
+            options=[request.options for request in requests],
         )
         for outcome in outcomes:
             if isinstance(outcome, SegmentDecodeError) and not outcome.invalid_input:

@@ -16,7 +16,7 @@ from bentoml.validators import TensorSchema
 from pydantic import BaseModel, Field
 
 from espnet_serve.audio.segmenter import AudioSegment
-from espnet_serve.executors.base import DEFAULT_TARGET_LANGUAGE, TRANSCRIBE, DecodeOptions
+from espnet_serve.executors.base import DecodeOptions
 from espnet_serve.pipeline.types import DECODE_FAILED, Outcome, Segment, SegmentDecodeError
 
 AUDIO_FIELDS = fields(AudioSegment)
@@ -32,10 +32,9 @@ class SegmentRequest(BaseModel):
     offset: float = 0.0
     no_speech_prob: float = 0.0
     words: bool = Field(default=False, description="Also time the words (CTC forced alignment).")
-    task: str = TRANSCRIBE
-    language: str | None = Field(default=None, description="ISO-639-1 code of the speech.")
-    target_language: str = DEFAULT_TARGET_LANGUAGE
-    prompt: str | None = None
+    options: DecodeOptions = Field(
+        default_factory=DecodeOptions, description="The request's task, languages and prompt."
+    )
     sent_at: float = Field(
         default_factory=time.time, description="time.time() when the API service sent it."
     )
@@ -49,16 +48,7 @@ class SegmentRequest(BaseModel):
         options: DecodeOptions | None = None,
     ) -> SegmentRequest:
         """The request for ``segment``, with its request's options."""
-        return cls(**vars(segment), **vars(options or DecodeOptions()), words=words)
-
-    def options(self) -> DecodeOptions:
-        """The request's options again, on the model service's side."""
-        return DecodeOptions(
-            task=self.task,
-            language=self.language,
-            target_language=self.target_language,
-            prompt=self.prompt,
-        )
+        return cls(**vars(segment), words=words, options=options or DecodeOptions())
 
     def audio_segment(self) -> AudioSegment:
         """The audio segment again, on the model service's side."""
