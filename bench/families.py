@@ -252,7 +252,7 @@ class Row:
     equal_in_process: bool = False
     clips: int = 0
     batched: bool = False
-    word_times: bool = False
+    word_times: bool = False  # the decoder times words, and it timed every transcript
     espnet2_seconds: float = 0.0
     served_path_seconds: float = 0.0
     speedup: float = 0.0
@@ -424,6 +424,12 @@ def run_family(family: Family, clips: list, waves: list[np.ndarray], served: boo
             ]
         row.speedup = round(row.espnet2_seconds / row.served_path_seconds, 2)
         row.equal_in_process = not row.mismatches
+        if row.word_times:  # every transcript timed, in the first mode (a transcription)
+            first = next(iter(modes.values()))[0]
+            timed = decoder.decode(
+                segments, words=True, options=None if first is None else [first] * len(segments)
+            )
+            row.word_times = all(o.words for o in timed if isinstance(o, Segment) and o.text)
         if served:
             texts = _served(bundle, clips[:8], Path(scratch) / "home", list(modes))
             row.served_over_http = all(

@@ -11,12 +11,14 @@ nearly the same for every clip.
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import httpx
 import numpy as np
 import openai
 import pytest
+import torch
 
 from devkit.publish import write_bundle
 from devkit.random_init import (
@@ -31,6 +33,7 @@ from espnet_serve.assets import load_heldout
 from espnet_serve.executors import DecodeOptions
 from espnet_serve.executors.s2t import S2T_CTC_GREEDY, S2T_CTC_SPEECH2TEXT, S2T_SPEECH2TEXT
 from espnet_serve.languages import language_name, two_letter_code
+from espnet_serve.pipeline.align import CtcAligner
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
 from tests.answers import served_text
@@ -175,6 +178,54 @@ def test_owsm_ctc_answers_as_espnet2(target: str, s2t_ctc_root: Path, clips: lis
         assert [(o.text, o.tokens) for o in outcomes] == expected, options
         assert len(set(expected)) > 1
         assert {o.language for o in outcomes} == {options.language}
+
+    # Words are timed on the encoding espnet2's class decoded.
+    assert decoder.word_timestamps
+    german = served(decoder, clips, DecodeOptions(language="de"), words=True)
+    assert [(o.text, o.tokens) for o in german] == [
+        best(reference(clip, lang_sym="<deu>")) for clip in clips
+    ]
+    timed = [(o, len(clip) / SAMPLE_RATE) for o, clip in zip(german, clips, strict=True) if o.text]
+    assert timed and all(" ".join(w.word for w in o.words) == o.text for o, _ in timed)
+    assert all(0 <= w.start <= w.end <= seconds + 0.05 for o, seconds in timed for w in o.words)
+    aligner = CtcAligner(
+        SimpleNamespace(
+            asr_model=reference.s2t_model,
+            tokenizer=reference.tokenizer,
+            converter=reference.converter,
+        ),
+        SAMPLE_RATE,
+    )
+    expected_words = aligner.align(
+        clips,
+        [o.text for o in german],
+        encoded=[espnet2_encoding(reference, clip, "<deu>") for clip in clips],
+        leading_frames=2,  # <deu> <asr>
+    )
+    assert [[(w.word, w.start, w.end) for w in o.words] for o in german] == [
+        [(w.word, round(w.start, 3), round(w.end, 3)) for w in a.words] for a in expected_words
+    ]
+
+
+def espnet2_encoding(reference: Any, clip: np.ndarray, language: str) -> torch.Tensor:
+    """OWSM-CTC's encoder output for a clip transcribed in ``language``, as espnet2 computes it.
+
+    Its first frames are the ``<lang>`` ``<asr>`` prefix.
+    """
+    model, token_id = reference.s2t_model, reference.converter.token2id
+    prefix = torch.tensor([[token_id[language], token_id["<asr>"]]])
+    with torch.no_grad():
+        encoded, lengths = model.encode(
+            speech=torch.as_tensor(clip, dtype=torch.float32).unsqueeze(0),
+            speech_lengths=torch.tensor([len(clip)]),
+            text_prev=torch.tensor([[model.na]]),
+            text_prev_lengths=torch.tensor([1]),
+            prefix=prefix,
+            prefix_lengths=torch.tensor([prefix.size(1)]),
+        )
+    if isinstance(encoded, tuple):  # (output, interCTC outputs)
+        encoded = encoded[0]
+    return encoded[0, : int(lengths[0])]
 
 
 @pytest.mark.slow

@@ -9,9 +9,10 @@ segments, the wire) is the same for every family.
 
 from __future__ import annotations
 
+import contextlib
 import re
 from abc import ABC
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from typing import Any, ClassVar
@@ -77,6 +78,8 @@ class Executor(ABC):
         batched_class: A batched class built from the same options, exact for this family
             (``None``: the family is decoded one clip at a time).
         unbatched_reason: Why the family is decoded one clip at a time (when it is).
+        leading_frames: Frames at the start of an encoder output it keeps
+            (:meth:`keep_encoder_output`) that hold no audio.
 
     Args:
         session: An ``InferenceSession`` whose backend is one of ``inference_classes``.
@@ -87,6 +90,7 @@ class Executor(ABC):
     inference_classes: ClassVar[tuple[str, ...]]
     batched_class: ClassVar[str | None] = None
     unbatched_reason: ClassVar[str] = ""
+    leading_frames: ClassVar[int] = 0
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -154,6 +158,21 @@ class Executor(ABC):
     def ctc_backend(self) -> Any | None:
         """The object word times are aligned with (``asr_model.ctc``, tokenizer), if any."""
         return None
+
+    @contextlib.contextmanager
+    def keep_encoder_output(self) -> Iterator[dict[int, Any]]:
+        """Within: each decoded waveform's encoder output ``(frames, dim)``, by ``id(waveform)``.
+
+        The output the decode pass computed, for word times to reuse instead of encoding
+        the waveform again: the backend's, where it keeps it (``BatchedSpeech2Text``);
+        otherwise the mapping stays empty.
+        """
+        keep = getattr(self.backend, "keep_encoder_output", None)
+        if keep is None:
+            yield {}
+            return
+        with keep() as kept:
+            yield kept
 
 
 def read_common(output: Any) -> Hypothesis:

@@ -8,12 +8,14 @@ class as its ``lang_sym`` and ``task_sym``; a prompt is its ``text_prev``. With 
 language, the attention model identifies it first, as espnet2's ``Speech2Language``
 does (one decoder step, the language tokens' posteriors); OWSM-CTC has no such step and
 decodes with its default (``<nolang>``). Clips are decoded one at a time, through the
-bundle's session (so an ``output_fn`` sees what the espnet2 class returns).
+bundle's session (so an ``output_fn`` sees what the espnet2 class returns). Words are timed
+by the CTC head of either.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from types import SimpleNamespace
@@ -182,6 +184,18 @@ class _OwsmExecutor(Executor):
             return None
         return self.vocabulary.language_symbol(options.language)
 
+    def ctc_backend(self) -> Any | None:
+        """The CTC head (``s2t_model.ctc``), its tokenizer and converter, for word times.
+
+        ``None`` for a model trained without CTC.
+        """
+        model = self.backend.s2t_model
+        if getattr(model, "ctc", None) is None:
+            return None
+        return SimpleNamespace(
+            asr_model=model, tokenizer=self.backend.tokenizer, converter=self.backend.converter
+        )
+
     def read(self, output: Any) -> Hypothesis:
         """The n-best list (of ``(n-best, interCTC)`` when the class adds intermediate CTC)."""
         if isinstance(output, tuple) and len(output) == 2 and isinstance(output[0], list):
@@ -190,7 +204,11 @@ class _OwsmExecutor(Executor):
 
 
 class S2tExecutor(_OwsmExecutor):
-    """espnet2's ``s2t_inference.Speech2Text`` (OWSM): attention decoder, clips padded to 30 s."""
+    """espnet2's ``s2t_inference.Speech2Text`` (OWSM): attention decoder, clips padded to 30 s.
+
+    Words are aligned on the clip's own encoding, not on the 30 s padded one the decoder
+    read (the aligner encodes the clip again).
+    """
 
     family = "s2t"
     inference_classes = (S2T_SPEECH2TEXT,)
@@ -236,25 +254,51 @@ class S2tExecutor(_OwsmExecutor):
         """Any clip: espnet2 pads every clip to the model's 30 s."""
         return 1
 
-    def ctc_backend(self) -> Any | None:
-        """The CTC head (``s2t_model.ctc``), its tokenizer and converter, for word times.
-
-        Words are aligned on the clip's own encoding, not on the 30 s padded one the decoder
-        read (the aligner encodes the clip again). ``None`` for a model trained without CTC.
-        """
-        model = self.backend.s2t_model
-        if getattr(model, "ctc", None) is None:
-            return None
-        return SimpleNamespace(
-            asr_model=model, tokenizer=self.backend.tokenizer, converter=self.backend.converter
-        )
-
 
 class S2tCtcExecutor(_OwsmExecutor):
     """espnet2's ``s2t_inference_ctc`` classes (OWSM-CTC): no decoder, no language step."""
 
     family = "s2t_ctc"
     inference_classes = (S2T_CTC_SPEECH2TEXT, S2T_CTC_GREEDY)
+    # ESPnetS2TCTCModel.encode puts the <lang> <task> prefix before the subsampled speech,
+    # and the class decodes (CTC) over those frames too.
+    leading_frames = 2
+
+    def __init__(self, session: Any) -> None:
+        super().__init__(session)
+        self._kept: dict[int, Any] | None = None
+
+    @contextlib.contextmanager
+    def keep_encoder_output(self) -> Iterator[dict[int, Any]]:
+        """Within: each decoded clip's encoder output, as espnet2's class computed it.
+
+        OWSM-CTC's encoder reads the request's language, task and prompt, so words are
+        aligned on the very output the class decoded, prefix frames included
+        (:attr:`leading_frames`): the model may emit a token there.
+        """
+        self._kept = kept = {}
+        try:
+            yield kept
+        finally:
+            self._kept = None
+
+    def _decode_one(self, wave: Any, options: DecodeOptions) -> Any:
+        """The class's output; its encoder output kept too, within :meth:`keep_encoder_output`."""
+        kept = self._kept
+        if kept is None:
+            return super()._decode_one(wave, options)
+
+        def keep(module: Any, inputs: Any, output: Any) -> None:
+            encoded, lengths = output[0], output[1]
+            if isinstance(encoded, tuple):  # (output, interCTC outputs)
+                encoded = encoded[0]
+            kept[id(wave)] = encoded[0, : int(lengths[0])]
+
+        handle = self.backend.s2t_model.encoder.register_forward_hook(keep)
+        try:
+            return super()._decode_one(wave, options)
+        finally:
+            handle.remove()
 
     def min_samples(self) -> int:
         """Found on the model's front end and the encoder's subsampling."""

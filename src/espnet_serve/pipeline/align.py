@@ -4,17 +4,15 @@ ESPnet's attention decoders give no timestamps; the CTC head of a hybrid model
 does: the transcript's tokens are aligned to the encoder frames' CTC posteriors
 (``torchaudio.functional.forced_align``, Viterbi over the CTC topology), and a
 word spans from the first frame of its first token to the end of the last frame
-of its last token. The encoder output is the one the decode pass computed
-(:func:`keep_encoder_output`, for ``BatchedSpeech2Text``); a backend that does not
-keep it has its clips encoded again, together in one padded pass
-(:func:`espnet_serve.backends.encoding.encode_padded`).
+of its last token. The encoder output is the one the decode pass computed, where the
+executor keeps it (``Executor.keep_encoder_output``); otherwise the clips are encoded
+again, together in one padded pass (:func:`espnet_serve.backends.encoding.encode_padded`).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,21 +41,6 @@ class Alignment:
     words: tuple[Word, ...]
     tokens: tuple[int, ...]
     avg_logprob: float
-
-
-@contextlib.contextmanager
-def keep_encoder_output(backend: Any, *, enabled: bool = True) -> Iterator[dict[int, Any]]:
-    """Within: the encoder output of each waveform the backend decodes, by ``id(waveform)``.
-
-    Only a backend with a ``keep_encoder_output()`` context (``BatchedSpeech2Text``)
-    keeps it; for any other, or when not ``enabled``, the mapping stays empty.
-    """
-    keep = getattr(backend, "keep_encoder_output", None)
-    if not enabled or keep is None:
-        yield {}
-        return
-    with keep() as kept:
-        yield kept
 
 
 class CtcAligner:
@@ -91,6 +74,7 @@ class CtcAligner:
         clips: Sequence[np.ndarray],
         texts: Sequence[str],
         encoded: Sequence[torch.Tensor | None] | None = None,
+        leading_frames: int = 0,
     ) -> list[Alignment | None]:
         """Align each clip's transcript; ``None`` where it cannot be aligned.
 
@@ -99,6 +83,9 @@ class CtcAligner:
             texts: Their transcripts.
             encoded: Each clip's encoder output ``(frames, dim)`` from the decode pass,
                 where it was kept (``None``: the clip is encoded here).
+            leading_frames: Frames at the start of every kept output that hold no audio
+                (OWSM-CTC's prompt tokens). The transcript is aligned over all frames, as
+                the model emitted it; a token aligned there starts at 0 s.
 
         A transcript cannot be aligned when it has more tokens (plus the blanks
         between repeats) than the clip has encoder frames.
@@ -118,8 +105,10 @@ class CtcAligner:
             output = outputs[index]
             assert output is not None
             log_probs = self.asr_model.ctc.log_softmax(output.unsqueeze(0)).float().cpu()
-            seconds_per_frame = len(clips[index]) / self.sample_rate / max(output.size(0), 1)
-            alignments[index] = self._align_one(log_probs, texts[index], seconds_per_frame)
+            lead = leading_frames if encoded is not None and encoded[index] is not None else 0
+            audio_frames = max(output.size(0) - lead, 1)
+            seconds_per_frame = len(clips[index]) / self.sample_rate / audio_frames
+            alignments[index] = self._align_one(log_probs, texts[index], seconds_per_frame, lead)
         return alignments
 
     def _encode(self, clips: Sequence[np.ndarray]) -> list[torch.Tensor]:
@@ -134,9 +123,9 @@ class CtcAligner:
         return [encoded[row, : int(length)] for row, length in enumerate(lengths)]
 
     def _align_one(
-        self, log_probs: torch.Tensor, text: str, seconds_per_frame: float
+        self, log_probs: torch.Tensor, text: str, seconds_per_frame: float, lead: int = 0
     ) -> Alignment | None:
-        """Viterbi-align one transcript to one clip's CTC posteriors."""
+        """Viterbi-align one transcript to one clip's CTC posteriors (``lead`` frames no audio)."""
         tokens = self.tokenizer.text2tokens(text)
         token_ids = [int(t) for t in self.converter.tokens2ids(tokens)]
         keep = [i for i, t in enumerate(token_ids) if t != self.blank]
@@ -147,7 +136,7 @@ class CtcAligner:
             logger.debug("Cannot align %r: %s", text, exc)
             return None
         spans = audio_functional.merge_tokens(path[0], scores[0].exp())
-        frames = [(span.start, span.end) for span in spans]
+        frames = [(max(span.start - lead, 0), max(span.end - lead, 0)) for span in spans]
         aligned = dict(zip(keep, frames, strict=True))
         words = group_into_words(
             tokens, aligned, seconds_per_frame, whole_words=self.whole_word_tokens

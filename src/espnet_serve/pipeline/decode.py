@@ -12,6 +12,7 @@ already computed.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from collections.abc import Sequence
 from dataclasses import replace
@@ -22,7 +23,7 @@ from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.backends.sample_errors import InvalidSampleError
 from espnet_serve.executors import DecodeOptions, Executor, Hypothesis, executor_for
 from espnet_serve.executors.base import TRANSCRIBE
-from espnet_serve.pipeline.align import Alignment, CtcAligner, keep_encoder_output
+from espnet_serve.pipeline.align import Alignment, CtcAligner
 from espnet_serve.pipeline.types import (
     BAD_MODEL_OUTPUT,
     DECODE_FAILED,
@@ -98,7 +99,8 @@ class SegmentDecoder:
         timed = [t and a.task == TRANSCRIBE for t, a in zip(timed, asked, strict=True)]
         waves = [segment.samples for segment in segments]
         aligner = self.aligner if any(timed) else None
-        with keep_encoder_output(self.session.model, enabled=aligner is not None) as encoded:
+        keep = self.executor.keep_encoder_output() if aligner else contextlib.nullcontext({})
+        with keep as encoded:
             outputs = self.executor.decode(waves, asked)
         hypotheses = [
             _read(self.executor, segment, output, option)
@@ -112,6 +114,7 @@ class SegmentDecoder:
                     [waves[i] for i in wanted],
                     [hypotheses[i].text for i in wanted],  # type: ignore[union-attr]
                     encoded=[encoded.get(id(waves[i])) for i in wanted],
+                    leading_frames=self.executor.leading_frames,
                 )
             except Exception:  # the transcripts stand; their words stay untimed
                 logger.exception(
