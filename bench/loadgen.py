@@ -1,19 +1,22 @@
 """A bounded async load generator for a transcription server on this machine.
 
-One process, one event loop, ``httpx.AsyncClient``: it steals as little CPU
-from the server as a Python client can. Every request is bounded (count and
-timeout) and goes to the URL given, which tests and benchmarks keep on
-127.0.0.1.
+One process, one event loop, ``aiohttp``: it steals as little CPU from the server as a
+Python client can. httpx's ``AsyncClient`` was measured at 3-4 ms of CPU per request at 32
+connections and 16.5 ms at 128 (a whole core, more than the API worker's 6.8 ms: the
+benchmark measured its own client), aiohttp at 0.6-0.8 ms (``bench/profile_serve.py``).
+Every request is bounded (count and timeout) and goes to the URL given, which tests and
+benchmarks keep on 127.0.0.1.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-import httpx
+import aiohttp
 
 OPENAI_ROUTE = "/v1/audio/transcriptions"
 MODEL_NAME = "espnet-digits-asr"  # the embedded default model
@@ -48,34 +51,42 @@ class Outcome:
         return self.status == 200 and self.text == self.clip.expected
 
 
-async def send(client: httpx.AsyncClient, url: str, clip: Clip) -> Outcome:
+async def send(session: aiohttp.ClientSession, url: str, clip: Clip) -> Outcome:
     """POST one clip to ``url`` (the OpenAI route's form) and record the answer."""
     started = time.perf_counter()
+    form = aiohttp.FormData()
+    form.add_field("file", clip.data, filename=clip.name, content_type=clip.content_type)
+    form.add_field("model", MODEL_NAME)
+    form.add_field("response_format", "json")
     try:
-        response = await client.post(
-            url,
-            files={"file": (clip.name, clip.data, clip.content_type)},
-            data={"model": MODEL_NAME, "response_format": "json"},
-        )
-    except httpx.HTTPError as exc:
+        async with session.post(url, data=form) as response:
+            body = await response.read()
+            status, headers = response.status, response.headers
+    except (aiohttp.ClientError, TimeoutError) as exc:
         return Outcome(clip, None, None, time.perf_counter() - started, error=repr(exc))
     latency = time.perf_counter() - started
-    content_type = response.headers.get("content-type", "")
+    content_type = headers.get("content-type", "")
     text = code = None
     if content_type.startswith("application/json"):
-        body = response.json()
-        text = body.get("text")
-        code = (body.get("error") or {}).get("code")
+        document = json.loads(body)
+        text = document.get("text")
+        code = (document.get("error") or {}).get("code")
     return Outcome(
         clip,
-        response.status_code,
+        status,
         text,
         latency,
-        error=None if response.status_code == 200 else response.text[:300],
+        error=None if status == 200 else body[:300].decode(errors="replace"),
         error_code=code,
-        retry_after=response.headers.get("retry-after"),
+        retry_after=headers.get("retry-after"),
         content_type=content_type,
     )
+
+
+def session(connections: int, timeout: float, *, keep_alive: bool = True) -> aiohttp.ClientSession:
+    """A client session of at most ``connections`` connections, each request ``timeout`` s."""
+    connector = aiohttp.TCPConnector(limit=connections, force_close=not keep_alive)
+    return aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=timeout))
 
 
 async def closed_loop(
@@ -102,9 +113,8 @@ async def closed_loop(
     """
     outcomes: list[Outcome] = []
     next_index = 0
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
 
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with session(concurrency, timeout) as client:
 
         async def worker() -> None:
             nonlocal next_index
@@ -119,8 +129,7 @@ async def closed_loop(
 
 async def burst(url: str, clips: Sequence[Clip], *, requests: int, timeout: float = 120.0):
     """``requests`` requests sent at once, each on its own connection."""
-    limits = httpx.Limits(max_connections=requests, max_keepalive_connections=0)
-    async with httpx.AsyncClient(timeout=timeout, limits=limits) as client:
+    async with session(requests, timeout, keep_alive=False) as client:
         return await asyncio.gather(
             *(send(client, url, clips[i % len(clips)]) for i in range(requests))
         )

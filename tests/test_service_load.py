@@ -17,7 +17,7 @@ from collections import Counter
 import httpx
 import pytest
 
-from bench.loadgen import OPENAI_ROUTE, Clip, Outcome, burst, closed_loop, send
+from bench.loadgen import OPENAI_ROUTE, Clip, Outcome, burst, closed_loop, send, session
 from espnet_serve.assets import load_heldout
 from tests.server import BentoServer, import_default_model, serve_default_model, serve_split
 
@@ -55,7 +55,7 @@ def alone(server: BentoServer, clips: list[Clip]) -> list[Clip]:
     """The clips, each with the transcript it gets when sent alone."""
 
     async def each_alone() -> list[Outcome]:
-        async with httpx.AsyncClient(timeout=60) as client:
+        async with session(1, timeout=60) as client:
             return [await send(client, server.url + OPENAI_ROUTE, clip) for clip in clips]
 
     outcomes = asyncio.run(each_alone())
@@ -115,6 +115,7 @@ async def load_then_sigterm(url: str, clips: list[Clip], pids: list[int]) -> dic
     await asyncio.sleep(0.3)
     async with httpx.AsyncClient(timeout=10) as client:
         readyz = (await client.get(url + "/readyz")).status_code
+    async with session(1, timeout=10) as client:
         late = await send(client, url + OPENAI_ROUTE, clips[0])
     outcomes = await load
     return {"outcomes": outcomes, "readyz": readyz, "late": late, "signalled": signalled}
