@@ -17,6 +17,7 @@ Writes ``results/<label>.json`` and ``results/<label>.png`` (throughput and p95
 latency against concurrency, the three side by side).
 
     python bench/serve.py --label cpu-serve
+    python bench/serve.py --label cpu-serve-split --split   # the chart's split mode
 """
 
 from __future__ import annotations
@@ -56,6 +57,7 @@ from tests.server import (  # noqa: E402
     import_default_model,
     serve_default_model,
     serve_env,
+    serve_split,
 )
 
 LEVELS = (1, 8, 32, 128)
@@ -96,10 +98,15 @@ def with_alone_transcripts(url: str, clips: list[Clip]) -> list[Clip]:
 
 
 def drive(
-    url: str, clips: list[Clip], durations: dict[str, float], level: int, *, ours: bool = True
+    url: str,
+    clips: list[Clip],
+    durations: dict[str, float],
+    level: int,
+    *,
+    metrics_url: str | None = None,
 ) -> dict:
-    """One concurrency level against a running server (``ours``: read its batch sizes)."""
-    batch_before = metric_sum_count(url, "espnet_serve_batch_size") if ours else None
+    """One concurrency level against a running server (batch sizes read from ``metrics_url``)."""
+    batch_before = metric_sum_count(metrics_url, "espnet_serve_batch_size") if metrics_url else None
     started = time.perf_counter()
     outcomes = asyncio.run(
         closed_loop(url + OPENAI_ROUTE, clips, concurrency=level, requests=requests_at(level))
@@ -122,21 +129,35 @@ def drive(
         "audio_seconds_per_second": sum(durations[o.clip.name] for o in ok) / wall,
         "wall_seconds": wall,
     }
-    if batch_before is not None:
-        total, count = metric_sum_count(url, "espnet_serve_batch_size")
+    if metrics_url is not None and batch_before is not None:
+        total, count = metric_sum_count(metrics_url, "espnet_serve_batch_size")
         calls = count - batch_before[1]
         result["mean_batch_size"] = (total - batch_before[0]) / calls if calls else 0.0
     return result
 
 
-def served(clips: list[Clip], home: Path, durations: dict[str, float]) -> dict:
-    server = serve_default_model(home)
+def served(clips: list[Clip], home: Path, durations: dict[str, float], *, split: bool) -> dict:
+    """The levels against ``bentoml serve``, or (``split``) the chart's split mode.
+
+    Split mode runs the model service and the API service as two servers, the API reaching
+    the model over loopback HTTP (``tests.server.serve_split``); batch sizes are read from the
+    model server's metrics.
+    """
+    if split:
+        model, api = serve_split(home)
+        servers, metrics_url = [api, model], model.url
+    else:
+        api = serve_default_model(home)
+        servers, metrics_url = [api], api.url
     try:
-        clips = with_alone_transcripts(server.url, clips)
-        levels = [drive(server.url, clips, durations, level) for level in LEVELS]
+        clips = with_alone_transcripts(api.url, clips)
+        levels = [
+            drive(api.url, clips, durations, level, metrics_url=metrics_url) for level in LEVELS
+        ]
     finally:
-        server.stop()
-    return {"levels": levels, "clips": clips}
+        for server in servers:
+            server.stop()
+    return {"levels": levels, "clips": clips, "split": split}
 
 
 def in_process(home: Path, waves: list[np.ndarray], batch_sizes: list[int]) -> dict:
@@ -189,7 +210,7 @@ def naive_peer(clips: list[Clip], durations: dict[str, float], workdir: Path) ->
                     break
             except httpx.TransportError:
                 time.sleep(0.5)
-        return {"levels": [drive(url, clips, durations, level, ours=False) for level in LEVELS]}
+        return {"levels": [drive(url, clips, durations, level) for level in LEVELS]}
     finally:
         process.terminate()
         process.wait(timeout=30)
@@ -237,6 +258,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--label", default="cpu-serve")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
+    parser.add_argument(
+        "--split", action="store_true", help="serve as the chart's split mode (two servers)"
+    )
     args = parser.parse_args()
     clips = load_clips()
     from espnet_serve.audio.ingest import read_audio_file
@@ -248,7 +272,7 @@ def main() -> int:
         heldout = {c.path.name: c.path for c in load_heldout(limit=CLIPS)}
         waves = [read_audio_file(heldout[c.name], target_rate=SAMPLE_RATE) for c in clips]
         durations = {c.name: len(w) / SAMPLE_RATE for c, w in zip(clips, waves, strict=True)}
-        serve_run = served(clips, home, durations)
+        serve_run = served(clips, home, durations, split=args.split)
         alone = serve_run.pop("clips")
         sizes = sorted(
             {1, 8, 16, 32} | {max(1, round(lv["mean_batch_size"])) for lv in serve_run["levels"]}

@@ -163,8 +163,16 @@ def serve_split(home: Path, **settings: str) -> tuple[BentoServer, BentoServer]:
 
     Both run ``start-http-server`` (one service each); the API reaches the model at its
     loopback URL through ``--depends``. Returns ``(model, api)``.
+
+    As in the chart, each server has its own ``BENTOML_HOME`` (the API's holds a link to the
+    model store): a server starting wipes its home's Prometheus multiprocess directory, so two
+    servers on one home lose the first one's metrics.
     """
     env = serve_env(home, **settings)
+    api_home = home / "api-home"
+    api_home.mkdir(exist_ok=True)
+    if not (api_home / "models").exists():
+        (api_home / "models").symlink_to(home / "models", target_is_directory=True)
     start = (sys.executable, "-m", "bentoml_cli._internal.start", "start-http-server")
     model = start_server(
         "service:ApiService",
@@ -176,7 +184,7 @@ def serve_split(home: Path, **settings: str) -> tuple[BentoServer, BentoServer]:
     try:
         api = start_server(
             "service:ApiService",
-            env=env,
+            env=serve_env(api_home, **settings),
             log_path=home / "api.log",
             command=start,
             extra_args=("--service-name", "ApiService", "--depends", f"ModelService={model.url}"),

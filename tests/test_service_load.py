@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 from collections import Counter
@@ -194,6 +195,13 @@ def test_sigterm_drains_in_split_mode(drain_home, alone):
         drain_home, drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS), drain_quiet_seconds="1"
     )
     try:
+        # Each server exports its own series: the model server its batches.
+        route = api.url + OPENAI_ROUTE
+        answered = asyncio.run(closed_loop(route, alone, concurrency=4, requests=8))
+        assert_all_ok(answered)
+        model_metrics = httpx.get(f"{model.url}/metrics").text
+        batches = re.search(r"^espnet_serve_batch_size_count (\S+)$", model_metrics, re.M)
+        assert batches is not None and float(batches.group(1)) >= 1, model_metrics[-2000:]
         pids = [model.process.pid, api.process.pid]
         seen = asyncio.run(load_then_sigterm(api.url, alone, pids))
         exit_seconds = wait_exit([model.process, api.process], seen["signalled"])
