@@ -33,10 +33,17 @@ sysdeps:
 	@dpkg -s $(SYSDEPS) >/dev/null 2>&1 || \
 	  { apt-get update -qq && apt-get install -y -qq --no-install-recommends $(SYSDEPS); }
 
+# Idle keep-alive connections stay open longer than any common client keeps them (httpx and the
+# openai SDK 5 s, aiohttp 15 s) and than load balancers' idle timeouts (60 s): the client closes
+# first. At uvicorn's 5 s (BentoML's default) a client reusing a connection as the server closes
+# it gets a reset. The container's CMD and the chart's `bento.keepAliveSeconds` use the same value.
+KEEP_ALIVE_SECONDS := 75
+
 ## serve: serve the embedded default model on $(HOST):$(PORT), offline
 serve: setup
 	$(BIN)/espnet-serve import-default
-	$(BIN)/bentoml serve service:ApiService --host $(HOST) --port $(PORT)
+	$(BIN)/bentoml serve service:ApiService --host $(HOST) --port $(PORT) \
+	  --timeout-keep-alive $(KEEP_ALIVE_SECONDS)
 
 ## test: lint, then the whole test suite
 test: setup sysdeps

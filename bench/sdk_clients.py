@@ -3,6 +3,7 @@
 Start the server first (``make serve``), then::
 
     .venv/bin/python bench/sdk_clients.py                 # 64, 128 and 200 clients
+    .venv/bin/python bench/sdk_clients.py --levels 200:10000   # the keep-alive count
 
 Every clip is first sent alone; then each level sends its requests from that many
 concurrent clients (one process, ``openai.AsyncOpenAI``), and counts answers by
@@ -64,12 +65,21 @@ async def level(
     return statuses, wrong
 
 
-async def run(url: str) -> None:
+def parse_level(text: str) -> tuple[int, int]:
+    """``CLIENTS:REQUESTS`` as two positive integers."""
+    clients, _, requests = text.partition(":")
+    level = int(clients), int(requests)
+    if min(level) < 1:
+        raise argparse.ArgumentTypeError(f"not CLIENTS:REQUESTS with both > 0: {text!r}")
+    return level
+
+
+async def run(url: str, levels: list[tuple[int, int]]) -> None:
     clips = [(clip.path.name, clip.path.read_bytes()) for clip in load_heldout(limit=64)]
     async with httpx.AsyncClient(timeout=120, limits=httpx.Limits(max_connections=256)) as http:
         client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=0, http_client=http)
         alone = {name: await transcribe(client, name, data) for name, data in clips}
-        for concurrency, total in LEVELS:
+        for concurrency, total in levels:
             started = time.perf_counter()
             statuses, wrong = await level(client, clips, alone, concurrency, total)
             print(
@@ -82,7 +92,15 @@ async def run(url: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--url", default="http://127.0.0.1:3000/v1")
-    asyncio.run(run(parser.parse_args().url))
+    parser.add_argument(
+        "--levels",
+        nargs="+",
+        type=parse_level,
+        default=list(LEVELS),
+        help="CLIENTS:REQUESTS for each level (default: 64:384 128:512 200:600)",
+    )
+    args = parser.parse_args()
+    asyncio.run(run(args.url, args.levels))
     return 0
 
 

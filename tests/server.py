@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -20,6 +21,19 @@ BENTOML = str(Path(sys.executable).with_name("bentoml"))
 
 
 BIND_ATTEMPTS = 3
+
+
+def makefile_variable(name: str) -> str:
+    """The value of ``NAME := value`` in the repository's Makefile."""
+    text = (REPO_ROOT / "Makefile").read_text()
+    match = re.search(rf"^{name}\s*:?=\s*(\S+)\s*$", text, re.MULTILINE)
+    if match is None:
+        raise LookupError(f"{name} is not set in the Makefile")
+    return match.group(1)
+
+
+# Servers under test keep idle connections as `make serve` does.
+KEEP_ALIVE_ARGS = ("--timeout-keep-alive", makefile_variable("KEEP_ALIVE_SECONDS"))
 
 
 def free_port() -> int:
@@ -74,7 +88,13 @@ def start_server(
         port = free_port()
         log = log_path.open("wb")
         process = subprocess.Popen(
-            [*command, target, "--host", "127.0.0.1", "--port", str(port), *extra_args],
+            [
+                *command,
+                target,
+                *("--host", "127.0.0.1", "--port", str(port)),
+                *KEEP_ALIVE_ARGS,
+                *extra_args,
+            ],
             cwd=cwd,
             env={**os.environ, **env},
             stdout=log,

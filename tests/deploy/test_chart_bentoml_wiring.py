@@ -11,6 +11,7 @@ and `--service-name` really connect the two servers, and that SIGTERM stops them
 from __future__ import annotations
 
 import contextlib
+import http.client
 import json
 import os
 import signal
@@ -256,4 +257,25 @@ def test_combined_mode_args_serve_the_whole_bento(bento_env, tmp_path: Path) -> 
     assert get(f"http://127.0.0.1:{port}/livez")[0] == 200
     status, text = get(f"http://127.0.0.1:{port}/transcribe", {"text": "one pod"})
     assert (status, text) == (200, "ONE POD")
+    assert_keeps_idle_connection(port, idle_seconds=UVICORN_DEFAULT_KEEP_ALIVE_S + 1.5)
     assert server.stop() is not None, "server ignored SIGTERM"
+
+
+# uvicorn's (and so BentoML's) idle keep-alive timeout when none is given.
+UVICORN_DEFAULT_KEEP_ALIVE_S = 5
+
+
+def assert_keeps_idle_connection(port: int, idle_seconds: float) -> None:
+    """One keep-alive connection answers, idles ``idle_seconds``, then answers again."""
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    try:
+        for attempt in range(2):
+            if attempt:
+                time.sleep(idle_seconds)
+            conn.request("GET", "/livez")  # closed by the server: RemoteDisconnected
+            response = conn.getresponse()
+            response.read()
+            assert response.status == 200, attempt
+            assert not response.will_close, attempt
+    finally:
+        conn.close()

@@ -23,7 +23,10 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
-CHART_DIR = Path(__file__).resolve().parents[2] / "deploy" / "helm" / "espnet-serve"
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART_DIR = REPO_ROOT / "deploy" / "helm" / "espnet-serve"
+MAKEFILE = REPO_ROOT / "Makefile"
+CONTAINERFILE = REPO_ROOT / "docker" / "Containerfile"
 RELEASE = "asr"
 NAMESPACE = "speech"
 FULLNAME = "asr-espnet-serve"
@@ -605,6 +608,19 @@ def grace_checks(vals: dict[str, Any], objects: list[dict[str, Any]]) -> None:
         shutdown = int(args[args.index("--timeout-graceful-shutdown") + 1])
         # BentoML waits out the longest request, and Kubernetes waits for BentoML.
         assert timeout < shutdown < grace - pre_stop_sleep, name
+
+
+def test_every_server_keeps_idle_connections_as_make_serve_does(case: Case) -> None:
+    """The chart, the image's CMD and ``make serve`` give uvicorn one keep-alive timeout."""
+    makefile = re.search(r"^KEEP_ALIVE_SECONDS := (\d+)$", MAKEFILE.read_text(), re.MULTILINE)
+    containerfile = re.search(r'"--timeout-keep-alive", "(\d+)"', CONTAINERFILE.read_text())
+    assert makefile and containerfile
+    assert (
+        makefile.group(1) == containerfile.group(1) == str(case.vals["bento"]["keepAliveSeconds"])
+    )
+    for name, deployment in of_kind(case.objects, "Deployment").items():
+        args = the_container(deployment)["args"]
+        assert args[args.index("--timeout-keep-alive") + 1] == makefile.group(1), name
 
 
 def test_termination_grace_outlasts_the_longest_request(case: Case) -> None:

@@ -78,6 +78,7 @@ The API is always reachable at the Service named after the release's fullname.
 {{- $fullname := include "espnet-serve.fullname" . -}}
 {{- $port := toString .Values.bento.port -}}
 {{- $shutdown := toString (include "espnet-serve.shutdownTimeout" .) -}}
+{{- $keepAlive := toString .Values.bento.keepAliveSeconds -}}
 {{- if eq .Values.mode "combined" }}
 - key: server
   name: {{ $fullname }}
@@ -92,6 +93,8 @@ The API is always reachable at the Service named after the release's fullname.
     - {{ $port | quote }}
     - --timeout-graceful-shutdown
     - {{ $shutdown | quote }}
+    - --timeout-keep-alive
+    - {{ $keepAlive | quote }}
 {{- else }}
 - key: api
   name: {{ $fullname }}-api
@@ -110,6 +113,8 @@ The API is always reachable at the Service named after the release's fullname.
     - {{ $port | quote }}
     - --timeout-graceful-shutdown
     - {{ $shutdown | quote }}
+    - --timeout-keep-alive
+    - {{ $keepAlive | quote }}
 - key: model
   name: {{ $fullname }}-model
   service: {{ $fullname }}-model
@@ -125,6 +130,8 @@ The API is always reachable at the Service named after the release's fullname.
     - {{ $port | quote }}
     - --timeout-graceful-shutdown
     - {{ $shutdown | quote }}
+    - --timeout-keep-alive
+    - {{ $keepAlive | quote }}
 {{- end }}
 {{- end }}
 
