@@ -1,16 +1,22 @@
-"""A guarded real ``bentoml serve``: API keys, and the admission limit (the openai SDK, httpx).
+"""A guarded real ``bentoml serve``: API keys, the admission limit, slow uploads.
 
 The keys guard BentoML's own routes too (``/metrics`` here, with ``protect_metrics``), while
 the probes answer without a key, as the kubelet calls them; /v1/models, model names and
 languages behind them. Past ``ESPNET_SERVE_MAX_PENDING_REQUESTS`` (one API worker, two
 pending slots) a burst's excess is refused at once with 503, ``Retry-After`` and a JSON body,
-the admitted requests are transcribed, and the server keeps serving. One server for both.
+the admitted requests are transcribed, and the server keeps serving. 200 slowloris uploads
+hold no admission slot: a normal client is answered while they trickle, and each of them is
+cut off with 408 after the upload grace. One server for all.
 """
 
 from __future__ import annotations
 
+import contextlib
 import re
+import select
+import socket
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
@@ -26,6 +32,8 @@ KEY = "test-key-8c1f"
 AUTHORIZED = {"Authorization": f"Bearer {KEY}"}
 PENDING_SLOTS = 2
 BURST = 16
+SLOWLORIS = 200
+UPLOAD_GRACE_S = 8
 
 
 @pytest.fixture(scope="module")
@@ -37,6 +45,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> BentoServer:
         api_workers="1",
         max_pending_requests=str(PENDING_SLOTS),
         retry_after_seconds="3",
+        upload_grace_seconds=str(UPLOAD_GRACE_S),
     )
     yield server
     server.stop()
@@ -116,3 +125,63 @@ def test_burst_past_the_pending_bound_is_refused_early(server: BentoServer):
     metrics = httpx.get(f"{server.url}/metrics", headers=AUTHORIZED).text
     overloaded = re.search(r'espnet_serve_errors_total\{code="overloaded"\} ([0-9.]+)', metrics)
     assert overloaded and float(overloaded.group(1)) == len(refused)
+
+
+def slowloris(server: BentoServer) -> socket.socket:
+    """A connection that sends a transcription's headers and form head, then one byte a second."""
+    conn = socket.create_connection(("127.0.0.1", server.port), timeout=30)
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="a.wav"\r\n\r\nRIFF'
+    conn.sendall(
+        b"POST /v1/audio/transcriptions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+        + f"Authorization: Bearer {KEY}\r\n".encode()
+        + b"Content-Type: multipart/form-data; boundary=b\r\nContent-Length: 100000\r\n\r\n"
+        + head
+    )
+    return conn
+
+
+def read_until_closed(conn: socket.socket) -> bytes:
+    """All the server sends before it closes the connection."""
+    received = b""
+    while chunk := conn.recv(65536):
+        received += chunk
+    return received
+
+
+def test_slowloris_uploads_hold_no_slot_and_are_cut_off_with_408(server: BentoServer):
+    clip = load_heldout(limit=1)[0]
+    started = time.monotonic()
+    slow = [slowloris(server) for _ in range(SLOWLORIS)]
+    stop = threading.Event()
+
+    def trickle() -> None:
+        while not stop.wait(1.0):
+            for conn in slow:
+                with contextlib.suppress(OSError):  # once cut off
+                    conn.send(b"\0")
+
+    trickler = threading.Thread(target=trickle, daemon=True)
+    trickler.start()
+    try:
+        time.sleep(1.0)  # every slow upload is in (2 admission slots, 200 of them)
+        with clip.path.open("rb") as audio:
+            answer = sdk(server, KEY).audio.transcriptions.create(
+                model="whisper-1", file=audio, response_format="text"
+            )
+        assert answer.strip() == clip.text
+        # Answered while every slow upload still held its connection (nothing sent to them yet).
+        readable, _, _ = select.select(slow, [], [], 0)
+        assert readable == []
+        answers = []
+        for conn in slow:
+            conn.settimeout(max(1.0, started + UPLOAD_GRACE_S + 20 - time.monotonic()))
+            answers.append(read_until_closed(conn))
+    finally:
+        stop.set()
+        trickler.join()
+        for conn in slow:
+            conn.close()
+    statuses = [answer.split(b" ", 2)[1] for answer in answers]
+    assert statuses == [b"408"] * SLOWLORIS, set(statuses)
+    assert all(b'"upload_too_slow"' in answer for answer in answers)
+    assert all(b"connection: close" in answer.lower() for answer in answers)

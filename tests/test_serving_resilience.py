@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from aiohttp import web
 from bentoml.exceptions import BentoMLException, ServiceUnavailable
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.responses import PlainTextResponse
 
 from espnet_serve.serving.drain import SigtermDrain
@@ -232,7 +232,8 @@ def gated_app(in_flight: InFlight, limit: int, draining: list[bool]) -> tuple[Fa
     app = FastAPI()
 
     @app.post("/work")
-    async def work() -> PlainTextResponse:
+    async def work(request: Request) -> PlainTextResponse:
+        await request.body()  # as the transcription routes read their form
         await release.wait()
         return PlainTextResponse("done")
 
@@ -274,6 +275,37 @@ def test_admission_refuses_past_the_limit_and_while_draining():
     statuses, late, remaining = asyncio.run(scenario())
     assert statuses == [200, 200, 503] and late == 503 and remaining == 0
     assert refusals == ["overloaded", "draining"]
+
+
+def test_a_body_still_arriving_holds_no_admission_slot():
+    in_flight = InFlight()
+    app, refusals = gated_app(in_flight, 1, [False])
+    more = asyncio.Event()
+
+    async def trickle():
+        yield b"first part"
+        await more.wait()
+        yield b"the rest"
+
+    async def scenario() -> tuple[int, int, int, int]:
+        transport = httpx.ASGITransport(app=app, raise_app_exceptions=False)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            slow = asyncio.create_task(client.post("/work", content=trickle()))
+            await asyncio.sleep(0.05)
+            counted_while_arriving = in_flight.count
+            app.state.release.set()
+            normal = await client.post("/work", content=b"x")
+            more.set()
+            return (
+                counted_while_arriving,
+                normal.status_code,
+                (await slow).status_code,
+                in_flight.count,
+            )
+
+    counted, normal, slow, remaining = asyncio.run(scenario())
+    # The one slot went to the complete request; the arriving one counted for the drain only.
+    assert (counted, normal, slow, remaining) == (1, 200, 200, 0) and refusals == []
 
 
 def test_an_unexpected_exception_is_a_json_500_with_an_error_id():

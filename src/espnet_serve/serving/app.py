@@ -3,9 +3,10 @@
 Layers, outermost first (BentoML puts :func:`edge_middlewares` around this app and its
 own routes, ``/livez``, ``/readyz`` and ``/metrics``):
 
-1. :class:`~espnet_serve.serving.middleware.admission.AdmissionMiddleware`: 503 past the
-   limit or while draining, before the upload is read;
-2. :class:`~espnet_serve.serving.middleware.body_limit.BodySizeLimitMiddleware`: 413;
+1. :class:`~espnet_serve.serving.middleware.admission.AdmissionMiddleware`: 503 while
+   draining; once the body is in, 503 past the admission limit;
+2. :class:`~espnet_serve.serving.middleware.upload_limits.UploadLimitsMiddleware`: 413 too
+   large, 408 too slow, 503 past the worker's bytes held;
 3. the routes (:mod:`espnet_serve.serving.routes`), whose errors
    :mod:`espnet_serve.serving.errors` renders as JSON.
 """
@@ -22,9 +23,9 @@ from espnet_serve.serving.handler import TranscriptionHandler
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.middleware.admission import AdmissionMiddleware
 from espnet_serve.serving.middleware.auth import ApiKeyMiddleware, configured_key_hashes
-from espnet_serve.serving.middleware.body_limit import BodySizeLimitMiddleware
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
+from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.routes import models, transcriptions, translations
 from espnet_serve.serving.served_model import ServedModel
@@ -58,12 +59,13 @@ def build_app(
     in_flight: InFlight | None = None,
     is_draining: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
-    """The API's FastAPI app: routes, admission, the body-size limit and JSON errors.
+    """The API's FastAPI app: routes, admission, the upload limits and JSON errors.
 
     Args:
         settings: Limits, admission limit and ``Retry-After``.
         model_client: The model service; without one, :func:`connect` it before serving.
-        in_flight: Counts the admitted transcriptions (the SIGTERM drain waits on it).
+        in_flight: Counts the transcriptions in flight from their arrival (the SIGTERM
+            drain waits on it).
         is_draining: Whether the worker is shutting down (then everything is refused).
 
     Returns:
@@ -72,7 +74,16 @@ def build_app(
     app = FastAPI(title="espnet-serve", description=__doc__)
     app.state.settings = settings
     app.add_middleware(
-        BodySizeLimitMiddleware, max_bytes=settings.max_audio_bytes + MULTIPART_OVERHEAD_BYTES
+        UploadLimitsMiddleware,
+        max_bytes=settings.max_audio_bytes + MULTIPART_OVERHEAD_BYTES,
+        grace_seconds=settings.upload_grace_seconds,
+        min_bytes_per_second=settings.min_upload_bytes_per_second,
+        held=HeldBytes(
+            settings.max_upload_bytes_held + MULTIPART_OVERHEAD_BYTES,
+            on_change=lambda delta: get_metrics().upload_bytes_held.inc(delta),
+        ),
+        retry_after_seconds=settings.retry_after_seconds,
+        on_refused=_count_refusal,
     )
     app.add_middleware(
         AdmissionMiddleware,
@@ -81,7 +92,7 @@ def build_app(
         limit=settings.max_pending_requests,
         retry_after_seconds=settings.retry_after_seconds,
         is_draining=is_draining,
-        on_refused=lambda code: get_metrics().errors.labels(code).inc(),
+        on_refused=_count_refusal,
         on_admitted=lambda delta: get_metrics().pending_requests.inc(delta),
     )
     install_error_handlers(app)
@@ -91,6 +102,10 @@ def build_app(
     if model_client is not None:
         connect(app, model_client)
     return app
+
+
+def _count_refusal(code: str) -> None:
+    get_metrics().errors.labels(code).inc()
 
 
 def connect(app: FastAPI, model_client: ModelClient) -> None:

@@ -42,6 +42,7 @@ STATUS: dict[str, int] = {
     "truncated_audio": 400,
     "invalid_api_key": 401,
     "model_not_found": 404,
+    "upload_too_slow": 408,
     "audio_too_large": 413,
     "unsupported_media_type": 415,
     "invalid_parameters": 422,
@@ -87,6 +88,18 @@ class ApiError(Exception):
     def status(self) -> int:
         """The HTTP status of :attr:`code` (500 for a code with none: a fault of ours)."""
         return STATUS.get(self.code, 500)
+
+
+class BodyError(HTTPException):
+    """An :class:`ApiError` raised while a middleware reads the request body for the app.
+
+    FastAPI turns any other exception from its body parsing into a bare 400; it lets an
+    ``HTTPException`` through, and this one is answered as the error it carries.
+    """
+
+    def __init__(self, error: ApiError) -> None:
+        super().__init__(error.status, error.message, error.headers)
+        self.error = error
 
 
 class InternalError(ApiError):
@@ -150,6 +163,8 @@ def as_api_error(exc: BaseException) -> ApiError:
 
 def error_response(exc: BaseException) -> tuple[int, ErrorResponse, dict[str, str]]:
     """The status, body and headers ``exc`` is answered with."""
+    if isinstance(exc, BodyError):
+        exc = exc.error
     if isinstance(exc, HTTPException):  # Starlette's own: an unknown route, a wrong method
         detail = _detail(exc.status_code, str(exc.detail), code=None)
         return exc.status_code, ErrorResponse(error=detail), dict(exc.headers or {})

@@ -30,6 +30,7 @@ class ServiceMetrics:
     batch_size: Any
     queue_wait_seconds: Any
     pending_requests: Any
+    upload_bytes_held: Any
     model_info: Any
     segments_resent: Any
 
@@ -79,6 +80,12 @@ def get_metrics() -> ServiceMetrics:
         pending_requests=Gauge(
             "pending_requests",
             "Transcriptions waiting or running in API workers.",
+            namespace=NAMESPACE,
+            multiprocess_mode="livesum",
+        ),
+        upload_bytes_held=Gauge(
+            "upload_bytes_held",
+            "Request-body bytes held by API workers (in memory or spooled to disk).",
             namespace=NAMESPACE,
             multiprocess_mode="livesum",
         ),

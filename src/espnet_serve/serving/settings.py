@@ -5,7 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_TAG = "espnet-digits-asr:latest"
@@ -29,13 +29,21 @@ class ServeSettings(BaseSettings):
             is spooled to disk, not held in memory.
         max_audio_seconds: Longest accepted audio, in seconds (413 above); long
             recordings are split by voice activity and decoded segment by segment.
+        upload_grace_seconds: How long an upload may take before its pace is checked.
+        min_upload_bytes_per_second: The slowest average pace of an upload after the
+            grace; a slower or stalled one (a slowloris) is cut off with 408. An upload
+            still arriving holds no admission slot.
+        max_upload_bytes_held: Most request-body bytes one API worker holds at once
+            (each upload: up to 1 MiB in memory, the rest spooled to disk); past it, 503
+            with ``Retry-After``. At least ``max_audio_bytes``.
         min_sample_rate: Lowest accepted sample rate of an upload, in Hz (400 below).
         max_sample_rate: Highest accepted sample rate of an upload, in Hz (400 above).
         max_channels: Most channels an upload may have (400 above).
         max_pending_requests: The admission limit: transcriptions one API worker
-            lets wait or run at once; more are refused at once with 503 and
-            ``Retry-After``, before their body is decoded. It is the only place
-            requests are shed (the model service's batcher never drops one).
+            lets wait or run at once, counted from when their body has arrived; more
+            are refused with 503 and ``Retry-After``, before their audio is decoded. It
+            is the only place requests are shed (the model service's batcher never drops
+            one).
         retry_after_seconds: The ``Retry-After`` value sent with a 503.
         request_timeout_seconds: BentoML traffic timeout of the model service: the
             longest one clip (a segment) may wait and decode (504 above).
@@ -67,6 +75,9 @@ class ServeSettings(BaseSettings):
     max_segments_in_flight: int = Field(default=32, ge=1)
     max_audio_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
+    upload_grace_seconds: float = Field(default=10.0, gt=0)
+    min_upload_bytes_per_second: int = Field(default=8 * 1024, ge=1)
+    max_upload_bytes_held: int = Field(default=4 * 1024**3, ge=1)
     min_sample_rate: int = Field(default=8000, ge=1)
     max_sample_rate: int = Field(default=384000, ge=1)
     max_channels: int = Field(default=32, ge=1)
@@ -83,6 +94,15 @@ class ServeSettings(BaseSettings):
     api_workers: int = Field(default=1, ge=1)
     gpu_count: int = Field(default=1, ge=0)
     warmup: bool = True
+
+    @model_validator(mode="after")
+    def _one_upload_fits(self) -> ServeSettings:
+        if self.max_upload_bytes_held < self.max_audio_bytes:
+            raise ValueError(
+                f"max_upload_bytes_held ({self.max_upload_bytes_held}) is below "
+                f"max_audio_bytes ({self.max_audio_bytes}): the largest upload could never fit"
+            )
+        return self
 
     def aliases(self) -> frozenset[str]:
         """The model names accepted as the served model besides its own."""
