@@ -29,7 +29,8 @@ def served_app(
 ) -> ASGIApp:
     """The app the API service serves, over ``fake``."""
     app = build_app(settings, model_client=fake, in_flight=InFlight(), is_draining=lambda: draining)
-    return Starlette(routes=[Mount("/", app=app)], middleware=edge_middlewares(settings))
+    middleware = edge_middlewares(settings, is_draining=lambda: draining)
+    return Starlette(routes=[Mount("/", app=app)], middleware=middleware)
 
 
 def wav(seconds: float = 1.0, rate: int = 16000, channels: int = 1) -> bytes:

@@ -137,6 +137,18 @@ def test_draining_refuses_with_503_before_reading_the_upload(settings, fake):
     assert response.headers["connection"] == "close" and not fake.requests
 
 
+@pytest.mark.parametrize("draining", [False, True])
+def test_every_answer_closes_its_connection_while_draining(settings, fake, draining):
+    async def models() -> httpx.Response:
+        transport = httpx.ASGITransport(app=served_app(settings, fake, draining=draining))
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.get("/v1/models")
+
+    response = asyncio.run(models())
+    assert response.status_code == 200
+    assert response.headers.get("connection") == ("close" if draining else None)
+
+
 def test_the_openai_sdk_talks_to_the_app(settings, fake):
     async def ask() -> str:
         result = await sdk(served_app(settings, fake)).audio.transcriptions.create(

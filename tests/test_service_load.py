@@ -3,7 +3,9 @@
 Every transcript is checked against the one the same clip gets when sent alone.
 Requests within capacity never fail; a burst past the admission limit gets only
 200s and 503s with ``Retry-After`` and JSON; SIGTERM with clients mid-request
-finishes every accepted request, under ``bentoml serve`` and in split mode.
+finishes every accepted request, under ``bentoml serve`` and in split mode; clients
+that keep sending until the server has gone get an answer or are refused at connect,
+never a reset.
 """
 
 from __future__ import annotations
@@ -142,6 +144,68 @@ def assert_drained(seen: dict, clips: list[Clip]) -> None:
     assert seen["readyz"] == 503
     late: Outcome = seen["late"]
     assert late.status == 503 and late.error_code == "draining", late.error
+
+
+def refused_at_connect(outcome: Outcome) -> bool:
+    """Whether the request failed to connect (nothing sent: safe to send elsewhere)."""
+    return outcome.status is None and (outcome.error or "").startswith("ClientConnectorError")
+
+
+async def loop_through_sigterm(url: str, clips: list[Clip], processes: list) -> list[Outcome]:
+    """``DRAIN_CLIENTS`` clients that keep sending until every process in ``processes`` exited.
+
+    Every process is sent SIGTERM at once (as the kubelet stops pods) when the clients are
+    under way.
+    """
+    stop = asyncio.Event()
+    load = asyncio.create_task(
+        closed_loop(
+            url + OPENAI_ROUTE, clips, concurrency=DRAIN_CLIENTS, requests=50_000, stop=stop
+        )
+    )
+    await asyncio.sleep(3.0)
+    for process in processes:
+        process.send_signal(signal.SIGTERM)
+    deadline = time.monotonic() + DRAIN_TIMEOUT_SECONDS + 30
+    while any(p.poll() is None for p in processes) and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    await asyncio.sleep(1.0)  # a second of connects to the stopped server
+    stop.set()
+    return await load
+
+
+def assert_answered_or_refused_at_connect(outcomes: list[Outcome]) -> None:
+    statuses = Counter(
+        "refused at connect" if refused_at_connect(o) else o.status or o.error for o in outcomes
+    )
+    assert set(statuses) == {200, 503, "refused at connect"}, statuses
+    assert_all_ok([o for o in outcomes if o.status == 200])
+    refused = [o for o in outcomes if o.status == 503]
+    assert all(o.error_code == "draining" and o.retry_after for o in refused), refused[:3]
+
+
+def test_clients_sending_through_sigterm_are_answered_or_refused_at_connect(drain_home, alone):
+    server = serve_default_model(
+        drain_home, drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS), drain_quiet_seconds="1"
+    )
+    try:
+        outcomes = asyncio.run(loop_through_sigterm(server.url, alone, [server.process]))
+    finally:
+        server.stop()
+    assert_answered_or_refused_at_connect(outcomes)
+    assert server.process.returncode == 0, server.log()
+
+
+def test_clients_sending_through_sigterm_in_split_mode(drain_home, alone):
+    model, api = serve_split(
+        drain_home, drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS), drain_quiet_seconds="1"
+    )
+    try:
+        outcomes = asyncio.run(loop_through_sigterm(api.url, alone, [api.process, model.process]))
+    finally:
+        api.stop()
+        model.stop()
+    assert_answered_or_refused_at_connect(outcomes)
 
 
 @pytest.fixture()

@@ -1,8 +1,9 @@
 """The HTTP API service: the app of :func:`espnet_serve.serving.app.build_app`, run by BentoML.
 
 BentoML adds ``/livez``, ``/readyz`` (which also probes the model service) and ``/metrics``.
-On SIGTERM the worker reports unready, refuses new transcriptions with 503 and finishes the
-ones it accepted before it stops.
+On SIGTERM the worker reports unready, refuses new transcriptions with 503, closes every
+connection after its answer, finishes the requests it accepted, and stops accepting
+connections before it stops (:mod:`espnet_serve.serving.drain`).
 """
 
 from __future__ import annotations
@@ -61,5 +62,5 @@ class ApiService:
         return True
 
 
-for _middleware in edge_middlewares(settings):
+for _middleware in edge_middlewares(settings, is_draining=lambda: API_DRAIN.draining):
     ApiService.add_asgi_middleware(_middleware.cls, **_middleware.kwargs)

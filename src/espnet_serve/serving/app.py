@@ -18,6 +18,7 @@ from collections.abc import Callable
 from fastapi import FastAPI
 from starlette.middleware import Middleware
 
+from espnet_serve.serving.drain import CloseWhileDraining
 from espnet_serve.serving.errors import install_error_handlers
 from espnet_serve.serving.handler import TranscriptionHandler
 from espnet_serve.serving.metrics import get_metrics
@@ -35,13 +36,19 @@ from espnet_serve.serving.settings import ServeSettings
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
-def edge_middlewares(settings: ServeSettings) -> list[Middleware]:
+def edge_middlewares(
+    settings: ServeSettings, *, is_draining: Callable[[], bool] = lambda: False
+) -> list[Middleware]:
     """The middlewares around the whole service (BentoML's routes too), outermost first.
 
-    Request ids on everything; API keys, when configured, on all but the probes
-    (and ``/metrics`` unless ``protect_metrics``).
+    Request ids on everything; every response closes its connection while the worker drains;
+    API keys, when configured, on all but the probes (and ``/metrics`` unless
+    ``protect_metrics``).
     """
-    middlewares = [Middleware(RequestIdMiddleware)]
+    middlewares = [
+        Middleware(RequestIdMiddleware),
+        Middleware(CloseWhileDraining, is_draining=is_draining),
+    ]
     key_hashes = configured_key_hashes(settings)
     if key_hashes:
         middlewares.append(

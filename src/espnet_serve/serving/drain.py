@@ -5,7 +5,13 @@ it sees SIGTERM. :class:`SigtermDrain` takes the signal over from it: the
 worker reports unready and keeps serving until its requests in flight are done
 (and, for the model service, until it has been idle for a quiet period, since
 the API service may still be sending what it accepted), bounded by a drain
-timeout; only then is the signal handed to uvicorn, which shuts down as usual.
+timeout. Then it closes the door: the listening socket stops completing new
+connections (:mod:`~espnet_serve.serving.listener`), the connections already queued
+on it are accepted and answered, and only then is the signal handed to uvicorn,
+which shuts down as usual. A client that connects later is refused at connect once
+the server has gone, never reset after its request was sent. While draining, every
+response closes its connection (:class:`CloseWhileDraining`), so that no idle
+keep-alive connection is left for uvicorn to close under a client's next request.
 """
 
 from __future__ import annotations
@@ -14,13 +20,21 @@ import asyncio
 import logging
 import signal
 import time
+from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from espnet_serve.serving import listener
 from espnet_serve.serving.middleware.inflight import InFlight
 
 logger = logging.getLogger(__name__)
 POLL_SECONDS = 0.05
+# Longest wait for the connections queued on the listening socket to be accepted.
+QUEUE_WAIT_SECONDS = 2.0
+# Time for the connections accepted last to send their requests and get their answers.
+SETTLE_SECONDS = 0.25
 
 
 class SigtermDrain:
@@ -46,9 +60,15 @@ class SigtermDrain:
         self._task: asyncio.Task[None] | None = None
 
     def install(self) -> None:
-        """Take SIGTERM over from the running server; call from the worker's event loop."""
+        """Take SIGTERM over from the running server; call from the worker's event loop.
+
+        A worker that starts where another one closed the door (one restarted worker of
+        several sharing the listening socket) opens it again.
+        """
         self._loop = asyncio.get_running_loop()
         self._previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        for sock in listener.listening_sockets():
+            listener.resume_accepting(sock)
 
     def _on_sigterm(self, signum: int, frame: FrameType | None) -> None:
         if self.draining:  # a second SIGTERM: stop now
@@ -80,7 +100,27 @@ class SigtermDrain:
             await asyncio.sleep(POLL_SECONDS)
         else:
             logger.info("%s: drained; shutting down.", self.name)
+        await self._close_the_door()
         self._hand_on(signum, None)
+
+    async def _close_the_door(self) -> None:
+        """Complete no new connection; accept and answer the ones already queued."""
+        sockets = listener.listening_sockets()
+        for sock in sockets:
+            listener.stop_accepting(sock)
+        deadline = time.monotonic() + QUEUE_WAIT_SECONDS
+        while any(listener.queued_connections(sock) for sock in sockets):
+            if time.monotonic() >= deadline:
+                break
+            await asyncio.sleep(POLL_SECONDS)
+        await asyncio.sleep(SETTLE_SECONDS)
+        while not self.in_flight.idle_for(0) and time.monotonic() < deadline + SETTLE_SECONDS:
+            await asyncio.sleep(POLL_SECONDS)
+        logger.info(
+            "%s: no longer accepting connections (%d listening socket(s)).", self.name, len(sockets)
+        )
+        for sock in sockets:
+            sock.close()
 
     def _hand_on(self, signum: int, frame: FrameType | None) -> None:
         """Give the signal to the handler that was there before (uvicorn's)."""
@@ -89,3 +129,32 @@ class SigtermDrain:
             return
         signal.signal(signum, self._previous or signal.SIG_DFL)
         signal.raise_signal(signum)
+
+
+class CloseWhileDraining:
+    """While the worker drains, every response closes its connection (``Connection: close``).
+
+    Args:
+        app: The ASGI app behind.
+        is_draining: Whether the worker is shutting down.
+    """
+
+    def __init__(self, app: ASGIApp, *, is_draining: Callable[[], bool]) -> None:
+        self.app = app
+        self.is_draining = is_draining
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        """Pass the request on; add ``Connection: close`` to its response while draining."""
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def closing_send(message: Message) -> None:
+            if message["type"] == "http.response.start" and self.is_draining():
+                headers = [
+                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
+                ]
+                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+            await send(message)
+
+        await self.app(scope, receive, closing_send)
