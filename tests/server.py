@@ -140,13 +140,21 @@ def wait_for(
     return None
 
 
+def service_workers(server: BentoServer, service: str) -> list[psutil.Process]:
+    """The worker processes of ``service`` (``ApiService`` or ``ModelService``) of a server."""
+    return [
+        child
+        for child in psutil.Process(server.process.pid).children(recursive=True)
+        if "--service-name" in (command := child.cmdline()) and service in command
+    ]
+
+
 def service_worker(server: BentoServer, service: str) -> psutil.Process:
-    """The worker process of ``service`` (``ApiService`` or ``ModelService``) of a server."""
-    for child in psutil.Process(server.process.pid).children(recursive=True):
-        command = child.cmdline()
-        if "--service-name" in command and service in command:
-            return child
-    raise AssertionError(f"no {service} worker found")
+    """The (first) worker process of ``service`` of a server."""
+    workers = service_workers(server, service)
+    if not workers:
+        raise AssertionError(f"no {service} worker found")
+    return workers[0]
 
 
 def serve_env(home: Path, **settings: str) -> dict[str, str]:

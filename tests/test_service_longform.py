@@ -2,8 +2,10 @@
 
 What only the real model and server show: verbose_json's segment and word times against
 the truth (the model service's alignment), short requests answered while a long one
-decodes (batching), and the README's examples. The formats, ``stream=True`` and its
-errors, and refused option combinations are HTTP behaviour: ``test_http_formats.py``.
+decodes (batching), the README's examples, and memory within the README's bound under
+concurrent 10-minute uploads (``bench/long_uploads.py`` measures 32). The formats,
+``stream=True`` and its errors, and refused option combinations are HTTP behaviour:
+``test_http_formats.py``.
 """
 
 from __future__ import annotations
@@ -19,7 +21,10 @@ import openai
 import pytest
 from digits_recipe.longscore import score
 
+from bench.long_uploads import long_wav, measure, upload_bytes_held
 from espnet_serve.assets import load_heldout
+from espnet_serve.audio.segmenter import SegmentationOptions
+from espnet_serve.serving.settings import ServeSettings
 from tests.conftest import LongRecording
 from tests.server import REPO_ROOT, BentoServer
 
@@ -120,3 +125,44 @@ def test_readme_long_recording_examples_work_as_written(server: BentoServer, tmp
         outputs[language] = run.stdout
     assert "transcript.text.done" in outputs["python"]
     assert "WEBVTT" in outputs["bash"] and " --> " in outputs["bash"]
+
+
+CONCURRENT_LONG_UPLOADS = 8
+LONG_UPLOAD_MINUTES = 10.0
+MIB = 1024 * 1024
+# The README's bound. API worker: per admitted request, its reading buffers (an ingest block,
+# the resampler's output, the segmenter's buffer and the multipart spool: 1 MiB each at most)
+# besides its segments in flight, and once, the threads' allocator arenas (measured: 90-150 MiB
+# more at 8 concurrent uploads than at one).
+READING_BUFFERS_MIB = 4
+API_FIXED_MIB = 160
+# Model worker: one full batch's working memory (32 segments of 10 s), model-dependent;
+# measured 230-290 MiB for the embedded model.
+BATCH_WORKING_MIB = 320
+
+
+def segments_in_flight_mib(settings: ServeSettings) -> float:
+    """The float32 samples of one request's segments in flight (the most the API sends)."""
+    options = SegmentationOptions()
+    seconds = options.max_segment_seconds + options.pad_before_seconds + options.pad_after_seconds
+    return settings.max_segments_in_flight * seconds * 16000 * 4 / MIB
+
+
+def test_memory_under_concurrent_10_minute_uploads_stays_within_the_bound(
+    server: BentoServer, tmp_path
+):
+    # The README's bound: per admitted request, its segments in flight plus reading buffers
+    # in the API worker, and its segments queued in the model worker plus one batch's work.
+    path = long_wav(tmp_path, LONG_UPLOAD_MINUTES)
+    warm = measure(server, path, 1)  # first long upload: lazy imports and buffers
+    loaded = measure(server, path, CONCURRENT_LONG_UPLOADS)
+    assert warm["statuses"] == {"200": 1} and loaded["statuses"] == {"200": CONCURRENT_LONG_UPLOADS}
+    assert loaded["same_transcript"]
+    per_request = segments_in_flight_mib(ServeSettings())
+    api_bound = API_FIXED_MIB + CONCURRENT_LONG_UPLOADS * (per_request + READING_BUFFERS_MIB)
+    model_bound = CONCURRENT_LONG_UPLOADS * per_request + BATCH_WORKING_MIB
+    assert loaded["growth_mib"]["ApiService"] <= api_bound, loaded
+    assert loaded["growth_mib"]["ModelService"] <= model_bound, loaded
+    # Every upload's bytes were counted while held, and given back.
+    assert loaded["peak_upload_bytes_held_mib"] >= loaded["upload_mib"]
+    assert upload_bytes_held(server.url) == 0
