@@ -14,7 +14,6 @@ the first one's. Loopback only, bounded::
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 import tempfile
@@ -31,6 +30,7 @@ import numpy as np  # noqa: E402
 import soundfile as sf  # noqa: E402
 from digits_recipe.longfile import write_long_file  # noqa: E402
 
+from bench.report import emit  # noqa: E402
 from tests.server import serve_default_model, service_workers  # noqa: E402
 
 MIB = 1024 * 1024
@@ -120,9 +120,7 @@ def main() -> int:
         finally:
             server.stop()
     result = {"minutes": args.minutes, "levels": levels}
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     return 0
 
 

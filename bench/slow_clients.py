@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import socket
 import sys
 import tempfile
@@ -29,6 +28,7 @@ sys.path.insert(0, str(REPO_ROOT))
 import openai  # noqa: E402
 
 from bench.loadgen import MODEL_NAME  # noqa: E402
+from bench.report import emit  # noqa: E402
 from espnet_serve.assets import load_heldout  # noqa: E402
 from tests.server import serve_default_model  # noqa: E402
 
@@ -129,9 +129,7 @@ def main() -> int:
     parser.add_argument("--out", type=Path)
     args = parser.parse_args()
     result = run(args.requests, args.slow)
-    print(json.dumps(result, indent=2))
-    if args.out:
-        args.out.write_text(json.dumps(result, indent=2) + "\n")
+    emit(result, args.out)
     return 0
 
 
