@@ -22,6 +22,7 @@ from typing import Any
 LIBRISPEECH_100 = "egs2/librispeech_100/asr1/conf/"
 AISHELL = "egs2/aishell/asr1/conf/"
 FISHER_CALLHOME_SPANISH_ST = "egs2/fisher_callhome_spanish/st1/conf/"
+MUST_C_V2_ST = "egs2/must_c_v2/st1/conf/"
 OWSM_V31 = "egs2/owsm_v3.1/s2t1/conf/"
 OWSM_CTC_V31 = "egs2/owsm_ctc_v3.1/s2t1/conf/"
 
@@ -316,6 +317,39 @@ FISHER_CALLHOME_SPANISH_CONFORMER_ST = Recipe(
         "extra_mt_decoder": "transformer",
         "extra_mt_decoder_conf": {"input_layer": "embed", "num_blocks": 2, "linear_units": 2048},
         "model_conf": {"asr_weight": 0.3, "mt_weight": 0.0, "mtlalpha": 1.0},
+    },
+)
+
+
+# English speech to German text, with the current relative positions (rel_pos_type: latest):
+# a padded batch encodes each clip exactly as alone, where Fisher's legacy ones do not.
+# Decoded by tuning/decode_st_conformer.yaml: beam 10, maxlenratio 1.2, minlenratio 0.5.
+MUST_C_V2_CONFORMER_ST = Recipe(
+    f"{MUST_C_V2_ST}tuning/train_st_conformer.yaml",
+    {
+        "encoder": "conformer",
+        "encoder_conf": {
+            "output_size": 256,
+            "attention_heads": 4,
+            "linear_units": 2048,
+            "num_blocks": 12,
+            "input_layer": "conv2d",
+            "normalize_before": True,
+            "macaron_style": True,
+            "rel_pos_type": "latest",
+            "pos_enc_layer_type": "rel_pos",
+            "selfattention_layer_type": "rel_selfattn",
+            "activation_type": "swish",
+            "use_cnn_module": True,
+            "cnn_module_kernel": 31,
+        },
+        "decoder": "transformer",
+        "decoder_conf": {"attention_heads": 4, "linear_units": 2048, "num_blocks": 6},
+        "extra_asr_decoder": "transformer",
+        "extra_asr_decoder_conf": {"input_layer": "embed", "num_blocks": 6, "linear_units": 2048},
+        "extra_mt_decoder": "transformer",
+        "extra_mt_decoder_conf": {"input_layer": "embed", "num_blocks": 2, "linear_units": 2048},
+        "model_conf": {"asr_weight": 0.3, "mt_weight": 0.0, "mtlalpha": 0.3},
     },
 )
 

@@ -41,12 +41,14 @@ from devkit.recipes import (
     FISHER_CALLHOME_SPANISH_CONFORMER_ST,
     LIBRISPEECH_100_CONFORMER_INTERCTC,
     LIBRISPEECH_100_CONFORMER_RNN_TRANSDUCER,
+    MUST_C_V2_CONFORMER_ST,
+    Recipe,
     reduced,
 )
 from espnet_serve import InferenceSession
 from espnet_serve.assets import load_heldout
 from espnet_serve.audio.segmenter import AudioSegment
-from espnet_serve.backends import BatchedSpeech2Text
+from espnet_serve.backends import BatchedSpeech2Text, InvalidSampleError
 from espnet_serve.backends.offline import training_only_stand_ins
 from espnet_serve.bundle.imports import import_object
 from espnet_serve.executors import UnsupportedFamilyError, executor_class, family_of
@@ -102,12 +104,8 @@ def asr_streaming_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     )
 
 
-@pytest.fixture(scope="module")
-def st_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("st")
-    experiment = write_random_st_experiment(
-        root / "exp", **reduced(FISHER_CALLHOME_SPANISH_CONFORMER_ST).options
-    )
+def st_bundle_of(root: Path, recipe: Recipe) -> Path:
+    experiment = write_random_st_experiment(root / "exp", **reduced(recipe).options)
     sharpen(experiment.asr_model_file, ["decoder.output_layer.weight"], 8.0)
     return write_bundle(
         root / "bundle",
@@ -118,6 +116,18 @@ def st_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
         task="st",
         extra_meta={"languages": ["es"], "target_languages": ["en"]},
     )
+
+
+@pytest.fixture(scope="module")
+def st_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Fisher's conformer: legacy relative positions, so decoded one clip at a time."""
+    return st_bundle_of(tmp_path_factory.mktemp("st"), FISHER_CALLHOME_SPANISH_CONFORMER_ST)
+
+
+@pytest.fixture(scope="module")
+def st_batched_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """MuST-C v2's conformer (rel_pos_type: latest): batched."""
+    return st_bundle_of(tmp_path_factory.mktemp("st_batched"), MUST_C_V2_CONFORMER_ST)
 
 
 def interctc_bundle(root: Path, *, conditioning: bool) -> Path:
@@ -160,18 +170,29 @@ def segments_of(clips: list[np.ndarray]) -> list[AudioSegment]:
 
 
 @pytest.mark.parametrize(
-    ("family", "word_timestamps"),
-    [("asr_transducer", False), ("asr_streaming", True), ("st", False)],
+    ("family", "word_timestamps", "batched"),
+    [
+        ("asr_transducer", False, False),
+        ("asr_streaming", True, False),
+        ("st", False, False),
+        ("st_batched", False, True),
+    ],
 )
-def test_an_unbatched_family_answers_as_its_espnet2_class(
-    family: str, word_timestamps: bool, request: pytest.FixtureRequest, clips: list[np.ndarray]
+def test_a_family_served_as_the_server_loads_it_answers_as_its_espnet2_class(
+    family: str,
+    word_timestamps: bool,
+    batched: bool,
+    request: pytest.FixtureRequest,
+    clips: list[np.ndarray],
 ):
     bundle = request.getfixturevalue(f"{family}_bundle")
     session = InferenceSession.from_pretrained(
         str(bundle), batched_backend=True, prefer_model_batch=True, max_bucket_size=8
     )
     decoder = SegmentDecoder(session, SAMPLE_RATE)
-    assert decoder.executor.family == family and not session.prefer_model_batch
+    assert decoder.executor.family == family.removesuffix("_batched")
+    assert session.prefer_model_batch is batched
+    assert (type(session.model).__name__ == "BatchedStSpeech2Text") is batched
     assert decoder.word_timestamps is word_timestamps
 
     outcomes = decoder.decode(segments_of(clips), words=word_timestamps)
@@ -183,16 +204,24 @@ def test_an_unbatched_family_answers_as_its_espnet2_class(
     # What an output_fn would receive: the class's own object, the same hypotheses.
     raw = session.forward_batch(clips[:2])
     assert [best(reference, r) for r in raw] == expected[:2]
+    if batched:  # a clip that cannot be decoded fails in its slot only
+        mixed = session.forward_batch([clips[0], np.zeros(0)], return_exceptions=True)
+        assert best(reference, mixed[0]) == expected[0]
+        assert isinstance(mixed[1], InvalidSampleError) and "empty" in str(mixed[1])
     if word_timestamps:
         timed = [o for o in outcomes if isinstance(o, Segment) and o.text]
         assert timed and all(o.words for o in timed)
 
 
-@pytest.mark.parametrize("family", ["asr_transducer", "asr_streaming", "st"])
+@pytest.mark.parametrize("family", ["asr_transducer", "asr_streaming", "st", "st_batched"])
 def test_the_shortest_input_a_family_takes_decodes(
     family: str, request: pytest.FixtureRequest, clips: list[np.ndarray]
 ):
-    session = InferenceSession.from_pretrained(str(request.getfixturevalue(f"{family}_bundle")))
+    session = InferenceSession.from_pretrained(
+        str(request.getfixturevalue(f"{family}_bundle")),
+        batched_backend=True,
+        prefer_model_batch=True,
+    )
     decoder = SegmentDecoder(session, SAMPLE_RATE)
     shortest = decoder.executor.min_samples()
     assert 0 < shortest < SAMPLE_RATE

@@ -30,6 +30,8 @@ from devkit.random_init import (
 from devkit.recipes import OWSM_CTC_V31_MEDIUM, OWSM_V31_BASE, reduced
 from espnet_serve import InferenceSession
 from espnet_serve.assets import load_heldout
+from espnet_serve.backends import InvalidSampleError
+from espnet_serve.backends.owsm import BatchedOwsmSpeech2Text
 from espnet_serve.executors import DecodeOptions
 from espnet_serve.executors.s2t import S2T_CTC_GREEDY, S2T_CTC_SPEECH2TEXT, S2T_SPEECH2TEXT
 from espnet_serve.languages import language_name, two_letter_code
@@ -100,10 +102,14 @@ def served(
     return outcomes
 
 
+@pytest.mark.parametrize("batched", [False, True], ids=["espnet2", "batched"])
 def test_owsm_answers_as_espnet2_with_a_language_with_its_identification_and_translating(
-    s2t_bundle: Path, clips: list[np.ndarray]
+    batched: bool, s2t_bundle: Path, clips: list[np.ndarray]
 ):
-    session = InferenceSession.from_pretrained(str(s2t_bundle), prefer_model_batch=True)
+    session = InferenceSession.from_pretrained(
+        str(s2t_bundle), prefer_model_batch=True, batched_backend=batched
+    )
+    assert isinstance(session.model, BatchedOwsmSpeech2Text) == batched
     decoder = SegmentDecoder(session, SAMPLE_RATE)
     executor = decoder.executor
     assert executor.family == "s2t" and executor.tasks == ("transcribe", "translate")
@@ -114,8 +120,8 @@ def test_owsm_answers_as_espnet2_with_a_language_with_its_identification_and_tra
 
     assert decoder.word_timestamps  # OWSM's CTC head
     german = served(decoder, clips, DecodeOptions(language="de"), words=True)
-    expected = [best(reference(clip, lang_sym="<deu>", task_sym="<asr>")) for clip in clips]
-    assert [(o.text, o.tokens) for o in german] == expected
+    german_expected = [best(reference(clip, lang_sym="<deu>", task_sym="<asr>")) for clip in clips]
+    assert [(o.text, o.tokens) for o in german] == german_expected
     timed = [(o, len(clip) / SAMPLE_RATE) for o, clip in zip(german, clips, strict=True) if o.text]
     assert timed and all(o.words for o, _ in timed)
     assert all(0 <= w.start <= w.end <= seconds + 0.05 for o, seconds in timed for w in o.words)
@@ -153,26 +159,56 @@ def test_owsm_answers_as_espnet2_with_a_language_with_its_identification_and_tra
     unprompted = [best(reference(clip, lang_sym="<fra>")) for clip in clips[:3]]
     assert expected != unprompted  # the prompt reached the decoder
 
+    # One batch, each clip with its own language, task and prompt.
+    asked = [
+        (DecodeOptions(language="de"), {"lang_sym": "<deu>"}),
+        (DecodeOptions(), {}),
+        (DecodeOptions(task="translate", target_language="de"), {"task_sym": "<st_deu>"}),
+        (DecodeOptions(language="fr", prompt=PROMPT), {"lang_sym": "<fra>", "text_prev": PROMPT}),
+    ]
+    mixed = [asked[i % len(asked)] for i in range(len(clips))]
+    outcomes = decoder.decode(segments_of(clips), options=[option for option, _ in mixed])
+    expected = [
+        best(reference(clip, **{"lang_sym": language, **symbols}))
+        for clip, language, (_, symbols) in zip(clips, identified, mixed, strict=True)
+    ]
+    assert [(o.text, o.tokens) for o in outcomes] == expected
+    if batched:  # a clip that cannot be decoded fails in its slot only
+        mixed = session.model([clips[0], np.zeros(0)], lang_sym="<deu>")
+        assert best(mixed[0]) == german_expected[0]
+        assert isinstance(mixed[1], InvalidSampleError) and "empty" in str(mixed[1])
+
+
+# OWSM-CTC requests and the espnet2 class's inputs that answer them.
+CTC_REQUESTS = [
+    (DecodeOptions(language="de"), {"lang_sym": "<deu>", "task_sym": "<asr>"}),
+    (DecodeOptions(), {"lang_sym": "<nolang>"}),  # no language step: the class's default
+    (DecodeOptions(task="translate", language="es"), {"lang_sym": "<spa>", "task_sym": "<st_eng>"}),
+    (DecodeOptions(language="ja", prompt=PROMPT), {"lang_sym": "<jpn>", "text_prev": PROMPT}),
+]
+
 
 @pytest.mark.parametrize("target", [S2T_CTC_SPEECH2TEXT, S2T_CTC_GREEDY])
-def test_owsm_ctc_answers_as_espnet2(target: str, s2t_ctc_root: Path, clips: list[np.ndarray]):
+@pytest.mark.parametrize("batched", [False, True], ids=["espnet2", "batched"])
+def test_owsm_ctc_answers_as_espnet2(
+    target: str, batched: bool, s2t_ctc_root: Path, clips: list[np.ndarray]
+):
     decoding = {"beam_size": 2} if target == S2T_CTC_SPEECH2TEXT else {}
     root = s2t_ctc_root / target.rsplit(".", 1)[-1]
-    bundle = owsm_bundle(root, OWSM_CTC_V31_MEDIUM, target, decoding)
-    session = InferenceSession.from_pretrained(str(bundle), prefer_model_batch=True)
+    bundle = (
+        root / "bundle"
+        if (root / "bundle").exists()
+        else owsm_bundle(root, OWSM_CTC_V31_MEDIUM, target, decoding)
+    )
+    session = InferenceSession.from_pretrained(
+        str(bundle), prefer_model_batch=True, batched_backend=batched
+    )
+    assert type(session.model).__name__.startswith("BatchedOwsmCtc") is batched
     decoder = SegmentDecoder(session, SAMPLE_RATE)
     assert decoder.executor.family == "s2t_ctc"
     reference = espnet2_class(bundle)
 
-    for options, symbols in [
-        (DecodeOptions(language="de"), {"lang_sym": "<deu>", "task_sym": "<asr>"}),
-        (DecodeOptions(), {"lang_sym": "<nolang>"}),  # no language step: the class's default
-        (
-            DecodeOptions(task="translate", language="es"),
-            {"lang_sym": "<spa>", "task_sym": "<st_eng>"},
-        ),
-        (DecodeOptions(language="ja", prompt=PROMPT), {"lang_sym": "<jpn>", "text_prev": PROMPT}),
-    ]:
+    for options, symbols in CTC_REQUESTS:
         outcomes = served(decoder, clips, options)
         expected = [best(reference(clip, **symbols)) for clip in clips]
         assert [(o.text, o.tokens) for o in outcomes] == expected, options
@@ -205,6 +241,17 @@ def test_owsm_ctc_answers_as_espnet2(target: str, s2t_ctc_root: Path, clips: lis
     assert [[(w.word, w.start, w.end) for w in o.words] for o in german] == [
         [(w.word, round(w.start, 3), round(w.end, 3)) for w in a.words] for a in expected_words
     ]
+    if batched:  # one batch, each clip with its own language, task and prompt
+        mixed = [CTC_REQUESTS[i % len(CTC_REQUESTS)] for i in range(len(clips))]
+        outcomes = decoder.decode(segments_of(clips), options=[option for option, _ in mixed])
+        expected = [
+            best(reference(clip, **symbols))
+            for clip, (_, symbols) in zip(clips, mixed, strict=True)
+        ]
+        assert [(o.text, o.tokens) for o in outcomes] == expected
+        failed = session.model([clips[0], np.zeros(0)], lang_sym="<deu>")
+        assert best(failed[0]) == best(reference(clips[0], lang_sym="<deu>"))
+        assert isinstance(failed[1], InvalidSampleError) and "empty" in str(failed[1])
 
 
 def espnet2_encoding(reference: Any, clip: np.ndarray, language: str) -> torch.Tensor:

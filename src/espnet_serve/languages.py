@@ -9,6 +9,11 @@ from __future__ import annotations
 import re
 from functools import cache
 
+# OWSM's language tokens: the vocabulary's range from the first to the last of these (the
+# range espnet2's Speech2Language reads).
+FIRST_LANGUAGE_SYMBOL = "<abk>"
+LAST_LANGUAGE_SYMBOL = "<zul>"
+
 
 @cache
 def language_name(code: str) -> str | None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 
 def length_buckets(
@@ -45,3 +46,16 @@ def length_buckets(
         else:
             buckets.append([index])
     return buckets
+
+
+def per_clip(value: Any, count: int) -> list[Any]:
+    """A batched call's option as one entry per clip: a list as given, or ``value`` repeated.
+
+    Raises:
+        ValueError: If a list has not ``count`` entries.
+    """
+    if isinstance(value, list | tuple):
+        if len(value) != count:
+            raise ValueError(f"An option has {len(value)} entries for {count} clips.")
+        return list(value)
+    return [value] * count

@@ -10,7 +10,8 @@ each utterance on its own (espnet 202511), for three reasons:
    subsampling stage, so the encoder attends to (and returns) frames computed
    from padding;
 3. depthwise time convolutions read padded frames: conformer's convolution module,
-   (E-)Branchformer's cgMLP and E-Branchformer's merge module (``depthwise_conv_fusion``).
+   (E-)Branchformer's cgMLP and E-Branchformer's merge module (``depthwise_conv_fusion``,
+   OWSM-CTC's too, whose subsampling puts two prompt frames before the speech).
 
 :func:`encode_padded` removes all three: the front end runs per utterance, the
 subsampled mask is recomputed from the true lengths (convolution arithmetic),
@@ -38,6 +39,11 @@ _LAYER_MODULES = (
     ("espnet2.asr.layers.cgmlp", "ConvolutionalSpatialGatingUnit", "conv"),
     (
         "espnet2.asr.encoder.e_branchformer_encoder",
+        "EBranchformerEncoderLayer",
+        "depthwise_conv_fusion",
+    ),
+    (  # OWSM-CTC's
+        "espnet2.asr.encoder.e_branchformer_ctc_encoder",
         "EBranchformerEncoderLayer",
         "depthwise_conv_fusion",
     ),
@@ -81,12 +87,15 @@ def _exact_padding(encoder: nn.Module) -> Iterator[None]:
     embed = getattr(encoder, "embed", None)
 
     def fix_mask(module: nn.Module, args: tuple[Any, ...], output: Any) -> Any:
-        if not (isinstance(output, tuple) and len(output) == 2 and len(args) == 2):
+        if not (isinstance(output, tuple) and len(output) == 2 and len(args) in (2, 3)):
             return output
         xs, mask = output
         if not isinstance(mask, torch.Tensor) or not isinstance(args[1], torch.Tensor):
             return output
         lengths = subsampled_lengths(module, args[1].sum(dim=-1).view(-1))
+        prefix = args[2] if len(args) == 3 else None
+        if isinstance(prefix, torch.Tensor):  # OWSM-CTC: <lang> <task> frames before the speech
+            lengths = lengths + prefix.size(1)
         frames = torch.arange(mask.size(-1), device=mask.device)
         state["mask"] = (frames[None, :] < lengths[:, None]).unsqueeze(1)
         return xs, state["mask"]
@@ -209,6 +218,53 @@ def encode_padded_layers(
     return out, out_lengths, intermediate
 
 
+def encode_padded_prompted(
+    s2t_model: Any,
+    feats: Sequence[torch.Tensor],
+    text_prev: Sequence[torch.Tensor],
+    prefix: torch.Tensor,
+) -> tuple[Any, torch.Tensor]:
+    """OWSM-CTC's encoder on a padded batch: ``ESPnetS2TCTCModel.encode`` after its front end.
+
+    Each clip's previous-text prompt (padded with ``<eos>``, masked by its length) goes
+    through the prompt encoder; the speech encoder reads it by cross-attention, after the
+    ``<lang> <task>`` prefix frames; the padding fixes of this module apply.
+
+    Args:
+        s2t_model: An ``ESPnetS2TCTCModel`` in eval mode.
+        feats: Per-clip features from :func:`extract_features`.
+        text_prev: Per-clip prompt token ids (1-D).
+        prefix: ``(batch, 2)``: each clip's language and task token ids.
+
+    Returns:
+        tuple: The encoder's output (``(output, intermediate)`` for an interCTC encoder, as
+        espnet2's) and output lengths ``(batch,)``, prefix frames counted.
+    """
+    from espnet.nets.pytorch_backend.nets_utils import make_pad_mask, pad_list
+
+    device = feats[0].device
+    prompts = pad_list(list(text_prev), s2t_model.eos).to(device)
+    prompt_lengths = torch.tensor([len(t) for t in text_prev], dtype=torch.long, device=device)
+    memory, memory_lengths, _ = s2t_model.prompt_encoder(
+        s2t_model.pos_enc(s2t_model.embed(prompts)), prompt_lengths
+    )
+    memory_mask = (~make_pad_mask(memory_lengths)[:, None, :]).to(device)
+    lengths = torch.tensor([f.size(0) for f in feats], dtype=torch.long, device=device)
+    xs = pad_sequence(list(feats), batch_first=True)
+    if s2t_model.normalize is not None:
+        xs, lengths = s2t_model.normalize(xs, lengths)
+    with _exact_padding(s2t_model.encoder):
+        out, out_lengths, _ = s2t_model.encoder(
+            xs,
+            lengths,
+            ctc=s2t_model.ctc,
+            prefix_embeds=s2t_model.embed_proj(s2t_model.embed(prefix.to(device))),
+            memory=s2t_model.prompt_proj(memory),
+            memory_mask=memory_mask,
+        )
+    return out, out_lengths
+
+
 # Waveform lengths (samples) of the padding self-check: different, none a multiple of another,
 # longest first as a bucket is (RNN encoders pack sequences sorted by length).
 PADDING_CHECK_SAMPLES = (26_000, 17_000, 11_000)
@@ -219,16 +275,24 @@ PADDING_CHECK_SAMPLES = (26_000, 17_000, 11_000)
 PADDING_TOLERANCE = 1e-3
 
 
-def padding_mismatch(asr_model: Any, min_samples: int = 0) -> float:
+def padding_mismatch(
+    asr_model: Any,
+    min_samples: int = 0,
+    encode: Callable[[Any, Sequence[torch.Tensor]], tuple[torch.Tensor, torch.Tensor]] = (
+        encode_padded
+    ),
+) -> float:
     """How much a padded batch changes the encoder output, relative to its magnitude.
 
     Encodes deterministic noise of :data:`PADDING_CHECK_SAMPLES` lengths (each at
-    least ``min_samples``) as one padded batch (:func:`encode_padded`) and one by
-    one, and compares every utterance's valid frames.
+    least ``min_samples``) as one padded batch and one by one, and compares every
+    utterance's valid frames.
 
     Args:
-        asr_model: An ``espnet2`` ``ESPnetASRModel`` in eval mode.
+        asr_model: An ``espnet2`` model in eval mode (``_extract_feats``).
         min_samples: The fewest samples the model accepts.
+        encode: ``(model, features) -> (output, lengths)`` of a padded batch
+            (default: :func:`encode_padded`, ``ESPnetASRModel.encode``'s steps).
 
     Returns:
         float: The largest absolute difference divided by the largest absolute
@@ -243,13 +307,27 @@ def padding_mismatch(asr_model: Any, min_samples: int = 0) -> float:
         )
         for n in PADDING_CHECK_SAMPLES
     ]
-    batch, lengths = encode_padded(asr_model, feats)
+    batch, lengths = encode(asr_model, feats)
     worst, scale = 0.0, 0.0
     for row, feat in enumerate(feats):
-        alone, alone_lengths = encode_padded(asr_model, [feat])
+        alone, alone_lengths = encode(asr_model, [feat])
         if int(lengths[row]) != int(alone_lengths[0]):
             return float("inf")
         valid = alone[0, : int(alone_lengths[0])]
         worst = max(worst, float((batch[row, : int(lengths[row])] - valid).abs().max()))
         scale = max(scale, float(valid.abs().max()))
     return worst / max(scale, 1e-12)
+
+
+@contextlib.contextmanager
+def encode_returns(model: nn.Module, encode: Callable[..., Any]) -> Iterator[None]:
+    """Within: ``model.encode(...)`` is ``encode(...)`` (an output already computed).
+
+    What lets an espnet2 inference class's own ``__call__`` decode one row of a batched
+    encoder pass: its search and output formatting run unchanged.
+    """
+    model.encode = encode
+    try:
+        yield
+    finally:
+        del model.encode

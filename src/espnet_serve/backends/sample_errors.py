@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+Output = TypeVar("Output")
+
 
 class SampleError(ValueError):
     """A sample that could not be decoded.
@@ -37,3 +42,33 @@ class UnbatchableModelError(NotImplementedError):
     Raised at construction; the session then builds the bundle's own per-utterance
     backend and decodes one clip at a time (``InferenceSession``, ``batched_backend``).
     """
+
+
+def decode_failure(index: int, error: Exception) -> SampleDecodeError:
+    """A ``SampleError`` for a sample whose decoding raised ``error`` (chained as its cause)."""
+    failure = SampleDecodeError(index, "decoding failed", f"{type(error).__name__}: {error}")
+    failure.__cause__ = error
+    return failure
+
+
+def decode_or_split(
+    members: list[int], decode: Callable[[list[int]], Sequence[Output]]
+) -> list[Output | SampleError]:
+    """``decode(members)``; if that raises, each member alone, a failure in its own slot.
+
+    Args:
+        members: Batch positions decoded together (one padded pass).
+        decode: Decodes some of them, one output per position, in order.
+    """
+    try:
+        return list(decode(members))
+    except Exception as error:
+        if len(members) == 1:
+            return [decode_failure(members[0], error)]
+    results: list[Any] = []
+    for index in members:
+        try:
+            results.append(decode([index])[0])
+        except Exception as error:
+            results.append(decode_failure(index, error))
+    return results

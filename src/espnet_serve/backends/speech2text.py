@@ -8,7 +8,6 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions, check_lm_supported
@@ -16,19 +15,17 @@ from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
     PADDING_TOLERANCE,
     encode_padded_layers,
-    extract_features,
     min_input_samples,
     padding_mismatch,
-    too_short_for_subsampling,
 )
 from espnet_serve.backends.greedy import greedy_ctc
 from espnet_serve.backends.offline import block_runtime_downloads
 from espnet_serve.backends.sample_errors import (
-    InvalidSampleError,
-    SampleDecodeError,
     SampleError,
     UnbatchableModelError,
+    decode_or_split,
 )
+from espnet_serve.backends.waveform import checked_features
 
 DECODING_MODES = ("beam", "greedy_ctc")
 HALF_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16}
@@ -310,56 +307,16 @@ class BatchedSpeech2Text:
 
     def _features(self, index: int, sample: Any) -> torch.Tensor:
         """Validate one waveform and return its front-end features on the device."""
-        if isinstance(sample, torch.Tensor):
-            wave = sample.detach()
-        else:
-            try:
-                wave = torch.as_tensor(np.asarray(sample))
-            except (TypeError, ValueError, RuntimeError) as error:
-                raise InvalidSampleError(index, "not a numeric array", str(error)) from error
-        if wave.dtype == torch.bool or wave.is_complex() or wave.ndim != 1:
-            raise InvalidSampleError(
-                index, "not a 1-D real waveform", f"dtype {wave.dtype}, shape {tuple(wave.shape)}"
-            )
-        if wave.numel() == 0:
-            raise InvalidSampleError(index, "empty")
-        if wave.numel() < self.min_samples:
-            raise InvalidSampleError(
-                index,
-                "too short",
-                f"{wave.numel()} samples; the model needs at least {self.min_samples}",
-            )
-        wave = wave.to(device=self.device, dtype=torch.float32)
-        if not bool(torch.isfinite(wave).all()):
-            raise InvalidSampleError(index, "non-finite", "the waveform holds NaN or inf")
         with self._autocast():
-            feats = extract_features(self.asr_model, wave)
-        needed = too_short_for_subsampling(self.asr_model, feats.size(0))
-        if needed is not None:
-            raise InvalidSampleError(
-                index,
-                "too short",
-                f"{wave.numel()} samples give {feats.size(0)} frames; the encoder needs "
-                f"at least {needed}",
-            )
-        return feats
+            return checked_features(self.asr_model, index, sample, self.min_samples, self.device)
 
     def _decode_or_split(
         self, members: list[int], feats: dict[int, torch.Tensor], keys: list[int]
     ) -> list[Output | SampleError]:
         """Decode a bucket; if that fails, decode its members one by one."""
-        try:
-            return self._decode([feats[i] for i in members], [keys[i] for i in members])
-        except Exception as error:
-            if len(members) == 1:
-                return [_failure(members[0], error)]
-        results: list[Output | SampleError] = []
-        for index in members:
-            try:
-                results.append(self._decode([feats[index]], [keys[index]])[0])
-            except Exception as error:
-                results.append(_failure(index, error))
-        return results
+        return decode_or_split(
+            members, lambda part: self._decode([feats[i] for i in part], [keys[i] for i in part])
+        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to the configured half precision on CUDA, else nothing."""
@@ -408,10 +365,3 @@ class BatchedSpeech2Text:
             text = self.tokenizer.tokens2text(token) if self.tokenizer is not None else None
             results.append((text, token, token_int, hyp))
         return results
-
-
-def _failure(index: int, error: Exception) -> SampleDecodeError:
-    """A ``SampleError`` for a sample whose decoding raised ``error`` (chained as its cause)."""
-    failure = SampleDecodeError(index, "decoding failed", f"{type(error).__name__}: {error}")
-    failure.__cause__ = error
-    return failure

@@ -46,14 +46,9 @@ def family_of(inference_class: str) -> str | None:
 
 
 def batched_class_of(inference_class: str) -> str | None:
-    """The batched equivalent of an espnet2 inference class, if its family has one.
-
-    Only a family's espnet2 class (the first of its ``inference_classes``) has one.
-    """
+    """The batched equivalent of an espnet2 inference class, if its family has one."""
     executor = _BY_CLASS.get(inference_class)
-    if executor is None or inference_class != executor.inference_classes[0]:
-        return None
-    return executor.batched_class
+    return None if executor is None else executor.batched_classes.get(inference_class)
 
 
 def unbatched_reason(inference_class: str) -> str:

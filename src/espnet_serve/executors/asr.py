@@ -23,7 +23,7 @@ class AsrExecutor(Executor):
 
     family = "asr"
     inference_classes = (SPEECH2TEXT, BATCHED_SPEECH2TEXT, BATCHED_SPEECH2TEXT_MODULE)
-    batched_class = BATCHED_SPEECH2TEXT
+    batched_classes = {SPEECH2TEXT: BATCHED_SPEECH2TEXT}
 
     def read(self, output: Any) -> Hypothesis:
         """An n-best list, or ``(n-best, intermediate CTC texts)`` for an interCTC model."""

@@ -75,8 +75,8 @@ class Executor(ABC):
         family: The family's name (``/v1/models``, the model store, ``espnet-serve build``).
         tasks: What the HTTP layer may ask of it (:data:`TRANSCRIBE`, :data:`TRANSLATE`).
         inference_classes: The ``_target_`` s of an inference config this executor serves.
-        batched_class: A batched class built from the same options, exact for this family
-            (``None``: the family is decoded one clip at a time).
+        batched_classes: For an espnet2 class of the family, a batched class built from the
+            same options, exact for it (none: decoded one clip at a time).
         unbatched_reason: Why the family is decoded one clip at a time (when it is).
         leading_frames: Frames at the start of an encoder output it keeps
             (:meth:`keep_encoder_output`) that hold no audio.
@@ -88,7 +88,7 @@ class Executor(ABC):
     family: ClassVar[str]
     tasks: ClassVar[tuple[str, ...]] = (TRANSCRIBE,)
     inference_classes: ClassVar[tuple[str, ...]]
-    batched_class: ClassVar[str | None] = None
+    batched_classes: ClassVar[Mapping[str, str]] = {}
     unbatched_reason: ClassVar[str] = ""
     leading_frames: ClassVar[int] = 0
 

@@ -7,9 +7,10 @@ model's own prompt tokens (``<eng>``, ``<asr>`` or ``<st_eng>``), passed to the 
 class as its ``lang_sym`` and ``task_sym``; a prompt is its ``text_prev``. With no
 language, the attention model identifies it first, as espnet2's ``Speech2Language``
 does (one decoder step, the language tokens' posteriors); OWSM-CTC has no such step and
-decodes with its default (``<nolang>``). Clips are decoded one at a time, through the
-bundle's session (so an ``output_fn`` sees what the espnet2 class returns). Words are timed
-by the CTC head of either.
+decodes with its default (``<nolang>``). Clips go through the bundle's session (so an
+``output_fn`` sees what the espnet2 class returns): OWSM's in batches (one encoder pass,
+the language identified on it), OWSM-CTC's one at a time. Words are timed by the CTC head
+of either.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, replace
 from functools import cached_property
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, ClassVar
 
 from espnet_serve.executors.base import (
     TRANSCRIBE,
@@ -29,14 +30,19 @@ from espnet_serve.executors.base import (
     Hypothesis,
     read_common,
 )
-from espnet_serve.languages import three_letter_code, two_letter_code
+from espnet_serve.languages import (
+    FIRST_LANGUAGE_SYMBOL,
+    LAST_LANGUAGE_SYMBOL,
+    three_letter_code,
+    two_letter_code,
+)
 
 S2T_SPEECH2TEXT = "espnet2.bin.s2t_inference.Speech2Text"
 S2T_CTC_SPEECH2TEXT = "espnet2.bin.s2t_inference_ctc.Speech2Text"
 S2T_CTC_GREEDY = "espnet2.bin.s2t_inference_ctc.Speech2TextGreedySearch"
-# espnet2's Speech2Language reads the language tokens between these two (OWSM's vocabulary).
-FIRST_LANGUAGE_SYMBOL = "<abk>"
-LAST_LANGUAGE_SYMBOL = "<zul>"
+BATCHED_OWSM = "espnet_serve.backends.owsm.BatchedOwsmSpeech2Text"
+BATCHED_OWSM_CTC = "espnet_serve.backends.owsm_ctc.BatchedOwsmCtcSpeech2Text"
+BATCHED_OWSM_CTC_GREEDY = "espnet_serve.backends.owsm_ctc.BatchedOwsmCtcGreedySearch"
 ASR_TASK_SYMBOL = "<asr>"
 TRANSLATE_TASK_PREFIX = "<st_"  # <st_eng>: translate into English
 
@@ -117,10 +123,15 @@ class OwsmVocabulary:
 
 
 class _OwsmExecutor(Executor):
-    """What OWSM and OWSM-CTC share: prompt tokens as the espnet2 class's keyword inputs."""
+    """What OWSM and OWSM-CTC share: prompt tokens as the espnet2 class's keyword inputs.
+
+    Attributes:
+        batch_inputs: The keyword inputs of a batched backend's call, with the value a
+            clip gets when its request does not set one.
+    """
 
     tasks = (TRANSCRIBE, TRANSLATE)
-    unbatched_reason = "espnet2's OWSM classes decode one utterance at a time"
+    batch_inputs: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, session: Any) -> None:
         super().__init__(session)
@@ -150,6 +161,8 @@ class _OwsmExecutor(Executor):
                 self.session.model,
                 input_key=[self.session.primary_input_key, *keys],
                 output_fn=self.session.output_fn,
+                prefer_model_batch=self.session.prefer_model_batch,
+                fallback_to_single_on_batch_error=self.session.fallback_to_single_on_batch_error,
                 bundle_root=self.session.bundle_root,
                 bundle_metadata=self.session.bundle_metadata,
             )
@@ -158,23 +171,65 @@ class _OwsmExecutor(Executor):
     def decode(
         self, waves: Sequence[Any], options: Sequence[DecodeOptions] | None = None
     ) -> list[Any]:
-        """Each clip with its own language, task and prompt; an error stays in its slot."""
+        """Each clip with its own language, task and prompt; an error stays in its slot.
+
+        With a batched backend, all clips in one session call; else one call per clip.
+        """
         asked = list(options) if options is not None else [DecodeOptions()] * len(waves)
-        outputs: list[Any] = []
-        for wave, option in zip(waves, asked, strict=True):
+        outputs: list[Any] = [None] * len(waves)
+        samples: dict[int, Any] = {}
+        for slot, (wave, option) in enumerate(zip(waves, asked, strict=True)):
             try:
-                outputs.append(self._decode_one(wave, option))
+                samples[slot] = self._inputs(wave, option)
             except Exception as exc:  # this clip's failure, not the batch's
-                outputs.append(exc)
+                outputs[slot] = exc
+        if self.batched and samples:
+            view = self._view(tuple(self.batch_inputs))
+            key = self.session.primary_input_key
+            decoded = view.forward_batch(
+                [{key: waves[slot], **inputs} for slot, inputs in samples.items()],
+                return_exceptions=True,
+            )
+            for slot, output in zip(samples, decoded, strict=True):
+                outputs[slot] = output
+            return outputs
+        for slot, inputs in samples.items():
+            try:
+                outputs[slot] = self._decode_one(waves[slot], inputs)
+            except Exception as exc:  # this clip's failure, not the batch's
+                outputs[slot] = exc
         return outputs
 
-    def _decode_one(self, wave: Any, options: DecodeOptions) -> Any:
-        inputs: dict[str, Any] = {
-            "lang_sym": self._language_symbol(wave, options),
-            "task_sym": self.vocabulary.task_symbol(options),
-        }
+    @property
+    def batched(self) -> bool:
+        """Whether the backend is one of the family's batched classes."""
+        backend = type(self.backend)
+        return f"{backend.__module__}.{backend.__qualname__}" in self.batched_classes.values()
+
+    def _inputs(self, wave: Any, options: DecodeOptions) -> dict[str, Any]:
+        """The class's keyword inputs for one clip.
+
+        Every one of :attr:`batch_inputs` when batched: a batched call takes the same keys
+        for all its clips.
+
+        Raises:
+            UnsupportedOptionError: If the model has no token for a language or task.
+        """
+        inputs = dict(self.batch_inputs) if self.batched else {}
+        inputs["task_sym"] = self.vocabulary.task_symbol(options)
+        if self.batched:  # no language: the backend's own choice (see batch_inputs)
+            language = options.language
+            inputs["lang_sym"] = (
+                None if language is None else self.vocabulary.language_symbol(language)
+            )
+        else:
+            inputs["lang_sym"] = self._language_symbol(wave, options)
         if options.prompt:
             inputs["text_prev"] = options.prompt
+        return inputs
+
+    def _decode_one(self, wave: Any, inputs: dict[str, Any]) -> Any:
+        """One clip through the session, with the class's keyword ``inputs``."""
         view = self._view(tuple(inputs))
         return view.forward({self.session.primary_input_key: wave, **inputs})
 
@@ -206,12 +261,24 @@ class _OwsmExecutor(Executor):
 class S2tExecutor(_OwsmExecutor):
     """espnet2's ``s2t_inference.Speech2Text`` (OWSM): attention decoder, clips padded to 30 s.
 
-    Words are aligned on the clip's own encoding, not on the 30 s padded one the decoder
-    read (the aligner encodes the clip again).
+    Batched with :class:`espnet_serve.backends.owsm.BatchedOwsmSpeech2Text`: one encoder
+    pass per batch (every clip is 30 s, so no padding to make exact), the language
+    identified on it, espnet2's search per clip. Words are aligned on the clip's own
+    encoding, not on the 30 s padded one the decoder read (the aligner encodes the clip
+    again).
     """
 
     family = "s2t"
-    inference_classes = (S2T_SPEECH2TEXT,)
+    # lang_sym None with identify_language: the language the model identifies.
+    batch_inputs = {
+        "lang_sym": None,
+        "task_sym": None,
+        "text_prev": None,
+        "identify_language": False,
+    }
+    inference_classes = (S2T_SPEECH2TEXT, BATCHED_OWSM)
+    batched_classes = {S2T_SPEECH2TEXT: BATCHED_OWSM}
+    unbatched_reason = ""
 
     @cached_property
     def identifier(self) -> Any:
@@ -244,6 +311,13 @@ class S2tExecutor(_OwsmExecutor):
         """The language token the model gives ``wave`` (``<eng>``, ...)."""
         return self.identifier(wave)[0][0]
 
+    def _inputs(self, wave: Any, options: DecodeOptions) -> dict[str, Any]:
+        """The class's inputs; a batched backend identifies the language itself."""
+        inputs = super()._inputs(wave, options)
+        if self.batched:
+            inputs["identify_language"] = options.language is None
+        return inputs
+
     def _language_symbol(self, wave: Any, options: DecodeOptions) -> str | None:
         """The requested language's token; with none, the one the model identifies."""
         if options.language is None:
@@ -259,10 +333,21 @@ class S2tCtcExecutor(_OwsmExecutor):
     """espnet2's ``s2t_inference_ctc`` classes (OWSM-CTC): no decoder, no language step."""
 
     family = "s2t_ctc"
-    inference_classes = (S2T_CTC_SPEECH2TEXT, S2T_CTC_GREEDY)
+    inference_classes = (
+        S2T_CTC_SPEECH2TEXT,
+        S2T_CTC_GREEDY,
+        BATCHED_OWSM_CTC,
+        BATCHED_OWSM_CTC_GREEDY,
+    )
+    batched_classes = {
+        S2T_CTC_SPEECH2TEXT: BATCHED_OWSM_CTC,
+        S2T_CTC_GREEDY: BATCHED_OWSM_CTC_GREEDY,
+    }
     # ESPnetS2TCTCModel.encode puts the <lang> <task> prefix before the subsampled speech,
     # and the class decodes (CTC) over those frames too.
     leading_frames = 2
+    # lang_sym None: the class's default (<nolang>); text_prev <na>: no prompt.
+    batch_inputs = {"lang_sym": None, "task_sym": None, "text_prev": "<na>"}
 
     def __init__(self, session: Any) -> None:
         super().__init__(session)
@@ -274,21 +359,26 @@ class S2tCtcExecutor(_OwsmExecutor):
 
         OWSM-CTC's encoder reads the request's language, task and prompt, so words are
         aligned on the very output the class decoded, prefix frames included
-        (:attr:`leading_frames`): the model may emit a token there.
+        (:attr:`leading_frames`): the model may emit a token there. A batched backend keeps
+        each clip's rows of its padded pass.
         """
+        if self.batched:
+            with super().keep_encoder_output() as kept:
+                yield kept
+            return
         self._kept = kept = {}
         try:
             yield kept
         finally:
             self._kept = None
 
-    def _decode_one(self, wave: Any, options: DecodeOptions) -> Any:
+    def _decode_one(self, wave: Any, inputs: dict[str, Any]) -> Any:
         """The class's output; its encoder output kept too, within :meth:`keep_encoder_output`."""
         kept = self._kept
         if kept is None:
-            return super()._decode_one(wave, options)
+            return super()._decode_one(wave, inputs)
 
-        def keep(module: Any, inputs: Any, output: Any) -> None:
+        def keep(module: Any, args: Any, output: Any) -> None:
             encoded, lengths = output[0], output[1]
             if isinstance(encoded, tuple):  # (output, interCTC outputs)
                 encoded = encoded[0]
@@ -296,7 +386,7 @@ class S2tCtcExecutor(_OwsmExecutor):
 
         handle = self.backend.s2t_model.encoder.register_forward_hook(keep)
         try:
-            return super()._decode_one(wave, options)
+            return super()._decode_one(wave, inputs)
         finally:
             handle.remove()
 

@@ -3,7 +3,9 @@
 It translates only (task ``translate``, ``/v1/audio/translations``): its decoder writes the
 target language. The n-best list has ASR's shape (``(text, token, token_int, hyp)``); a
 multi-decoder model returns ``(n-best, ASR n-best)``. No word times: a translation's words
-are not aligned with the speech. Clips are decoded one at a time.
+are not aligned with the speech. Batched with
+:class:`espnet_serve.backends.st.BatchedStSpeech2Text` (one padded encoder pass per bucket,
+espnet2's search per clip) where that is exact; else one clip at a time.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 from espnet_serve.executors.base import TRANSLATE, Executor, Hypothesis, read_common
 
 ST_SPEECH2TEXT = "espnet2.bin.st_inference.Speech2Text"
+BATCHED_ST = "espnet_serve.backends.st.BatchedStSpeech2Text"
 
 
 class StExecutor(Executor):
@@ -20,8 +23,8 @@ class StExecutor(Executor):
 
     family = "st"
     tasks = (TRANSLATE,)
-    inference_classes = (ST_SPEECH2TEXT,)
-    unbatched_reason = "espnet2's ST beam search decodes one utterance at a time"
+    inference_classes = (ST_SPEECH2TEXT, BATCHED_ST)
+    batched_classes = {ST_SPEECH2TEXT: BATCHED_ST}
 
     def read(self, output: Any) -> Hypothesis:
         """The translation n-best list (of ``(n-best, ASR n-best)`` for a multi-decoder model)."""
