@@ -525,3 +525,31 @@ def test_session_from_config_passes_sample_errors_through(tiny_experiment, clips
     assert token_ids(out[2]) == token_ids(session.model(clips[1]))
     with pytest.raises(SampleError, match="empty"):
         session.forward_batch(samples)
+
+
+def test_a_batched_only_option_in_an_espnet2_config_is_for_the_batched_backend_alone(
+    tiny_experiment, caplog: pytest.LogCaptureFixture
+):
+    from espnet2.bin.asr_inference import Speech2Text
+    from omegaconf import OmegaConf
+
+    from espnet_serve.bundle.config import build_batched_if_exact
+
+    config = OmegaConf.create(
+        {
+            "model": {
+                "_target_": "espnet2.bin.asr_inference.Speech2Text",
+                "asr_train_config": str(tiny_experiment.asr_train_config),
+                "asr_model_file": str(tiny_experiment.asr_model_file),
+                "beam_size": 1,
+                "ctc_weight": 1.0,
+                "decoding": "greedy_ctc",
+            }
+        }
+    )
+    batched, is_batched = build_batched_if_exact(config, {}, batched=True)
+    assert is_batched and isinstance(batched, BatchedSpeech2Text) and batched.greedy
+    with caplog.at_level("WARNING"):
+        plain, is_batched = build_batched_if_exact(config, {}, batched=False)
+    assert not is_batched and type(plain) is Speech2Text
+    assert "takes no decoding: greedy_ctc" in caplog.text

@@ -147,6 +147,14 @@ def _accepts_keyword(target: Any, name: str) -> bool:
     return any(p.name == name or p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters)
 
 
+def _names(target: Any, name: str) -> bool:
+    """Whether ``target``'s signature names the keyword ``name`` (``**kwargs`` aside)."""
+    try:
+        return name in inspect.signature(target).parameters
+    except (TypeError, ValueError):
+        return False
+
+
 def override_model(
     config: DictConfig, overrides: Mapping[str, Any], *, batched: bool = False
 ) -> DictConfig:
@@ -180,7 +188,9 @@ def build_backend(config: DictConfig) -> Any:
     The model node's ``device`` wins when it names a device; ``"auto"`` or an
     absent ``device`` is replaced by :func:`resolve_device`'s choice when the
     target accepts a ``device`` keyword. Nested mappings reach constructors
-    as plain containers (``_convert_="all"``).
+    as plain containers (``_convert_="all"``). Options of the batched backends
+    (:data:`BATCHED_ONLY_OPTIONS`, e.g. ``decoding: greedy_ctc``) that the target does
+    not name are dropped, with a warning: the target decodes with its own search.
 
     Args:
         config: A loaded inference config.
@@ -200,6 +210,16 @@ def build_backend(config: DictConfig) -> Any:
     model_node = to_dict_config(model_node)
     block_runtime_downloads()  # the target's import may load espnet2, which may try nltk
     target = import_object(str(model_node._target_))
+    unknown = sorted(k for k in BATCHED_ONLY_OPTIONS & set(model_node) if not _names(target, k))
+    if unknown:  # a batched backend's options, in a config that names espnet2's class
+        logger.warning(
+            "%s takes no %s (options of espnet-serve's batched backends): it decodes with its "
+            "own search.",
+            model_node._target_,
+            ", ".join(f"{key}: {model_node[key]}" for key in unknown),
+        )
+        for key in unknown:
+            del model_node[key]
     if "device" in model_node or _accepts_keyword(target, "device"):
         model_node.device = resolve_device(model_node.get("device"))
     with training_only_stand_ins():
