@@ -1,11 +1,11 @@
 """Greedy CTC against the embedded model's beam search: the same hypotheses on every set?
 
-The embedded model is CTC-only (``ctc_weight: 1.0``). Each set is decoded twice through the
-segment pipeline, as the server decodes, 16 clips per call, from the same weights:
+The embedded model is CTC-only (``ctc_weight: 1.0``). Each set is decoded twice by the
+batched backend the server builds, 16 clips per call, from the same weights:
 ``BatchedSpeech2Text`` with Speech2Text's search at the bundle's beam (equal to espnet2's
 ``Speech2Text``, as the tests check), and with ``decoding: greedy_ctc`` (the best CTC path).
-Reports, per set, the clips whose token ids differ, both word error rates and both
-decoding times.
+Reports, per set, the clips whose best hypothesis (text or token ids) differs, both word
+error rates and both decoding times.
 
 Sets: the packaged held-out set (espeak-ng voices) and every ``--set DIR`` (``<uttid>.flac``
 and ``transcripts.tsv``): ``recipes/digits`` synthesises ``heldout_flite`` and
@@ -39,17 +39,14 @@ from espnet_serve.assets import (  # noqa: E402
     HeldoutClip,
     load_heldout,
 )
-from espnet_serve.audio.segmenter import AudioSegment  # noqa: E402
-from espnet_serve.pipeline.decode import SegmentDecoder  # noqa: E402
-from espnet_serve.pipeline.types import Segment  # noqa: E402
 
 BATCH = 16
 SAMPLE_RATE = 16000  # the embedded model's
 MODES = {"beam": {"decoding": "beam"}, "greedy": {"decoding": "greedy_ctc"}}
 
 
-def decoder(mode: str) -> SegmentDecoder:
-    """The embedded model loaded as the server loads it, decoding as ``mode`` says."""
+def backend(mode: str) -> Any:
+    """The embedded model's batched backend, loaded as the server loads it, decoding as ``mode``."""
     session = InferenceSession.from_pretrained(
         str(DEFAULT_MODEL_ARCHIVE),
         trust_user_code=True,
@@ -58,36 +55,26 @@ def decoder(mode: str) -> SegmentDecoder:
         max_bucket_size=BATCH,
         **MODES[mode],
     )
-    return SegmentDecoder(session, SAMPLE_RATE)
+    return session.model
 
 
-def decode_set(decoders: dict[str, SegmentDecoder], clips: list[HeldoutClip]) -> dict[str, Any]:
-    """Both decodings of one set: differing clips, word errors, seconds."""
+def decode_set(backends: dict[str, Any], clips: list[HeldoutClip]) -> dict[str, Any]:
+    """Both decodings of one set: the clips whose best hypothesis differs, WER, seconds."""
     waves = [clip.read_audio(SAMPLE_RATE) for clip in clips]
-    tokens: dict[str, list[tuple[int, ...] | None]] = {}
-    texts: dict[str, list[str]] = {}
+    best: dict[str, list[tuple[str, tuple[int, ...]]]] = {}
     seconds: dict[str, float] = {}
-    for mode, segment_decoder in decoders.items():
-        tokens[mode], texts[mode], seconds[mode] = [], [], 0.0
+    for mode, model in backends.items():
+        best[mode], seconds[mode] = [], 0.0
         for start in range(0, len(waves), BATCH):
-            segments = [
-                AudioSegment.whole(start + i, wave, SAMPLE_RATE)
-                for i, wave in enumerate(waves[start : start + BATCH])
-            ]
             began = time.perf_counter()
-            outcomes = segment_decoder.decode(segments)
+            outputs = model(waves[start : start + BATCH])
             seconds[mode] += time.perf_counter() - began
-            for outcome in outcomes:
-                assert isinstance(outcome, Segment), outcome
-                tokens[mode].append(outcome.tokens)
-                texts[mode].append(outcome.text)
+            best[mode] += [(nbest[0][0], tuple(nbest[0][2])) for nbest in outputs]
     words = sum(len(clip.text.split()) for clip in clips)
     differing = [
-        {"uttid": clip.uttid, "ref": clip.text, "beam": b, "greedy": g}
-        for clip, b, g, tb, tg in zip(
-            clips, texts["beam"], texts["greedy"], tokens["beam"], tokens["greedy"], strict=True
-        )
-        if tb != tg
+        {"uttid": clip.uttid, "ref": clip.text, "beam": b[0], "greedy": g[0]}
+        for clip, b, g in zip(clips, best["beam"], best["greedy"], strict=True)
+        if b != g
     ]
     return {
         "clips": len(clips),
@@ -97,12 +84,12 @@ def decode_set(decoders: dict[str, SegmentDecoder], clips: list[HeldoutClip]) ->
             mode: round(
                 sum(
                     editdistance.eval(clip.text.split(), text.split())
-                    for clip, text in zip(clips, texts[mode], strict=True)
+                    for clip, (text, _) in zip(clips, best[mode], strict=True)
                 )
                 / words,
                 4,
             )
-            for mode in decoders
+            for mode in backends
         },
         "decode_seconds": {mode: round(value, 3) for mode, value in seconds.items()},
     }
@@ -115,10 +102,10 @@ def main() -> None:
     parser.add_argument("--set", type=Path, action="append", default=[], help="a set directory")
     parser.add_argument("--out", type=Path, default=None, help="write the JSON here too")
     args = parser.parse_args()
-    decoders = {mode: decoder(mode) for mode in MODES}
+    backends = {mode: backend(mode) for mode in MODES}
     sets = {"heldout (espeak-ng, packaged)": HELDOUT_DIR, **{str(d): d for d in args.set}}
     results = {
-        name: decode_set(decoders, load_heldout(directory=path)) for name, path in sets.items()
+        name: decode_set(backends, load_heldout(directory=path)) for name, path in sets.items()
     }
     emit(
         {
