@@ -23,6 +23,8 @@ import kubernetes_validate.utils
 import pytest
 import yaml
 
+from espnet_serve.serving.settings import KEEP_ALIVE_SECONDS
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CHART_DIR = REPO_ROOT / "deploy" / "helm" / "espnet-serve"
 MAKEFILE = REPO_ROOT / "Makefile"
@@ -611,12 +613,18 @@ def grace_checks(vals: dict[str, Any], objects: list[dict[str, Any]]) -> None:
 
 
 def test_every_server_keeps_idle_connections_as_make_serve_does(case: Case) -> None:
-    """The chart, the image's CMD and ``make serve`` give uvicorn one keep-alive timeout."""
+    """One keep-alive timeout everywhere uvicorn is started.
+
+    The chart, the image's CMD, ``make serve`` and the command ``espnet-serve build`` prints.
+    """
     makefile = re.search(r"^KEEP_ALIVE_SECONDS := (\d+)$", MAKEFILE.read_text(), re.MULTILINE)
     containerfile = re.search(r'"--timeout-keep-alive", "(\d+)"', CONTAINERFILE.read_text())
     assert makefile and containerfile
     assert (
-        makefile.group(1) == containerfile.group(1) == str(case.vals["bento"]["keepAliveSeconds"])
+        makefile.group(1)
+        == containerfile.group(1)
+        == str(case.vals["bento"]["keepAliveSeconds"])
+        == str(KEEP_ALIVE_SECONDS)  # what `espnet-serve build --bento` tells to run
     )
     for name, deployment in of_kind(case.objects, "Deployment").items():
         args = the_container(deployment)["args"]

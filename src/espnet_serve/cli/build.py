@@ -129,6 +129,7 @@ def main(args: argparse.Namespace) -> int:
     from espnet_serve.bundle.store import import_bundle, stored_spec
     from espnet_serve.executors import executor_class
     from espnet_serve.executors.base import TRANSLATE
+    from espnet_serve.serving.settings import KEEP_ALIVE_SECONDS
 
     try:
         model = import_bundle(
@@ -154,7 +155,7 @@ def main(args: argparse.Namespace) -> int:
             bento_tag, dockerfile = build_bento(str(model.tag), args.bentofile)
             print(f"Bento: {bento_tag}")
             print(f"Dockerfile: {dockerfile}")
-            print(f"Serve it: bentoml serve {bento_tag}")
+            print(f"Serve it: bentoml serve {bento_tag} --timeout-keep-alive {KEEP_ALIVE_SECONDS}")
     except (OSError, ValueError, RuntimeError) as exc:
         logger.error("Build failed: %s", exc)
         return 1

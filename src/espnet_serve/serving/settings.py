@@ -9,6 +9,11 @@ from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_TAG = "espnet-digits-asr:latest"
+# uvicorn's idle keep-alive timeout for `bentoml serve --timeout-keep-alive` (BentoML has no
+# setting for it): longer than the clients' pool expiry (httpx and the openai SDK: 5 s, which
+# is uvicorn's default and races them; aiohttp: 15 s). The Makefile, the image and the chart
+# pass the same value (tests/deploy/test_helm_chart.py checks).
+KEEP_ALIVE_SECONDS = 75
 
 
 class ServeSettings(BaseSettings):
