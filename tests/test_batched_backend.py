@@ -528,8 +528,10 @@ def test_session_from_config_passes_sample_errors_through(tiny_experiment, clips
 
 
 def test_a_batched_only_option_in_an_espnet2_config_is_for_the_batched_backend_alone(
-    tiny_experiment, caplog: pytest.LogCaptureFixture
+    tiny_experiment, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
 ):
+    import logging
+
     from espnet2.bin.asr_inference import Speech2Text
     from omegaconf import OmegaConf
 
@@ -549,7 +551,9 @@ def test_a_batched_only_option_in_an_espnet2_config_is_for_the_batched_backend_a
     )
     batched, is_batched = build_batched_if_exact(config, {}, batched=True)
     assert is_batched and isinstance(batched, BatchedSpeech2Text) and batched.greedy
-    with caplog.at_level("WARNING"):
+    # `bentoml build`, run in-process by an earlier test module, disables existing loggers.
+    monkeypatch.setattr(logging.getLogger("espnet_serve.bundle.config"), "disabled", False)
+    with caplog.at_level(logging.WARNING, logger="espnet_serve.bundle.config"):
         plain, is_batched = build_batched_if_exact(config, {}, batched=False)
     assert not is_batched and type(plain) is Speech2Text
     assert "takes no decoding: greedy_ctc" in caplog.text
