@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from espnet2.bin.s2t_inference_ctc import Speech2Text, Speech2TextGreedySearch
 
-from espnet_serve.backends.bucketing import length_buckets, per_clip
+from espnet_serve.backends.bucketing import per_clip
 from espnet_serve.backends.encoding import (
     PADDING_TOLERANCE,
     encode_padded_prompted,
@@ -26,11 +26,7 @@ from espnet_serve.backends.encoding import (
     padding_mismatch,
 )
 from espnet_serve.backends.offline import block_runtime_downloads
-from espnet_serve.backends.sample_errors import (
-    SampleError,
-    UnbatchableModelError,
-    decode_or_split,
-)
+from espnet_serve.backends.sample_errors import UnbatchableModelError, decode_in_buckets
 from espnet_serve.backends.waveform import checked_features
 
 NO_PROMPT = "<na>"  # the classes' default text_prev
@@ -39,7 +35,17 @@ Options = tuple[Any, Any, Any]
 
 
 class _BatchedOwsmCtc:
-    """What both batched classes add to their espnet2 class (listed first in their bases)."""
+    """What both batched classes add to their espnet2 class (listed first in their bases).
+
+    Args:
+        max_bucket_size: Most clips per encoder pass.
+        max_bucket_samples: Most padded samples per pass (``None``: no bound).
+        *args: The espnet2 class's.
+        **kwargs: The espnet2 class's.
+
+    Raises:
+        UnbatchableModelError: If a padded batch changes the encoder's output.
+    """
 
     s2t_model: Any
     converter: Any
@@ -48,12 +54,15 @@ class _BatchedOwsmCtc:
     lang_sym: str
     task_sym: str
 
-    def _batched_setup(self, max_bucket_size: int, max_bucket_samples: int | None) -> None:
-        """Bucket bounds, the shortest input, and the padding check.
-
-        Raises:
-            UnbatchableModelError: If a padded batch changes the encoder's output.
-        """
+    def __init__(
+        self,
+        *args: Any,
+        max_bucket_size: int = 16,
+        max_bucket_samples: int | None = None,
+        **kwargs: Any,
+    ) -> None:
+        block_runtime_downloads()
+        super().__init__(*args, **kwargs)  # the espnet2 class's
         if max_bucket_size < 1:
             raise ValueError(f"max_bucket_size must be at least 1, got {max_bucket_size}.")
         self.max_bucket_size = max_bucket_size
@@ -120,30 +129,17 @@ class _BatchedOwsmCtc:
     @torch.inference_mode()
     def batch(self, samples: list[Any], options: list[Options]) -> list[Any]:
         """Decode clips, each with its own options (see :meth:`__call__`)."""
-        results: dict[int, Any] = {}
-        feats: dict[int, torch.Tensor] = {}
-        for index, sample in enumerate(samples):
-            try:
-                feats[index] = checked_features(
-                    self.s2t_model, index, sample, self.min_samples, self.device
-                )
-            except SampleError as error:
-                results[index] = error
-        indices = list(feats)
-        lengths = [len(samples[i]) for i in indices]
-        for bucket in length_buckets(lengths, self.max_bucket_size, self.max_bucket_samples):
-            members = [indices[position] for position in bucket]
-            decoded = decode_or_split(
-                members,
-                lambda part: self._decode(
-                    [feats[i] for i in part],
-                    [options[i] for i in part],
-                    [id(samples[i]) for i in part],
-                ),
-            )
-            for index, result in zip(members, decoded, strict=True):
-                results[index] = result
-        return [results[index] for index in range(len(samples))]
+        return decode_in_buckets(
+            samples,
+            lambda index, sample: checked_features(
+                self.s2t_model, index, sample, self.min_samples, self.device
+            ),
+            lambda part, feats: self._decode(
+                feats, [options[i] for i in part], [id(samples[i]) for i in part]
+            ),
+            self.max_bucket_size,
+            self.max_bucket_samples,
+        )
 
     def _prompt(self, text_prev: Any, lang_sym: Any, task_sym: Any) -> tuple[torch.Tensor, list]:
         """A clip's prompt ids and ``[lang, task]`` prefix, as the class's call makes them."""
@@ -200,48 +196,12 @@ def _rows(out: Any, lengths: torch.Tensor, row: int) -> Callable[..., tuple]:
 class BatchedOwsmCtcSpeech2Text(_BatchedOwsmCtc, Speech2Text):
     """``s2t_inference_ctc.Speech2Text`` (CTC beam search), many clips per call.
 
-    Args:
-        max_bucket_size: Most clips per encoder pass.
-        max_bucket_samples: Most padded samples per pass (``None``: no bound).
-        *args: The class's.
-        **kwargs: The class's.
-
-    Raises:
-        UnbatchableModelError: If a padded batch changes the encoder's output.
+    Args: as :class:`_BatchedOwsmCtc`.
     """
-
-    def __init__(
-        self,
-        *args: Any,
-        max_bucket_size: int = 16,
-        max_bucket_samples: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        block_runtime_downloads()
-        Speech2Text.__init__(self, *args, **kwargs)
-        self._batched_setup(max_bucket_size, max_bucket_samples)
 
 
 class BatchedOwsmCtcGreedySearch(_BatchedOwsmCtc, Speech2TextGreedySearch):
     """``s2t_inference_ctc.Speech2TextGreedySearch``, many clips per call.
 
-    Args:
-        max_bucket_size: Most clips per encoder pass.
-        max_bucket_samples: Most padded samples per pass (``None``: no bound).
-        *args: The class's.
-        **kwargs: The class's.
-
-    Raises:
-        UnbatchableModelError: If a padded batch changes the encoder's output.
+    Args: as :class:`_BatchedOwsmCtc`.
     """
-
-    def __init__(
-        self,
-        *args: Any,
-        max_bucket_size: int = 16,
-        max_bucket_samples: int | None = None,
-        **kwargs: Any,
-    ) -> None:
-        block_runtime_downloads()
-        Speech2TextGreedySearch.__init__(self, *args, **kwargs)
-        self._batched_setup(max_bucket_size, max_bucket_samples)

@@ -72,3 +72,43 @@ def decode_or_split(
         except Exception as error:
             results.append(decode_failure(index, error))
     return results
+
+
+def decode_in_buckets(
+    samples: Sequence[Any],
+    prepare: Callable[[int, Any], Any],
+    decode: Callable[[list[int], list[Any]], Sequence[Output]],
+    max_bucket_size: int,
+    max_bucket_samples: int | None = None,
+) -> list[Output | SampleError]:
+    """A batched backend's call: each sample prepared, then decoded by length bucket.
+
+    Args:
+        samples: The waveforms, in call order.
+        prepare: ``(index, sample) -> prepared`` (e.g. checked features); raises
+            :class:`SampleError` for a sample that cannot be decoded, which keeps it in its slot.
+        decode: ``(indices, prepared) -> outputs`` for one bucket (one padded pass).
+        max_bucket_size: Most samples per bucket.
+        max_bucket_samples: Most padded samples per bucket (``None``: no bound).
+
+    Returns:
+        One output or :class:`SampleError` per sample, in order (a failing bucket is
+        decoded member by member, :func:`decode_or_split`).
+    """
+    from espnet_serve.backends.bucketing import length_buckets
+
+    results: dict[int, Any] = {}
+    prepared: dict[int, Any] = {}
+    for index, sample in enumerate(samples):
+        try:
+            prepared[index] = prepare(index, sample)
+        except SampleError as error:
+            results[index] = error
+    indices = list(prepared)
+    lengths = [len(samples[i]) for i in indices]
+    for bucket in length_buckets(lengths, max_bucket_size, max_bucket_samples):
+        members = [indices[position] for position in bucket]
+        decoded = decode_or_split(members, lambda part: decode(part, [prepared[i] for i in part]))
+        for index, result in zip(members, decoded, strict=True):
+            results[index] = result
+    return [results[index] for index in range(len(samples))]

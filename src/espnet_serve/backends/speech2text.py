@@ -11,7 +11,6 @@ from typing import Any
 import torch
 
 from espnet_serve.backends.beam_search import BatchJointSearch, SearchOptions, check_lm_supported
-from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
     PADDING_TOLERANCE,
     encode_padded_layers,
@@ -23,7 +22,7 @@ from espnet_serve.backends.offline import block_runtime_downloads
 from espnet_serve.backends.sample_errors import (
     SampleError,
     UnbatchableModelError,
-    decode_or_split,
+    decode_in_buckets,
 )
 from espnet_serve.backends.waveform import checked_features
 
@@ -288,35 +287,19 @@ class BatchedSpeech2Text:
     @torch.inference_mode()
     def batch(self, samples: Sequence[Any]) -> list[Output | SampleError]:
         """Recognise a list of waveforms (see :meth:`__call__`)."""
-        results: dict[int, Output | SampleError] = {}
-        feats: dict[int, torch.Tensor] = {}
-        for index, sample in enumerate(samples):
-            try:
-                feats[index] = self._features(index, sample)
-            except SampleError as error:
-                results[index] = error
-        indices = list(feats)
-        lengths = [len(samples[i]) for i in indices]
         keys = [id(sample) for sample in samples]
-        for bucket in length_buckets(lengths, self.max_bucket_size, self.max_bucket_samples):
-            members = [indices[position] for position in bucket]
-            decoded = self._decode_or_split(members, feats, keys)
-            for index, result in zip(members, decoded, strict=True):
-                results[index] = result
-        return [results[index] for index in range(len(samples))]
+        return decode_in_buckets(
+            samples,
+            self._features,
+            lambda part, feats: self._decode(feats, [keys[i] for i in part]),
+            self.max_bucket_size,
+            self.max_bucket_samples,
+        )
 
     def _features(self, index: int, sample: Any) -> torch.Tensor:
         """Validate one waveform and return its front-end features on the device."""
         with self._autocast():
             return checked_features(self.asr_model, index, sample, self.min_samples, self.device)
-
-    def _decode_or_split(
-        self, members: list[int], feats: dict[int, torch.Tensor], keys: list[int]
-    ) -> list[Output | SampleError]:
-        """Decode a bucket; if that fails, decode its members one by one."""
-        return decode_or_split(
-            members, lambda part: self._decode([feats[i] for i in part], [keys[i] for i in part])
-        )
 
     def _autocast(self) -> contextlib.AbstractContextManager[Any]:
         """Autocast to the configured half precision on CUDA, else nothing."""

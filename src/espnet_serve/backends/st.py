@@ -15,7 +15,6 @@ from typing import Any
 import torch
 from espnet2.bin.st_inference import Speech2Text
 
-from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.encoding import (
     PADDING_TOLERANCE,
     encode_padded_layers,
@@ -24,11 +23,7 @@ from espnet_serve.backends.encoding import (
     padding_mismatch,
 )
 from espnet_serve.backends.offline import block_runtime_downloads
-from espnet_serve.backends.sample_errors import (
-    SampleError,
-    UnbatchableModelError,
-    decode_or_split,
-)
+from espnet_serve.backends.sample_errors import UnbatchableModelError, decode_in_buckets
 from espnet_serve.backends.waveform import checked_features
 
 
@@ -98,23 +93,15 @@ class BatchedStSpeech2Text(Speech2Text):
     @torch.inference_mode()
     def batch(self, samples: list[Any]) -> list[Any]:
         """Translate a list of waveforms (see :meth:`__call__`)."""
-        results: dict[int, Any] = {}
-        feats: dict[int, torch.Tensor] = {}
-        for index, sample in enumerate(samples):
-            try:
-                feats[index] = checked_features(
-                    self.st_model, index, sample, self.min_samples, self.device
-                )
-            except SampleError as error:
-                results[index] = error
-        indices = list(feats)
-        lengths = [len(samples[i]) for i in indices]
-        for bucket in length_buckets(lengths, self.max_bucket_size, self.max_bucket_samples):
-            members = [indices[position] for position in bucket]
-            decoded = decode_or_split(members, lambda part: self._decode([feats[i] for i in part]))
-            for index, result in zip(members, decoded, strict=True):
-                results[index] = result
-        return [results[index] for index in range(len(samples))]
+        return decode_in_buckets(
+            samples,
+            lambda index, sample: checked_features(
+                self.st_model, index, sample, self.min_samples, self.device
+            ),
+            lambda part, feats: self._decode(feats),
+            self.max_bucket_size,
+            self.max_bucket_samples,
+        )
 
     def _decode(self, feats: list[torch.Tensor]) -> list[Any]:
         """One padded encoder pass; then ``Speech2Text.__call__`` on each row of it."""
