@@ -19,7 +19,7 @@ from espnet2.bin.s2t_inference import Speech2Text
 
 from espnet_serve.backends.bucketing import per_clip
 from espnet_serve.backends.offline import block_runtime_downloads
-from espnet_serve.backends.sample_errors import InvalidSampleError, SampleError, decode_or_split
+from espnet_serve.backends.sample_errors import InvalidSampleError, SampleError, decode_in_buckets
 from espnet_serve.backends.waveform import checked_waveform
 from espnet_serve.languages import FIRST_LANGUAGE_SYMBOL, LAST_LANGUAGE_SYMBOL
 
@@ -35,7 +35,6 @@ class BatchedOwsmSpeech2Text(Speech2Text):
 
     Args:
         max_bucket_size: Most clips per encoder pass.
-        identify_language: Not an option: see :meth:`__call__`.
         *args: ``Speech2Text``'s.
         **kwargs: ``Speech2Text``'s.
     """
@@ -52,11 +51,6 @@ class BatchedOwsmSpeech2Text(Speech2Text):
             if FIRST_LANGUAGE_SYMBOL in token_list and LAST_LANGUAGE_SYMBOL in token_list
             else None
         )
-
-    @property
-    def identifies_languages(self) -> bool:
-        """Whether the vocabulary has OWSM's language range (what identification reads)."""
-        return self._languages is not None
 
     def __call__(  # type: ignore[override]
         self,
@@ -114,37 +108,23 @@ class BatchedOwsmSpeech2Text(Speech2Text):
         identify_language: list[Any],
     ) -> list[Any]:
         """Decode clips, each with its own options (see :meth:`__call__`)."""
-        results: dict[int, Any] = {}
-        waves: dict[int, torch.Tensor] = {}
-        for index, sample in enumerate(speech):
-            try:
-                waves[index] = self._fixed_length(checked_waveform(index, sample, 1, self.device))
-                if identify_language[index] and self._languages is None:
-                    raise InvalidSampleError(
-                        index, "no language identification", "the vocabulary has no language tokens"
-                    )
-            except SampleError as error:
-                results[index] = error
-        indices = list(waves)
-        for start in range(0, len(indices), self.max_bucket_size):
-            members = indices[start : start + self.max_bucket_size]
 
-            def decode(part: list[int]) -> list[Any]:
-                options = [
-                    (
-                        text_prev[i],
-                        lang_sym[i],
-                        task_sym[i],
-                        predict_time[i],
-                        bool(identify_language[i]),
-                    )
-                    for i in part
-                ]
-                return self._decode([waves[i] for i in part], options)
+        def prepare(index: int, sample: Any) -> torch.Tensor:
+            if identify_language[index] and self._languages is None:
+                raise InvalidSampleError(
+                    index, "no language identification", "the vocabulary has no language tokens"
+                )
+            return self._fixed_length(checked_waveform(index, sample, 1, self.device))
 
-            for index, result in zip(members, decode_or_split(members, decode), strict=True):
-                results[index] = result
-        return [results[index] for index in range(len(speech))]
+        def decode(part: list[int], waves: list[torch.Tensor]) -> list[Any]:
+            options = [
+                (text_prev[i], lang_sym[i], task_sym[i], predict_time[i], identify_language[i])
+                for i in part
+            ]
+            return self._decode(waves, options)
+
+        # Every clip is the model's 30 s: a bucket is any max_bucket_size of them.
+        return decode_in_buckets(speech, prepare, decode, self.max_bucket_size)
 
     def _fixed_length(self, wave: torch.Tensor) -> torch.Tensor:
         """The clip padded or trimmed to the model's input length, as ``Speech2Text`` does."""

@@ -8,9 +8,10 @@ class as its ``lang_sym`` and ``task_sym``; a prompt is its ``text_prev``. With 
 language, the attention model identifies it first, as espnet2's ``Speech2Language``
 does (one decoder step, the language tokens' posteriors); OWSM-CTC has no such step and
 decodes with its default (``<nolang>``). Clips go through the bundle's session (so an
-``output_fn`` sees what the espnet2 class returns): OWSM's in batches (one encoder pass,
-the language identified on it), OWSM-CTC's one at a time. Words are timed by the CTC head
-of either.
+``output_fn`` sees what the espnet2 class returns), in batches with the batched classes
+(:mod:`espnet_serve.backends.owsm`: one encoder pass, the language identified on it;
+:mod:`espnet_serve.backends.owsm_ctc`: one padded pass per bucket), else one at a time.
+Words are timed by the CTC head of either.
 """
 
 from __future__ import annotations
