@@ -30,6 +30,7 @@ MODEL_FILE_RELPATH = "exp/asr/model.pth"
 INFERENCE_CONFIG_RELPATH = "conf/inference.yaml"
 LM_CONFIG_RELPATH = "exp/lm/config.yaml"
 LM_FILE_RELPATH = "exp/lm/model.pth"
+UNPREFIXED_TASKS = ("tts",)  # espnet2's packer names their files train_config, model_file
 
 
 def _versions() -> dict[str, str]:
@@ -72,8 +73,9 @@ def write_bundle(
         lm_train_config: A language model's espnet2 ``config.yaml`` (shallow fusion; set
             ``lm_weight`` in ``decoding``).
         lm_file: The language model's weights.
-        task: The model's espnet2 task (``asr``, ``st``): its files are the artifacts
-            ``<task>_train_config`` and ``<task>_model_file`` under ``exp/<task>/``.
+        task: The model's espnet2 task (``asr``, ``st``, ``tts``): its files are the artifacts
+            ``<task>_train_config`` and ``<task>_model_file`` under ``exp/<task>/`` (for
+            ``tts``, ``train_config`` and ``model_file``, as espnet2's packer names them).
 
     Returns:
         Path: ``out_dir``.
@@ -81,9 +83,10 @@ def write_bundle(
     out_dir.mkdir(parents=True, exist_ok=True)
     if any(out_dir.iterdir()):
         raise FileExistsError(f"Bundle directory {out_dir} is not empty.")
+    prefix = "" if task in UNPREFIXED_TASKS else f"{task}_"
     artifacts = {
-        f"{task}_train_config": (asr_train_config, TRAIN_CONFIG_RELPATH.replace("asr", task)),
-        f"{task}_model_file": (asr_model_file, MODEL_FILE_RELPATH.replace("asr", task)),
+        f"{prefix}train_config": (asr_train_config, TRAIN_CONFIG_RELPATH.replace("asr", task)),
+        f"{prefix}model_file": (asr_model_file, MODEL_FILE_RELPATH.replace("asr", task)),
     }
     if lm_train_config is not None and lm_file is not None:
         artifacts["lm_train_config"] = (lm_train_config, LM_CONFIG_RELPATH)

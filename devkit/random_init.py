@@ -325,6 +325,69 @@ def write_random_s2t_experiment(
     return _save(out_dir, args, built)
 
 
+# A character vocabulary for the synthesis recipes (``cleaner: tacotron`` writes capitals).
+TTS_CHAR_TOKENS: tuple[str, ...] = (
+    "<blank>",
+    "<unk>",
+    *"ABCDEFGHIJKLMNOPQRSTUVWXYZ'.,?!-",
+    "<space>",
+    "<sos/eos>",
+)
+# espnet2's GAN-TTS task trains these (text to waveform, no separate vocoder).
+GAN_TTS_MODELS = ("vits", "joint_text2wav", "jets")
+
+
+def write_random_tts_experiment(
+    out_dir: Path,
+    *,
+    tts: str,
+    tts_conf: Mapping[str, Any],
+    feats_extract: str,
+    feats_extract_conf: Mapping[str, Any],
+    token_list: Sequence[str] = TTS_CHAR_TOKENS,
+    seed: int = 0,
+    **extract: Any,
+) -> AsrExperiment:
+    """Build a random-initialised espnet2 speech synthesis model and save it like a trained one.
+
+    Characters (``token_type: char``, ``cleaner: tacotron``) stand in for the recipes'
+    phonemes: ``g2p_en`` needs nltk data that no package ships. No feature normaliser: a
+    synthesis never uses it.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        tts: espnet2's model name (``vits``, ``joint_text2wav``: espnet2's GAN-TTS task;
+            others: its TTS task).
+        tts_conf: Its options.
+        feats_extract: The training features (``linear_spectrogram``, ``fbank``).
+        feats_extract_conf: Their options.
+        token_list: The vocabulary.
+        seed: Torch seed for the initial weights.
+        **extract: ``pitch_extract``, ``energy_extract`` and their ``*_conf`` (FastSpeech2).
+
+    Returns:
+        AsrExperiment: The written config (``asr_train_config``: the TTS model's) and weights.
+    """
+    import importlib
+
+    import torch
+
+    block_runtime_downloads()
+    module = "espnet2.tasks.gan_tts" if tts in GAN_TTS_MODELS else "espnet2.tasks.tts"
+    task = getattr(importlib.import_module(module), "GANTTSTask" if "gan" in module else "TTSTask")
+    args = task.get_parser().parse_args(["--output_dir", str(out_dir)])
+    args.token_list, args.token_type = list(token_list), "char"
+    args.cleaner, args.g2p = "tacotron", None
+    args.tts, args.tts_conf = tts, dict(tts_conf)
+    args.feats_extract, args.feats_extract_conf = feats_extract, dict(feats_extract_conf)
+    args.normalize, args.normalize_conf = None, {}
+    for name, value in extract.items():
+        setattr(args, name, dict(value) if isinstance(value, Mapping) else value)
+    args.seed = seed
+    torch.manual_seed(seed)
+    return _save(out_dir, args, task.build_model(args))
+
+
 def sharpen(model_file: Path, keys: Sequence[str], factor: float) -> None:
     """Scale the weights ``keys`` (output projections) of a saved model by ``factor``.
 

@@ -250,13 +250,13 @@ def test_interctc_is_batched_and_returns_what_speech2text_returns(
     ]
 
 
-TTS = "espnet2.bin.tts_inference.Text2Speech"
+UNSERVED = "espnet2.bin.enh_inference.SeparateSpeech"  # not served yet
 
 
 def unserved_bundle(root: Path, like: Path) -> Path:
     """``like``'s files, its inference config naming a class no executor serves."""
     inference = yaml.safe_load((like / "conf" / "inference.yaml").read_text())
-    inference["model"]["_target_"] = TTS
+    inference["model"]["_target_"] = UNSERVED
     for relpath in ("meta.yaml", "exp/asr/config.yaml", "exp/asr/model.pth"):
         (root / relpath).parent.mkdir(parents=True, exist_ok=True)
         (root / relpath).write_bytes((like / relpath).read_bytes())
@@ -288,18 +288,18 @@ def build_and_serve(
 
 
 def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_transducer_bundle):
-    assert family_of(TTS) is None and family_of(TRANSDUCER_TARGET) == "asr_transducer"
+    assert family_of(UNSERVED) is None and family_of(TRANSDUCER_TARGET) == "asr_transducer"
     with pytest.raises(UnsupportedFamilyError) as refused:
-        executor_class(None, TTS)
+        executor_class(None, UNSERVED)
     line = str(refused.value)
-    assert "\n" not in line and TTS in line
+    assert "\n" not in line and UNSERVED in line
     assert all(family in line for family in ("asr", "asr_transducer", "asr_streaming"))
 
-    bundle = unserved_bundle(tmp_path / "tts", asr_transducer_bundle)
-    built = build(bundle, "tts", {"BENTOML_HOME": str(tmp_path / "home")})
+    bundle = unserved_bundle(tmp_path / "enh", asr_transducer_bundle)
+    built = build(bundle, "enh", {"BENTOML_HOME": str(tmp_path / "home")})
     assert built.returncode == 1
-    assert f"Family: none served ({TTS})" in built.stdout
-    assert f"{TTS} is not a model family this server serves" in built.stderr
+    assert f"Family: none served ({UNSERVED})" in built.stdout
+    assert f"{UNSERVED} is not a model family this server serves" in built.stderr
 
 
 @pytest.mark.slow
@@ -318,9 +318,9 @@ def test_a_stored_model_of_an_unserved_class_leaves_the_server_unready_saying_wh
     finally:
         server.stop()
     assert unready is not None, log
-    assert unready.status_code == 503 and TTS in unready.text
+    assert unready.status_code == 503 and UNSERVED in unready.text
     assert set(server.readyz_statuses) == {503}
-    assert f"{TTS} is not a model family this server serves" in log
+    assert f"{UNSERVED} is not a model family this server serves" in log
     assert "Traceback" not in log  # one line, not a stack
 
 

@@ -207,7 +207,7 @@ def test_a_killed_model_worker_costs_no_request(tmp_path: Path):
     assert set(outcomes) <= {(200, False), (503, True)}, outcomes
     assert all(seen[-RECOVERED:] == [200] * RECOVERED for seen in statuses.values()), outcomes
     assert not wrong and after.status_code == 200
-    assert "was lost; a worker is ready again, sending the segment again" in log
+    assert "was lost; a worker is ready again, sending it again" in log
     resent = [line for line in metrics.splitlines() if line.startswith(RESENT)]
     assert resent and float(resent[0].split()[-1]) >= 1, resent
     assert "Internal error" not in log

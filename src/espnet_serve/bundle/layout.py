@@ -206,9 +206,19 @@ def inference_config_path(
 
 
 def train_config_sample_rate(train_config: Any) -> int:
-    """``frontend_conf.fs`` of an espnet2 training config (``16k`` style allowed; default 16000)."""
-    frontend_conf = train_config.get("frontend_conf") if isinstance(train_config, dict) else None
-    fs = (frontend_conf or {}).get("fs", DEFAULT_SAMPLE_RATE)
+    """The model's sample rate from its espnet2 training config (default 16000).
+
+    ``frontend_conf.fs`` (speech in; ``16k`` style allowed), else a synthesis model's
+    ``tts_conf.sampling_rate`` or ``feats_extract_conf.fs`` (speech out).
+    """
+    if not isinstance(train_config, dict):
+        return DEFAULT_SAMPLE_RATE
+    candidates = (
+        (train_config.get("frontend_conf") or {}).get("fs"),
+        (train_config.get("tts_conf") or {}).get("sampling_rate"),
+        (train_config.get("feats_extract_conf") or {}).get("fs"),
+    )
+    fs = next((value for value in candidates if value is not None), DEFAULT_SAMPLE_RATE)
     if isinstance(fs, str):
         import humanfriendly
 

@@ -49,6 +49,16 @@ from espnet_serve.bundle.usercode import (
 )
 from espnet_serve.executors import family_of
 from espnet_serve.executors.asr import SPEECH2TEXT
+from espnet_serve.executors.tts import TEXT2SPEECH
+
+# The backend (and its input key) of a bundle that ships no inference config, by task.
+GENERATED_BACKENDS: dict[str, tuple[str, str]] = {
+    "asr": (SPEECH2TEXT, DEFAULT_INPUT_KEY),
+    "tts": (TEXT2SPEECH, "text"),
+}
+# espnet2's packer names a TTS (or enhancement, ...) model's files without a task prefix.
+PLAIN_TRAIN_CONFIG = "train_config"
+PLAIN_MODEL_FILE = "model_file"
 
 logger = logging.getLogger(__name__)
 
@@ -123,25 +133,43 @@ def _files_below(directory: Path, root: Path) -> list[str]:
     )
 
 
-def _task(yaml_keys: list[str]) -> str:
-    """The model's task from its ``<task>_train_config`` key (``asr``, ``st``, ...)."""
-    tasks = [k.removesuffix(TRAIN_CONFIG_SUFFIX) for k in yaml_keys if k.endswith("_train_config")]
+def _task(root: Path, yaml_files: dict[str, str]) -> str:
+    """The model's task (``asr``, ``st``, ``tts``, ...).
+
+    From its ``<task>_train_config`` key, or, for what espnet2's packer stores as plain
+    ``train_config`` (TTS, enhancement, ...), from the config's model key (``tts``).
+    """
+    tasks = [k.removesuffix(TRAIN_CONFIG_SUFFIX) for k in yaml_files if k.endswith("_train_config")]
     main = [t for t in tasks if t not in AUXILIARY_TASKS]
-    return (main or ["unknown"])[0]
+    if main:
+        return main[0]
+    config = (
+        _read_yaml(root / yaml_files[PLAIN_TRAIN_CONFIG])
+        if PLAIN_TRAIN_CONFIG in yaml_files
+        else None
+    )
+    if isinstance(config, dict) and "tts" in config:
+        return "tts"
+    return "unknown"
 
 
 def _generated_inference_config(members: dict[str, str], task: str) -> dict[str, Any]:
-    """An inference config for an ASR bundle that ships none (``Speech2Text`` on its artifacts)."""
-    if task != "asr":
+    """An inference config for a bundle that ships none.
+
+    ``Speech2Text`` (ASR) or ``Text2Speech`` (TTS) on the bundle's artifacts.
+    """
+    generated = GENERATED_BACKENDS.get(task)
+    if generated is None:
         raise InferenceConfigError(
             f"The bundle has no inference config ({DEFAULT_INFERENCE_CONFIG_RELPATH}, or an "
             f"'{DEFAULT_INFERENCE_CONFIG_KEY}' entry in meta.yaml) and its task is {task!r}; "
-            "only ASR bundles get a generated one. Add an inference config to the bundle."
+            "only ASR and TTS bundles get a generated one. Add an inference config to the bundle."
         )
-    model = {"_target_": SPEECH2TEXT}
+    target, input_key = generated
+    model = {"_target_": target}
     model.update({key: RECIPE_DIR_PREFIX + relpath for key, relpath in members.items()})
     model["device"] = "auto"
-    return {"recipe_dir": ".", "input_key": DEFAULT_INPUT_KEY, "model": model}
+    return {"recipe_dir": ".", "input_key": input_key, "model": model}
 
 
 def _user_code_files(
@@ -215,7 +243,7 @@ def plan_bundle(
     files = {k: _member(root, f"files.{k}", v) for k, v in metadata.files.items()}
     yaml_files = {k: _member(root, f"yaml_files.{k}", v) for k, v in metadata.yaml_files.items()}
     plan = BundlePlan(
-        task=_task(list(yaml_files)),
+        task=_task(root, yaml_files),
         espnet_version=str(meta_document.get("espnet", "")),
         languages=metadata.languages,
         target_languages=metadata.target_languages,
@@ -251,7 +279,9 @@ def plan_bundle(
         str(model_node.get("_target_", "")) if isinstance(model_node, dict) else ""
     )
     plan.family = family_of(plan.inference_class)
-    plan.weights_file = files.get(f"{plan.task}{MODEL_FILE_SUFFIX}", "")
+    plan.weights_file = files.get(
+        f"{plan.task}{MODEL_FILE_SUFFIX}", files.get(PLAIN_MODEL_FILE, "")
+    )
     user_files = _user_code_files(
         root,
         inference,
@@ -267,7 +297,9 @@ def plan_bundle(
         referenced |= referenced_files(
             _rewrite_yaml(plan, root, relpath, inference_config=False), root
         )
-    train_config = yaml_files.get(f"{plan.task}{TRAIN_CONFIG_SUFFIX}")
+    train_config = yaml_files.get(
+        f"{plan.task}{TRAIN_CONFIG_SUFFIX}", yaml_files.get(PLAIN_TRAIN_CONFIG)
+    )
     if train_config is not None:
         plan.sample_rate = train_config_sample_rate(_read_yaml(root / train_config))
 

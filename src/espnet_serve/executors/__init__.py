@@ -12,17 +12,19 @@ from typing import Any
 from espnet_serve.executors.asr import AsrExecutor
 from espnet_serve.executors.asr_streaming import AsrStreamingExecutor
 from espnet_serve.executors.asr_transducer import AsrTransducerExecutor
-from espnet_serve.executors.base import DecodeOptions, Executor, Hypothesis
+from espnet_serve.executors.base import DecodeOptions, Executor, FamilyExecutor, Hypothesis
 from espnet_serve.executors.s2t import S2tCtcExecutor, S2tExecutor
 from espnet_serve.executors.st import StExecutor
+from espnet_serve.executors.tts import TtsExecutor
 
-EXECUTORS: tuple[type[Executor], ...] = (
+EXECUTORS: tuple[type[FamilyExecutor], ...] = (
     AsrExecutor,
     AsrTransducerExecutor,
     AsrStreamingExecutor,
     StExecutor,
     S2tExecutor,
     S2tCtcExecutor,
+    TtsExecutor,
 )
 _BY_FAMILY = {executor.family: executor for executor in EXECUTORS}
 _BY_CLASS = {name: executor for executor in EXECUTORS for name in executor.inference_classes}
@@ -57,7 +59,7 @@ def unbatched_reason(inference_class: str) -> str:
     return executor.unbatched_reason if executor is not None else ""
 
 
-def executor_class(family: str | None, inference_class: str = "") -> type[Executor]:
+def executor_class(family: str | None, inference_class: str = "") -> type[FamilyExecutor]:
     """The executor of a family.
 
     Raises:
@@ -72,7 +74,7 @@ def executor_class(family: str | None, inference_class: str = "") -> type[Execut
     return executor
 
 
-def executor_for(session: Any, family: str | None = None) -> Executor:
+def executor_for(session: Any, family: str | None = None) -> FamilyExecutor:
     """Wrap a session in its family's executor (by default, that of its backend's class).
 
     A backend's class is matched by its own dotted path or that of a base class
@@ -93,6 +95,7 @@ __all__ = [
     "EXECUTORS",
     "DecodeOptions",
     "Executor",
+    "FamilyExecutor",
     "Hypothesis",
     "UnsupportedFamilyError",
     "batched_class_of",

@@ -20,6 +20,7 @@ from typing import Any, ClassVar
 # What the HTTP layer may ask of a model (/v1/audio/transcriptions, /v1/audio/translations).
 TRANSCRIBE = "transcribe"
 TRANSLATE = "translate"
+SYNTHESIZE = "synthesize"  # /v1/audio/speech
 TEXT_KEYS = ("text", "hyp")
 # ESPnet writes its special symbols in angle brackets: <blank>, <unk>, <sos/eos>, OWSM's <na>,
 # <eng>, <asr>, <0.00>, ... A vocabulary token of that form is never served as text.
@@ -66,20 +67,19 @@ class Hypothesis:
     language: str | None = None
 
 
-class Executor(ABC):
-    """Decodes with one family's espnet2 inference class.
+class FamilyExecutor(ABC):
+    """Serves one family of espnet2 inference classes: what every executor says of itself.
 
     Class attributes say what the family is; instances wrap one session.
 
     Attributes:
         family: The family's name (``/v1/models``, the model store, ``espnet-serve build``).
-        tasks: What the HTTP layer may ask of it (:data:`TRANSCRIBE`, :data:`TRANSLATE`).
+        tasks: What the HTTP layer may ask of it (:data:`TRANSCRIBE`, :data:`TRANSLATE`,
+            :data:`SYNTHESIZE`).
         inference_classes: The ``_target_`` s of an inference config this executor serves.
         batched_classes: For an espnet2 class of the family, a batched class built from the
             same options, exact for it (none: decoded one clip at a time).
-        unbatched_reason: Why the family is decoded one clip at a time (when it is).
-        leading_frames: Frames at the start of an encoder output it keeps
-            (:meth:`keep_encoder_output`) that hold no audio.
+        unbatched_reason: Why the family is decoded one input at a time (when it is).
 
     Args:
         session: An ``InferenceSession`` whose backend is one of ``inference_classes``.
@@ -90,7 +90,6 @@ class Executor(ABC):
     inference_classes: ClassVar[tuple[str, ...]]
     batched_classes: ClassVar[Mapping[str, str]] = {}
     unbatched_reason: ClassVar[str] = ""
-    leading_frames: ClassVar[int] = 0
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -99,6 +98,17 @@ class Executor(ABC):
     def backend(self) -> Any:
         """The espnet2 object the session calls."""
         return self.session.model
+
+
+class Executor(FamilyExecutor):
+    """Decodes speech with one family's espnet2 inference class (speech in, text out).
+
+    Attributes:
+        leading_frames: Frames at the start of an encoder output it keeps
+            (:meth:`keep_encoder_output`) that hold no audio.
+    """
+
+    leading_frames: ClassVar[int] = 0
 
     def decode(
         self, waves: Sequence[Any], options: Sequence[DecodeOptions] | None = None

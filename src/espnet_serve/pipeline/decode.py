@@ -21,7 +21,13 @@ from typing import Any
 
 from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.backends.sample_errors import InvalidSampleError
-from espnet_serve.executors import DecodeOptions, Executor, Hypothesis, executor_for
+from espnet_serve.executors import (
+    DecodeOptions,
+    Executor,
+    Hypothesis,
+    UnsupportedFamilyError,
+    executor_for,
+)
 from espnet_serve.executors.base import TRANSCRIBE
 from espnet_serve.pipeline.align import Alignment, CtcAligner
 from espnet_serve.pipeline.types import (
@@ -48,13 +54,20 @@ class SegmentDecoder:
             session's backend class).
 
     Raises:
-        UnsupportedFamilyError: If no executor serves the session's backend.
+        UnsupportedFamilyError: If no executor serves the session's backend, or its family
+            does not decode speech.
     """
 
     def __init__(self, session: Any, sample_rate: int, *, family: str | None = None) -> None:
         self.session = session
         self.sample_rate = sample_rate
-        self.executor: Executor = executor_for(session, family)
+        executor = executor_for(session, family)
+        if not isinstance(executor, Executor):
+            raise UnsupportedFamilyError(
+                f"The {executor.family} family does not decode speech (it does: "
+                f"{', '.join(executor.tasks)})."
+            )
+        self.executor: Executor = executor
 
     @cached_property
     def aligner(self) -> CtcAligner | None:

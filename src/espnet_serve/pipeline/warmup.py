@@ -1,13 +1,15 @@
-"""Warm-up: decode speech-like clips through the segment pipeline before reporting ready."""
+"""Warm-up before reporting ready: speech-like clips decoded, or a sentence spoken."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.executors.tts import TtsExecutor
 from espnet_serve.pipeline.decode import SegmentDecodeError, SegmentDecoder
 
 WARMUP_SECONDS = (1.5, 0.8)
+WARMUP_SENTENCE = "Hello, this is a test of one two three."
 FUNDAMENTAL_HZ = 120.0
 SYLLABLES_PER_SECOND = 4.0
 
@@ -50,3 +52,21 @@ def warm_up(decoder: SegmentDecoder) -> list[str]:
             raise WarmupError(f"a {clip.end:g} s clip: {outcome}") from outcome
         texts.append(outcome.text)
     return texts
+
+
+def warm_up_synthesis(synthesizer: TtsExecutor) -> int:
+    """Speak :data:`WARMUP_SENTENCE` in the default voice and check audio came out.
+
+    Returns:
+        int: How many samples it gave.
+
+    Raises:
+        WarmupError: If the synthesis failed or gave no samples.
+    """
+    try:
+        samples = synthesizer.synthesize(WARMUP_SENTENCE)
+    except Exception as exc:
+        raise WarmupError(f"speaking {WARMUP_SENTENCE!r}: {exc}") from exc
+    if not samples.size or not np.isfinite(samples).all():
+        raise WarmupError(f"speaking {WARMUP_SENTENCE!r} gave no finite samples")
+    return int(samples.size)

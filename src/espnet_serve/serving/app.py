@@ -7,7 +7,8 @@ own routes, ``/livez``, ``/readyz`` and ``/metrics``):
    draining; once the body is in, 503 past the admission limit;
 2. :class:`~espnet_serve.serving.middleware.upload_limits.UploadLimitsMiddleware`: 413 too
    large, 408 too slow, 503 past the worker's bytes held;
-3. the routes (:mod:`espnet_serve.serving.routes`), whose errors
+3. the routes (:mod:`espnet_serve.serving.routes`: transcriptions, translations, speech,
+   models), whose errors
    :mod:`espnet_serve.serving.errors` renders as JSON.
 """
 
@@ -28,9 +29,10 @@ from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
 from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
-from espnet_serve.serving.routes import models, transcriptions, translations
+from espnet_serve.serving.routes import models, speech, transcriptions, translations
 from espnet_serve.serving.served_model import ServedModel
 from espnet_serve.serving.settings import ServeSettings
+from espnet_serve.serving.speech import SpeechHandler
 
 # Room for the multipart envelope and the small form fields around the file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
@@ -94,7 +96,7 @@ def build_app(
     )
     app.add_middleware(
         AdmissionMiddleware,
-        routes=transcriptions.ROUTES + translations.ROUTES,
+        routes=transcriptions.ROUTES + translations.ROUTES + speech.ROUTES,
         in_flight=in_flight or InFlight(),
         limit=settings.max_pending_requests,
         retry_after_seconds=settings.retry_after_seconds,
@@ -106,6 +108,7 @@ def build_app(
     app.include_router(models.router)
     app.include_router(transcriptions.router)
     app.include_router(translations.router)
+    app.include_router(speech.router)
     if model_client is not None:
         connect(app, model_client)
     return app
@@ -121,3 +124,4 @@ def connect(app: FastAPI, model_client: ModelClient) -> None:
     served = ServedModel(settings, model_client)
     app.state.served_model = served
     app.state.transcriptions = TranscriptionHandler(settings, model_client, served)
+    app.state.speech = SpeechHandler(model_client, served)

@@ -168,7 +168,7 @@ class TranscriptionHandler:
         try:
             return await self._open(upload)
         except BaseException as exc:
-            _count_failure(route, exc)
+            count_failure(route, exc)
             raise
 
     async def _open(self, upload: UploadFile) -> OpenedUpload:
@@ -205,7 +205,7 @@ class TranscriptionHandler:
             async for segment in self._decoded(opened, words, options or DecodeOptions()):
                 yield segment
         except BaseException as exc:
-            _count_failure(route, exc)
+            count_failure(route, exc)
             raise
         finally:
             opened.close()
@@ -236,7 +236,7 @@ class TranscriptionHandler:
                 task.cancel()
 
 
-def _count_failure(route: str, exc: BaseException) -> None:
+def count_failure(route: str, exc: BaseException) -> None:
     """Count a failed request once, by its error's code."""
     if isinstance(exc, asyncio.CancelledError | GeneratorExit):
         return

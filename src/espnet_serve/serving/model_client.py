@@ -22,7 +22,14 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 
 from espnet_serve.serving.errors import ApiError, InternalError, model_unavailable
 from espnet_serve.serving.metrics import get_metrics
-from espnet_serve.serving.rpc import ModelInfo, Readiness, SegmentRequest, SegmentResult
+from espnet_serve.serving.rpc import (
+    ModelInfo,
+    Readiness,
+    SegmentRequest,
+    SegmentResult,
+    SynthesisRequest,
+    SynthesisResult,
+)
 
 logger = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -99,6 +106,9 @@ class ModelClient(Protocol):
     async def decode(self, request: SegmentRequest) -> SegmentResult:
         """One segment decoded, or its error (batched with others by the model service)."""
 
+    async def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+        """One sentence spoken, or its error."""
+
 
 class BentoModelClient:
     """:class:`ModelClient` over a BentoML dependency (``bentoml.depends(ModelService)``).
@@ -140,17 +150,37 @@ class BentoModelClient:
             ApiError: ``model_unavailable`` (503, ``Retry-After``) when no worker came back
                 in time; see :func:`call_model` for the others.
         """
-        deadline = request.sent_at + self._timeout
+        (result,) = await self._resent_if_lost(
+            lambda: self._calls.decode([request]),
+            sent_at=request.sent_at,
+            what="decode",
+            lost_what=f"decoding segment {request.index}",
+        )
+        return result
+
+    async def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+        """See :class:`ModelClient`; sent again when lost with its worker, as :meth:`decode`.
+
+        A synthesis is seeded, hence idempotent too.
+        """
+        return await self._resent_if_lost(
+            lambda: self._calls.synthesize(request),
+            sent_at=request.sent_at,
+            what="synthesize",
+            lost_what="speaking a sentence",
+        )
+
+    async def _resent_if_lost(
+        self, call: Callable[[], Awaitable[T]], *, sent_at: float, what: str, lost_what: str
+    ) -> T:
+        """Make ``call``; when its worker is lost, again once one is ready, until the timeout."""
+        deadline = sent_at + self._timeout
         lost = False
         while True:
             try:
-                (result,) = await call_model(
-                    lambda: self._calls.decode([request]),
-                    what="decode",
-                    retry_after_seconds=self._retry_after,
-                    connection_retries=0,
+                return await call_model(
+                    call, what=what, retry_after_seconds=self._retry_after, connection_retries=0
                 )
-                return result
             except ApiError as exc:
                 lost = lost or _connection_lost(exc)
                 if not (lost and exc.code == "model_unavailable"):
@@ -163,9 +193,8 @@ class BentoModelClient:
                     ) from exc
                 get_metrics().segments_resent.inc()
                 logger.warning(
-                    "The model worker decoding segment %d was lost; a worker is ready again, "
-                    "sending the segment again.",
-                    request.index,
+                    "The model worker %s was lost; a worker is ready again, sending it again.",
+                    lost_what,
                 )
 
     async def _ready_by(self, deadline: float) -> bool:

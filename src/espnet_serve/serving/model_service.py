@@ -1,5 +1,9 @@
 """The model service: one InferenceSession, fed by BentoML's adaptive batcher.
 
+A speech-to-text model decodes batches of segments (``decode``); a synthesis model
+speaks one sentence per call (``synthesize``: espnet2's ``Text2Speech`` takes one
+text, see :class:`~espnet_serve.executors.tts.TtsExecutor`).
+
 Runs on a GPU when the pod has one (``resources={"gpu": N}``), else on CPU.
 Each batch of segments goes through the segment pipeline
 (:class:`espnet_serve.pipeline.decode.SegmentDecoder`): one bad segment never
@@ -23,13 +27,22 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 
 from espnet_serve.executors import UnsupportedFamilyError, executor_class
+from espnet_serve.executors.tts import SynthesisInputError, SynthesisOptions, TtsExecutor
 from espnet_serve.pipeline.decode import SegmentDecoder
-from espnet_serve.pipeline.types import SegmentDecodeError
-from espnet_serve.pipeline.warmup import WarmupError, warm_up
+from espnet_serve.pipeline.types import DECODE_FAILED, SegmentDecodeError
+from espnet_serve.pipeline.warmup import WarmupError, warm_up, warm_up_synthesis
 from espnet_serve.serving.drain import SigtermDrain
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.middleware.inflight import InFlight, InFlightMiddleware
-from espnet_serve.serving.rpc import ModelInfo, Readiness, SegmentRequest, SegmentResult
+from espnet_serve.serving.rpc import (
+    ModelInfo,
+    Readiness,
+    SegmentFailure,
+    SegmentRequest,
+    SegmentResult,
+    SynthesisRequest,
+    SynthesisResult,
+)
 from espnet_serve.serving.settings import get_settings
 
 logger = logging.getLogger(__name__)
@@ -85,6 +98,8 @@ class ModelService:
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
+        self.decoder: SegmentDecoder | None = None
+        self.synthesizer: TtsExecutor | None = None
         self._loaded = threading.Event()
         self.unready_reason = "the model is loading"
         self.drain = SigtermDrain(
@@ -112,23 +127,21 @@ class ModelService:
                 batched_backend=settings.batched_backend,
                 **(backend_options if settings.batched_backend else {}),
             )
-            self.decoder = SegmentDecoder(session, spec.sample_rate, family=spec.family)
             self.info = ModelInfo(
                 name=self.bento_model.tag.name,
                 version=str(self.bento_model.tag.version),
                 sha256=spec.weights_sha256,
                 sample_rate=spec.sample_rate,
-                min_samples=self.decoder.executor.min_samples(),
-                languages=spec.languages or list(self.decoder.executor.languages()),
-                target_languages=spec.target_languages
-                or list(self.decoder.executor.target_languages()),
+                languages=spec.languages,
+                target_languages=spec.target_languages,
                 created=int(self.bento_model.info.creation_time.timestamp()),
-                word_timestamps=self.decoder.word_timestamps,
                 family=executor.family,
                 tasks=list(executor.tasks),
             )
-            if settings.warmup:
-                warm_up(self.decoder)
+            if issubclass(executor, TtsExecutor):
+                self._load_synthesizer(TtsExecutor(session))
+            else:
+                self._load_decoder(SegmentDecoder(session, spec.sample_rate, family=spec.family))
         except UnsupportedFamilyError as exc:
             self.unready_reason = str(exc)
             logger.error("Model %s: %s The service stays unready.", self.bento_model.tag, exc)
@@ -151,6 +164,34 @@ class ModelService:
             self.info.family,
             self.info.sha256[:12],
         )
+
+    def _load_decoder(self, decoder: SegmentDecoder) -> None:
+        """Serve a speech-to-text model: complete its info, warm it up."""
+        self.decoder = decoder
+        executor = decoder.executor
+        self.info = self.info.model_copy(
+            update={
+                "min_samples": executor.min_samples(),
+                "languages": self.info.languages or list(executor.languages()),
+                "target_languages": self.info.target_languages or list(executor.target_languages()),
+                "word_timestamps": decoder.word_timestamps,
+            }
+        )
+        if settings.warmup:
+            warm_up(decoder)
+
+    def _load_synthesizer(self, synthesizer: TtsExecutor) -> None:
+        """Serve a synthesis model: complete its info, warm it up."""
+        self.synthesizer = synthesizer
+        self.info = self.info.model_copy(
+            update={
+                "sample_rate": synthesizer.sample_rate,
+                "voices": list(synthesizer.voices),
+                "speed_control": synthesizer.speed_control,
+            }
+        )
+        if settings.warmup:
+            warm_up_synthesis(synthesizer)
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded, verified and warmed up, until SIGTERM."""
@@ -181,6 +222,11 @@ class ModelService:
     def decode(self, requests: list[SegmentRequest]) -> DecodeResults:
         """Decode a batch of segments; each gets its segment or its own error."""
         self._require_loaded()
+        if self.decoder is None:
+            failure = SegmentFailure(
+                code="task_unsupported", message="This model does not decode speech."
+            )
+            return [SegmentResult(failure=failure) for _ in requests]
         started = time.time()
         for request in requests:
             self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
@@ -201,6 +247,28 @@ class ModelService:
         if audio_seconds > 0:
             self.metrics.batch_rtf.observe(elapsed / audio_seconds)
         return [SegmentResult.of(outcome) for outcome in outcomes]
+
+    @bentoml.api
+    def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
+        """Speak one sentence (one at a time: see :class:`TtsExecutor`); samples or the error."""
+        self._require_loaded()
+        if self.synthesizer is None:
+            failure = SegmentFailure(code="task_unsupported", message="This model does not speak.")
+            return SynthesisResult(failure=failure)
+        started = time.time()
+        self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
+        options = SynthesisOptions(voice=request.voice, speed=request.speed)
+        try:
+            samples = self.synthesizer.synthesize(request.text, options)
+        except SynthesisInputError as exc:
+            return SynthesisResult(failure=SegmentFailure(code=exc.code, message=str(exc)))
+        except Exception as exc:
+            logger.exception("Synthesis failed.")
+            message = f"Synthesis failed: {type(exc).__name__}: {exc}"
+            return SynthesisResult(failure=SegmentFailure(code=DECODE_FAILED, message=message))
+        self.metrics.decode_seconds.observe(time.time() - started)
+        self.metrics.audio_seconds.inc(len(samples) / self.info.sample_rate)
+        return SynthesisResult.of(samples)
 
 
 ModelService.add_asgi_middleware(InFlightMiddleware, in_flight=MODEL_IN_FLIGHT)

@@ -1,4 +1,4 @@
-"""The HTTP wire: OpenAI's transcription and translation requests and responses, errors.
+"""The HTTP wire: OpenAI's transcription, translation and speech requests and responses, errors.
 
 Requests are validated here, in one place (:class:`TranscriptionForm`,
 :class:`TranslationForm`): types and ranges by pydantic (422 when they are
@@ -10,11 +10,13 @@ request handler.
 
 from __future__ import annotations
 
+import unicodedata
 from enum import StrEnum
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from espnet_serve.audio.encode import FORMATS, UNSUPPORTED_FORMATS
 from espnet_serve.executors.base import DEFAULT_TARGET_LANGUAGE
 from espnet_serve.languages import language_name
 from espnet_serve.pipeline.types import Segment, Word
@@ -246,11 +248,14 @@ class ModelObject(BaseModel):
     family: str = Field(description="The espnet2 model family (asr, asr_transducer, ...).")
     tasks: list[str] = Field(
         description="What the model does on this server: transcribe (/v1/audio/transcriptions), "
-        "translate (/v1/audio/translations)."
+        "translate (/v1/audio/translations), synthesize (/v1/audio/speech)."
     )
     languages: list[str] = Field(description="ISO-639-1 codes of the speech it takes, if known.")
     target_languages: list[str] = Field(
         description="ISO-639-1 codes a translation model writes, if known."
+    )
+    voices: list[str] = Field(
+        default_factory=list, description="A speech model's voices, its default first."
     )
 
 
@@ -278,3 +283,89 @@ class ErrorResponse(BaseModel):
     """Every 4xx/5xx response body: ``{"error": {...}}``."""
 
     error: ErrorDetail
+
+
+MAX_SPEECH_INPUT_CHARS = 4096  # OpenAI's limit on /v1/audio/speech's input
+MIN_SPEED, MAX_SPEED = 0.25, 4.0  # OpenAI's range of speed
+# OpenAI's voice names: each selects the model's default voice (unless it has one so named).
+OPENAI_VOICES = frozenset(
+    {"alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer"}
+    | {"verse", "marin", "cedar"}
+)
+# Unicode categories no voice speaks: control characters (bar line breaks and tabs),
+# private-use, surrogate and unassigned code points, and symbols such as emoji.
+UNSPEAKABLE_CATEGORIES = frozenset({"Cc", "Co", "Cs", "Cn", "So"})
+SPOKEN_CONTROLS = frozenset("\t\n\r")
+
+
+class SpeechRequest(BaseModel):
+    """OpenAI's ``POST /v1/audio/speech`` body (JSON).
+
+    ``instructions`` is accepted and ignored: ESPnet's models take no style prompt.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    input: str = Field(description=f"The text to speak (at most {MAX_SPEECH_INPUT_CHARS} chars).")
+    voice: str | None = Field(
+        default=None,
+        description="One of the model's voices (GET /v1/models); OpenAI's names (alloy, ...) "
+        "give its default voice.",
+    )
+    response_format: str = Field(default="mp3", description="mp3, opus, flac, wav or pcm.")
+    speed: float = Field(default=1.0, ge=MIN_SPEED, le=MAX_SPEED)
+    instructions: str | None = None
+    stream_format: str = Field(default="audio", description="audio (sse is not served).")
+
+    @field_validator("input")
+    @classmethod
+    def _speakable(cls, text: str) -> str:
+        if not text.strip():
+            raise InvalidOptionError("input is empty: give the text to speak.", param="input")
+        if len(text) > MAX_SPEECH_INPUT_CHARS:
+            raise InvalidOptionError(
+                f"input has {len(text)} characters; the limit is {MAX_SPEECH_INPUT_CHARS}. "
+                "Split the text into several requests.",
+                param="input",
+            )
+        found = sorted(
+            {
+                char
+                for char in text
+                if unicodedata.category(char) in UNSPEAKABLE_CATEGORIES
+                and char not in SPOKEN_CONTROLS
+            }
+        )
+        if found:
+            named = ", ".join(f"U+{ord(char):04X}" for char in found[:5])
+            raise InvalidOptionError(
+                f"input holds characters no voice can speak ({named}"
+                f"{', ...' if len(found) > 5 else ''}): control characters, symbols such as "
+                "emoji, or unassigned code points. Remove them.",
+                param="input",
+            )
+        return text
+
+    @field_validator("response_format")
+    @classmethod
+    def _known_format(cls, name: str) -> str:
+        if name not in FORMATS:
+            served = ", ".join(FORMATS)
+            why = "has no encoder here" if name in UNSUPPORTED_FORMATS else "is not a format"
+            raise InvalidOptionError(
+                f"response_format {name!r} {why}; choose one of: {served}.",
+                param="response_format",
+            )
+        return name
+
+    @field_validator("stream_format")
+    @classmethod
+    def _audio_stream(cls, name: str) -> str:
+        if name != "audio":
+            raise InvalidOptionError(
+                f"stream_format {name!r} is not served: the audio itself is streamed "
+                "(stream_format 'audio').",
+                param="stream_format",
+            )
+        return name

@@ -2,7 +2,8 @@
 
 One :class:`SegmentRequest` per audio segment goes to the model service's batcher;
 one :class:`SegmentResult` comes back: the decoded :class:`Segment`, in recording
-time, or the error that segment met.
+time, or the error that segment met. A synthesis sends one :class:`SynthesisRequest`
+per sentence and gets its samples back in a :class:`SynthesisResult`.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Annotated
 
 import numpy as np
 from bentoml.validators import TensorSchema
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.executors.base import DecodeOptions
@@ -83,6 +84,35 @@ class SegmentResult(BaseModel):
         return SegmentDecodeError(failure.message, code=failure.code)
 
 
+class SynthesisRequest(BaseModel):
+    """One sentence to speak, with its request's voice and speed (already checked)."""
+
+    text: str
+    voice: str | None = Field(default=None, description="A voice of the model (None: default).")
+    speed: float = 1.0
+    sent_at: float = Field(
+        default_factory=time.time, description="time.time() when the API service sent it."
+    )
+
+
+class SynthesisResult(BaseModel):
+    """The model service's answer for one sentence: its samples or its failure."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    samples: bytes = Field(default=b"", description="Mono float32, little-endian.")
+    failure: SegmentFailure | None = None
+
+    @classmethod
+    def of(cls, samples: np.ndarray) -> SynthesisResult:
+        """The result holding ``samples``."""
+        return cls(samples=np.asarray(samples, dtype="<f4").tobytes())
+
+    def waveform(self) -> np.ndarray:
+        """The samples as a float32 array."""
+        return np.frombuffer(self.samples, dtype="<f4").astype(np.float32)
+
+
 class ModelInfo(BaseModel):
     """What the model service serves."""
 
@@ -100,7 +130,13 @@ class ModelInfo(BaseModel):
         default=False, description="Whether the model can time words (it has a CTC head)."
     )
     family: str = Field(description="The model's family (its executor).")
-    tasks: list[str] = Field(description="What the model does (transcribe, translate).")
+    tasks: list[str] = Field(description="What the model does (transcribe, translate, synthesize).")
+    voices: list[str] = Field(
+        default_factory=list, description="A synthesis model's voices, its default first."
+    )
+    speed_control: bool = Field(
+        default=False, description="Whether a synthesis model can change its speaking rate."
+    )
 
     @property
     def tag(self) -> str:

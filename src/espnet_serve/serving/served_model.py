@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-from espnet_serve.executors.base import TRANSCRIBE, TRANSLATE
+from espnet_serve.executors.base import SYNTHESIZE, TRANSCRIBE, TRANSLATE
 from espnet_serve.languages import language_name
 from espnet_serve.serving.errors import ApiError, model_unavailable
 from espnet_serve.serving.model_client import ModelClient
+from espnet_serve.serving.protocol import OPENAI_VOICES
 from espnet_serve.serving.rpc import ModelInfo
 from espnet_serve.serving.settings import ServeSettings
 
 # How an error message says what a model does.
-TASK_VERBS = {TRANSCRIBE: "transcribes", TRANSLATE: "translates"}
+TASK_VERBS = {TRANSCRIBE: "transcribes", TRANSLATE: "translates", SYNTHESIZE: "speaks"}
 
 
 class ServedModel:
@@ -35,12 +36,16 @@ class ServedModel:
             self._info = await self.client.model_info()
         return self._info
 
+    def aliases(self, info: ModelInfo) -> frozenset[str]:
+        """The aliases the served model answers to: a synthesis model's, or the others'."""
+        return self.settings.aliases(speech=SYNTHESIZE in info.tasks)
+
     async def named(self, requested: str) -> ModelInfo:
         """The served model if ``requested`` names it (its tag, name or an alias), else 404."""
         info = await self.info()
-        if requested in {info.tag, info.name, *self.settings.aliases()}:
+        if requested in {info.tag, info.name, *self.aliases(info)}:
             return info
-        accepted = ", ".join(sorted({info.name, *self.settings.aliases()}))
+        accepted = ", ".join(sorted({info.name, *self.aliases(info)}))
         raise ApiError(
             "model_not_found",
             f"The model {requested!r} does not exist: this server serves {info.tag!r} "
@@ -95,6 +100,34 @@ class ServedModel:
                 "task_unsupported",
                 f"This model {does} only: it cannot {task}.",
                 param="model",
+            )
+
+    async def voice(self, requested: str | None) -> str:
+        """The served voice for a request's ``voice``; 400 for one the model does not have.
+
+        ``None`` and OpenAI's voice names (unless the model has a voice so named) give the
+        model's default voice.
+        """
+        voices = (await self.info()).voices
+        if requested in voices:
+            return requested
+        if requested is None or requested in OPENAI_VOICES:
+            return voices[0]
+        raise ApiError(
+            "unknown_voice",
+            f"The voice {requested!r} does not exist; this model has: {', '.join(voices)} "
+            f"(OpenAI's voice names give {voices[0]!r}).",
+            param="voice",
+        )
+
+    async def check_speed(self, speed: float) -> None:
+        """400 when ``speed`` is not 1 and the model cannot change its speaking rate."""
+        info = await self.info()
+        if speed != 1.0 and not info.speed_control:
+            raise ApiError(
+                "speed_unsupported",
+                f"This model ({info.family}) cannot change its speaking rate; leave speed at 1.",
+                param="speed",
             )
 
     async def check_word_timestamps(self) -> None:

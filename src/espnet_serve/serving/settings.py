@@ -60,8 +60,10 @@ class ServeSettings(BaseSettings):
         drain_quiet_seconds: After SIGTERM, the model service exits once it has had
             no request in flight for this long (the API service may still be
             sending what it accepted).
-        model_aliases: Comma-separated model names accepted as the served model
-            (clients send ``whisper-1`` by habit).
+        model_aliases: Comma-separated model names accepted as a served speech-to-text
+            model (clients send ``whisper-1`` by habit).
+        speech_model_aliases: Comma-separated model names accepted as a served speech
+            synthesis model (OpenAI's ``tts-1``, ...).
         api_keys: Comma-separated API keys; with these or ``api_key_hashes_file``,
             every route but ``/livez`` and ``/readyz`` needs ``Authorization: Bearer``.
         api_key_hashes_file: A file of key hashes (lowercase hex sha256 of each key,
@@ -93,6 +95,7 @@ class ServeSettings(BaseSettings):
     drain_timeout_seconds: float = Field(default=30.0, gt=0)
     drain_quiet_seconds: float = Field(default=2.0, ge=0)
     model_aliases: str = "whisper-1"
+    speech_model_aliases: str = "tts-1,tts-1-hd,gpt-4o-mini-tts"
     api_keys: SecretStr | None = None
     api_key_hashes_file: Path | None = None
     protect_metrics: bool = False
@@ -109,9 +112,10 @@ class ServeSettings(BaseSettings):
             )
         return self
 
-    def aliases(self) -> frozenset[str]:
-        """The model names accepted as the served model besides its own."""
-        return frozenset(name.strip() for name in self.model_aliases.split(",") if name.strip())
+    def aliases(self, *, speech: bool = False) -> frozenset[str]:
+        """The model names accepted besides its own by a speech-to-text (or synthesis) model."""
+        names = self.speech_model_aliases if speech else self.model_aliases
+        return frozenset(name.strip() for name in names.split(",") if name.strip())
 
 
 @lru_cache(maxsize=1)

@@ -33,6 +33,7 @@ def model_object(info: ModelInfo) -> ModelObject:
         tasks=info.tasks,
         languages=info.languages,
         target_languages=info.target_languages,
+        voices=info.voices,
     )
 
 
