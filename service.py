@@ -9,10 +9,10 @@ import os
 os.environ.setdefault("BENTOML_NO_UDS", "1")
 
 from espnet_serve.serving.api_service import ApiService
-from espnet_serve.serving.model_service import ModelService
+from espnet_serve.serving.model_service import MODEL_SERVICES, ModelService
 
 # BentoML's server logging leaves the root logger at WARNING: keep our INFO lines (one access
 # line per request with its id, model ready, SIGTERM drain).
 logging.getLogger("espnet_serve").setLevel(logging.INFO)
 
-__all__ = ["ApiService", "ModelService"]
+__all__ = ["MODEL_SERVICES", "ApiService", "ModelService"]

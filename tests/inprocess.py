@@ -28,7 +28,9 @@ def served_app(
     settings: ServeSettings, fake: FakeModelClient, *, draining: bool = False
 ) -> ASGIApp:
     """The app the API service serves, over ``fake``."""
-    app = build_app(settings, model_client=fake, in_flight=InFlight(), is_draining=lambda: draining)
+    app = build_app(
+        settings, model_clients=[fake], in_flight=InFlight(), is_draining=lambda: draining
+    )
     middleware = edge_middlewares(settings, is_draining=lambda: draining)
     return Starlette(routes=[Mount("/", app=app)], middleware=middleware)
 

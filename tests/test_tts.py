@@ -10,6 +10,7 @@ generates the ``Text2Speech`` one). The reference is ``Text2Speech`` in-process 
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import io
 import tarfile
@@ -272,3 +273,81 @@ def test_speech_over_http_is_text2speech_sample_for_sample(tmp_path: Path, vits:
     assert transcribing.status_code == 400
     assert transcribing.json()["error"]["code"] == "task_unsupported"
     assert after.status_code == 200 and after.headers["content-type"] == "audio/mpeg"
+
+
+@pytest.mark.slow
+def test_one_server_serves_the_asr_and_the_tts_model_each_in_its_own_batches(
+    tmp_path: Path, vits: Path
+):
+    from espnet_serve.assets import load_heldout
+    from espnet_serve.serving.settings import DEFAULT_MODEL_TAG
+    from tests.server import import_default_model, serve_env, start_server
+    from tests.test_executors import build
+
+    home = tmp_path / "home"
+    home.mkdir()
+    import_default_model(home)
+    env = serve_env(home, model_tag=f"{DEFAULT_MODEL_TAG},vits:latest")
+    assert build(vits, "vits", env).returncode == 0
+    server = start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
+    clips = load_heldout(8)
+    try:
+        models = httpx.get(f"{server.url}/v1/models").json()["data"]
+
+        async def mixed() -> tuple[list[str], list[bytes]]:
+            sdk = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+
+            async def transcribe(clip: Any) -> str:
+                answer = await sdk.audio.transcriptions.create(
+                    model="whisper-1", file=(clip.path.name, clip.path.read_bytes())
+                )
+                return answer.text
+
+            async def speak(text: str) -> bytes:
+                answer = await sdk.audio.speech.create(
+                    model="tts-1", voice="alloy", input=text, response_format="wav"
+                )
+                return answer.content
+
+            texts = asyncio.gather(*(transcribe(clip) for clip in clips))
+            speech = asyncio.gather(*(speak(text) for text in TEXTS * 3))
+            return await texts, await speech
+
+        texts, speech = asyncio.run(mixed())
+        metrics = httpx.get(f"{server.url}/metrics").text
+        alone = [
+            httpx.post(
+                f"{server.url}/v1/audio/transcriptions",
+                files={"file": clip.path.read_bytes()},
+                data={"model": "whisper-1"},
+                timeout=60,
+            ).json()["text"]
+            for clip in clips
+        ]
+    finally:
+        server.stop()
+
+    assert [m["tasks"] for m in models] == [["transcribe"], ["synthesize"]]
+    assert models[0]["id"].startswith(DEFAULT_MODEL_TAG.split(":")[0])
+    assert models[1]["id"].startswith("vits:") and models[1]["voices"] == ["default"]
+    assert texts == alone and any(texts)
+    reference = text2speech(vits, tmp_path)
+    expected = [pcm16_of(flat_wav(reference(text))) for text in TEXTS * 3]
+    assert all(
+        np.array_equal(soundfile.read(io.BytesIO(wav), dtype="int16")[0], want)
+        for wav, want in zip(speech, expected, strict=True)
+    )
+    # Each model has its own service, worker and batcher: the ASR model's only decodes, the
+    # TTS model's only speaks (BentoML's request counts, by service and endpoint).
+    served = {
+        (line.split('service_name="')[1].split('"')[0], line.split('endpoint="')[1].split('"')[0])
+        for line in metrics.splitlines()
+        if line.startswith("bentoml_service_request_total{")
+        and 'service_name="ModelService' in line
+        and not line.rstrip().endswith(" 0.0")
+    }
+    assert {"/decode", "/synthesize"} <= {endpoint for _, endpoint in served}
+    assert {service for service, endpoint in served if endpoint == "/decode"} == {"ModelService"}
+    assert {service for service, endpoint in served if endpoint == "/synthesize"} == {
+        "ModelService2"
+    }

@@ -71,6 +71,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--bento", action="store_true", help="Also build a Bento serving the imported model."
     )
     parser.add_argument(
+        "--with-model",
+        dest="with_models",
+        action="append",
+        default=[],
+        metavar="TAG",
+        help="With --bento: also serve this stored model (repeatable; e.g. a TTS model beside "
+        "an ASR one). Each gets its own model service; the imported model comes first.",
+    )
+    parser.add_argument(
         "--bentofile",
         type=Path,
         default=Path("bentofile.yaml"),
@@ -79,10 +88,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def build_bento(model_tag: str, bentofile: Path) -> tuple[str, Path]:
-    """Run ``bentoml build`` for a stored model.
+    """Run ``bentoml build`` for stored models.
 
     Args:
-        model_tag: The exact model tag (``name:version``) the Bento serves.
+        model_tag: The exact model tag (``name:version``) the Bento serves, or several,
+            comma-separated.
         bentofile: The ``bentofile.yaml``; its directory is the build context.
 
     Returns:
@@ -124,6 +134,21 @@ def build_bento(model_tag: str, bentofile: Path) -> tuple[str, Path]:
     return str(bento.tag), Path(bento.path) / DOCKERFILE_RELPATH
 
 
+def exact_tag(tag: str) -> str:
+    """The exact ``name:version`` of a stored model (``latest`` resolved).
+
+    Raises:
+        ValueError: If the store has no such model.
+    """
+    import bentoml
+    from bentoml.exceptions import NotFound
+
+    try:
+        return str(bentoml.models.get(tag).tag)
+    except NotFound as exc:
+        raise ValueError(f"--with-model {tag}: no such model in the store.") from exc
+
+
 def main(args: argparse.Namespace) -> int:
     """Run ``espnet-serve build``; returns the exit status."""
     from espnet_serve.bundle.store import import_bundle, stored_spec
@@ -152,7 +177,9 @@ def main(args: argparse.Namespace) -> int:
             )
             print(f"Target languages: {targets}")
         if args.bento:
-            bento_tag, dockerfile = build_bento(str(model.tag), args.bentofile)
+            served = [str(model.tag), *(exact_tag(tag) for tag in args.with_models)]
+            bento_tag, dockerfile = build_bento(",".join(served), args.bentofile)
+            print(f"Models: {', '.join(served)}")
             print(f"Bento: {bento_tag}")
             print(f"Dockerfile: {dockerfile}")
             print(f"Serve it: bentoml serve {bento_tag} --timeout-keep-alive {KEEP_ALIVE_SECONDS}")

@@ -15,7 +15,7 @@ from espnet_serve.serving.app import build_app, connect, edge_middlewares
 from espnet_serve.serving.drain import SigtermDrain
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.model_client import BentoModelClient
-from espnet_serve.serving.model_service import ModelService
+from espnet_serve.serving.model_service import MODEL_SERVICES
 from espnet_serve.serving.settings import get_settings
 
 settings = get_settings()
@@ -32,34 +32,47 @@ API_DRAIN = SigtermDrain(
 app = build_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAIN.draining)
 
 
-@bentoml.service(
-    name="ApiService",
-    workers=settings.api_workers,
-    traffic={"timeout": settings.api_timeout_seconds},
-)
-@bentoml.asgi_app(app)
-class ApiService:
-    """Front door: audio in, transcript out."""
+class _ApiService:
+    """Front door: audio in, transcript out; text in, speech out.
 
-    model = bentoml.depends(ModelService)
+    One dependency per served model (``model``, ``model2``, ...: :data:`MODEL_SERVICES`).
+    """
 
     def __init__(self) -> None:
-        self.client = BentoModelClient(
-            self.model,
-            retry_after_seconds=settings.retry_after_seconds,
-            request_timeout_seconds=settings.request_timeout_seconds,
-        )
-        connect(app, self.client)
+        self.clients = [
+            BentoModelClient(
+                getattr(self, dependency_name(index)),
+                retry_after_seconds=settings.retry_after_seconds,
+                request_timeout_seconds=settings.request_timeout_seconds,
+            )
+            for index in range(len(MODEL_SERVICES))
+        ]
+        connect(app, self.clients)
         API_DRAIN.install()
 
     async def __is_ready__(self) -> bool:
-        """Ready while not draining and the model service is ready (else 503 with the reason)."""
+        """Ready while not draining and every model is ready (else 503 with the reason)."""
         if API_DRAIN.draining:
             raise HTTPException(503, "Shutting down: finishing the requests in flight.")
-        readiness = await self.client.readiness()
-        if not readiness.ready:
-            raise HTTPException(503, f"The model is not ready: {readiness.reason}")
+        for client in self.clients:
+            readiness = await client.readiness()
+            if not readiness.ready:
+                raise HTTPException(503, f"The model is not ready: {readiness.reason}")
         return True
+
+
+def dependency_name(index: int) -> str:
+    """The API service's attribute for the ``index``-th model service."""
+    return "model" if index == 0 else f"model{index + 1}"
+
+
+for _index, _service in enumerate(MODEL_SERVICES):
+    setattr(_ApiService, dependency_name(_index), bentoml.depends(_service))
+ApiService = bentoml.service(
+    name="ApiService",
+    workers=settings.api_workers,
+    traffic={"timeout": settings.api_timeout_seconds},
+)(bentoml.asgi_app(app)(_ApiService))
 
 
 for _middleware in edge_middlewares(settings, is_draining=lambda: API_DRAIN.draining):

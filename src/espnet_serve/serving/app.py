@@ -14,7 +14,7 @@ own routes, ``/livez``, ``/readyz`` and ``/metrics``):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 from fastapi import FastAPI
 from starlette.middleware import Middleware
@@ -30,7 +30,7 @@ from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
 from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.routes import models, speech, transcriptions, translations
-from espnet_serve.serving.served_model import ServedModel
+from espnet_serve.serving.served_model import ServedModel, ServedModels
 from espnet_serve.serving.settings import ServeSettings
 from espnet_serve.serving.speech import SpeechHandler
 
@@ -64,7 +64,7 @@ def edge_middlewares(
 def build_app(
     settings: ServeSettings,
     *,
-    model_client: ModelClient | None = None,
+    model_clients: Sequence[ModelClient] | None = None,
     in_flight: InFlight | None = None,
     is_draining: Callable[[], bool] = lambda: False,
 ) -> FastAPI:
@@ -72,7 +72,8 @@ def build_app(
 
     Args:
         settings: Limits, admission limit and ``Retry-After``.
-        model_client: The model service; without one, :func:`connect` it before serving.
+        model_clients: The model services, one per model; without them, :func:`connect`
+            them before serving.
         in_flight: Counts the transcriptions in flight from their arrival (the SIGTERM
             drain waits on it).
         is_draining: Whether the worker is shutting down (then everything is refused).
@@ -109,8 +110,8 @@ def build_app(
     app.include_router(transcriptions.router)
     app.include_router(translations.router)
     app.include_router(speech.router)
-    if model_client is not None:
-        connect(app, model_client)
+    if model_clients is not None:
+        connect(app, model_clients)
     return app
 
 
@@ -118,10 +119,10 @@ def _count_refusal(code: str) -> None:
     get_metrics().errors.labels(code).inc()
 
 
-def connect(app: FastAPI, model_client: ModelClient) -> None:
-    """Give the app its model service (the BentoML service does once it has the dependency)."""
+def connect(app: FastAPI, model_clients: Sequence[ModelClient]) -> None:
+    """Give the app its model services (the BentoML service does once it has them)."""
     settings: ServeSettings = app.state.settings
-    served = ServedModel(settings, model_client)
-    app.state.served_model = served
-    app.state.transcriptions = TranscriptionHandler(settings, model_client, served)
-    app.state.speech = SpeechHandler(model_client, served)
+    served = ServedModels([ServedModel(settings, client) for client in model_clients])
+    app.state.served_models = served
+    app.state.transcriptions = TranscriptionHandler(settings, served)
+    app.state.speech = SpeechHandler(served)

@@ -39,7 +39,7 @@ from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.protocol import TranscribeResponse, TranscriptionForm, TranslationForm
 from espnet_serve.serving.responses import event_stream, formatted_response
 from espnet_serve.serving.rpc import ModelInfo, SegmentRequest, SegmentResult
-from espnet_serve.serving.served_model import ServedModel
+from espnet_serve.serving.served_model import ServedModel, ServedModels
 from espnet_serve.serving.settings import ServeSettings
 
 
@@ -89,24 +89,23 @@ class OpenedUpload:
 
 
 class TranscriptionHandler:
-    """Serves transcription and translation requests through the model client, counting each.
+    """Serves transcription and translation requests through the model clients, counting each.
 
     Args:
         settings: Limits and the segments in flight per request.
-        client: The model service.
-        model: The served model (names, languages, word timing).
+        models: The served models (names, tasks, languages, word timing, their clients).
     """
 
-    def __init__(self, settings: ServeSettings, client: ModelClient, model: ServedModel) -> None:
+    def __init__(self, settings: ServeSettings, models: ServedModels) -> None:
         self.settings = settings
-        self.client = client
-        self.model = model
+        self.models = models
 
     async def transcribe(self, upload: UploadFile, route: str) -> TranscribeResponse:
-        """``POST /transcribe``: the plain transcript of ``upload``."""
-        await self.model.check_task(TRANSCRIBE)
-        transcript = await self.transcript(upload, route)
-        info = await self.model.info()
+        """``POST /transcribe``: the plain transcript of ``upload`` by the first ASR model."""
+        model = await self.models.for_task(TRANSCRIBE)
+        await model.check_task(TRANSCRIBE)
+        transcript = await self.transcript(model, upload, route)
+        info = await model.info()
         return TranscribeResponse(
             text=transcript.text, duration_seconds=transcript.duration, model=info.name
         )
@@ -115,16 +114,16 @@ class TranscriptionHandler:
         self, upload: UploadFile, form: TranscriptionForm, route: str
     ) -> Response:
         """``POST /v1/audio/transcriptions``: the transcript in the form's response format."""
-        await self.model.named(form.model)
-        await self.model.check_task(TRANSCRIBE)
-        language = await self.model.language_name(form.language)
+        model = await self.models.named(form.model, TRANSCRIBE)
+        await model.check_task(TRANSCRIBE)
+        language = await model.language_name(form.language)
         if form.words:
-            await self.model.check_word_timestamps()
+            await model.check_word_timestamps()
         options = DecodeOptions(language=form.language, prompt=form.prompt)
         if form.stream:
-            opened = await self.open(upload, route)
-            return event_stream(self.segments(opened, route, options=options))
-        transcript = await self.transcript(upload, route, words=form.timed, options=options)
+            opened = await self.open(model, upload, route)
+            return event_stream(self.segments(model, opened, route, options=options))
+        transcript = await self.transcript(model, upload, route, words=form.timed, options=options)
         if form.language is None and transcript.language is not None:
             language = language_name(transcript.language) or transcript.language  # identified
         return formatted_response(
@@ -139,44 +138,47 @@ class TranscriptionHandler:
         A model that does not translate is a 400 (``task_unsupported``); so is a target
         language the model does not write, when its bundle records the ones it does.
         """
-        await self.model.named(form.model)
-        await self.model.check_task(TRANSLATE)
-        language = await self.model.target_language_name(form.target_language)
+        model = await self.models.named(form.model, TRANSLATE)
+        await model.check_task(TRANSLATE)
+        language = await model.target_language_name(form.target_language)
         options = DecodeOptions(
             task=TRANSLATE, target_language=form.target_language, prompt=form.prompt
         )
-        transcript = await self.transcript(upload, route, options=options)
+        transcript = await self.transcript(model, upload, route, options=options)
         return formatted_response(
             transcript, form.response_format, language=language, task=TRANSLATE
         )
 
     async def transcript(
         self,
+        model: ServedModel,
         upload: UploadFile,
         route: str,
         *,
         words: bool = False,
         options: DecodeOptions | None = None,
     ) -> Transcript:
-        """The whole transcript of ``upload`` (see :meth:`segments`)."""
-        opened = await self.open(upload, route)
-        segments = [s async for s in self.segments(opened, route, words=words, options=options)]
+        """The whole transcript of ``upload`` by ``model`` (see :meth:`segments`)."""
+        opened = await self.open(model, upload, route)
+        segments = [
+            s async for s in self.segments(model, opened, route, words=words, options=options)
+        ]
         return Transcript(segments=segments, duration=round(opened.duration_seconds, 3))
 
-    async def open(self, upload: UploadFile, route: str) -> OpenedUpload:
+    async def open(self, model: ServedModel, upload: UploadFile, route: str) -> OpenedUpload:
         """Check the declared type, size and header of ``upload`` (counted if refused)."""
         try:
-            return await self._open(upload)
+            return await self._open(model, upload)
         except BaseException as exc:
             count_failure(route, exc)
             raise
 
-    async def _open(self, upload: UploadFile) -> OpenedUpload:
+    async def _open(self, model: ServedModel, upload: UploadFile) -> OpenedUpload:
         check_content_type(upload.content_type)
         max_bytes = self.settings.max_audio_bytes
         if (upload.size or 0) > max_bytes:
             raise ApiError("audio_too_large", f"File is over {max_bytes} bytes.", param="file")
-        info = await self.model.info()
+        info = await model.info()
         limits = IngestLimits(
             min_sample_rate=self.settings.min_sample_rate,
             max_sample_rate=self.settings.max_sample_rate,
@@ -188,13 +190,14 @@ class TranscriptionHandler:
 
     async def segments(
         self,
+        model: ServedModel,
         opened: OpenedUpload,
         route: str,
         *,
         words: bool = False,
         options: DecodeOptions | None = None,
     ) -> AsyncIterator[Segment]:
-        """The upload's decoded segments, in order; the outcome is counted once at the end.
+        """The upload's segments decoded by ``model``, in order; the outcome counted at the end.
 
         Every segment is decoded with the request's ``options`` (default: transcribe).
 
@@ -202,7 +205,8 @@ class TranscriptionHandler:
             AudioInputError / ApiError: On the first failure (the rest is cancelled).
         """
         try:
-            async for segment in self._decoded(opened, words, options or DecodeOptions()):
+            decoded = self._decoded(model.client, opened, words, options or DecodeOptions())
+            async for segment in decoded:
                 yield segment
         except BaseException as exc:
             count_failure(route, exc)
@@ -212,7 +216,7 @@ class TranscriptionHandler:
         get_metrics().requests.labels(route, "ok").inc()
 
     async def _decoded(
-        self, opened: OpenedUpload, words: bool, options: DecodeOptions
+        self, client: ModelClient, opened: OpenedUpload, words: bool, options: DecodeOptions
     ) -> AsyncIterator[Segment]:
         """Segment off the event loop, decode concurrently, yield in order."""
         window = self.settings.max_segments_in_flight
@@ -222,7 +226,7 @@ class TranscriptionHandler:
                 while not opened.finished and len(pending) < window:
                     for segment in await anyio.to_thread.run_sync(opened.next_segments):
                         request = SegmentRequest.of(segment, words=words, options=options)
-                        pending.append(asyncio.create_task(self.client.decode(request)))
+                        pending.append(asyncio.create_task(client.decode(request)))
                     if pending and pending[0].done():
                         break  # hand the first result on before reading further
                 if not pending:

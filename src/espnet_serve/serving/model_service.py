@@ -75,26 +75,31 @@ def import_batch_types() -> None:
             importlib.import_module(module)
 
 
-def served_model_tag() -> str:
-    """The model to serve: the Bento argument ``model_tag``, else the setting.
+def served_model_tags() -> list[str]:
+    """The models to serve: the Bento argument ``model_tag``, else the setting.
 
-    ``espnet-serve build --bento`` stores the imported model's exact tag as that
-    argument, so a built Bento serves the version it was built with.
+    Either is one tag or several, comma-separated. ``espnet-serve build --bento`` stores
+    the imported model's exact tag as that argument, so a built Bento serves the version
+    it was built with.
     """
-    return getattr(bentoml.use_arguments(), "model_tag", None) or settings.model_tag
+    tags = getattr(bentoml.use_arguments(), "model_tag", None) or settings.model_tag
+    return [tag.strip() for tag in tags.split(",") if tag.strip()]
 
 
-@bentoml.service(
-    name="ModelService",
-    resources={"gpu": settings.gpu_count} if settings.gpu_count else {"cpu": "1"},
-    traffic={"timeout": settings.request_timeout_seconds},
-    runner_connection=NEVER_RECYCLE,
-    workers=1,
-)
-class ModelService:
-    """Decodes batches of audio segments with the bundle's ``InferenceSession``."""
+def service_name(index: int) -> str:
+    """The model service of the ``index``-th model: ``ModelService``, ``ModelService2``, ..."""
+    return "ModelService" if index == 0 else f"ModelService{index + 1}"
 
-    bento_model = bentoml.models.BentoModel(served_model_tag())
+
+class ModelServiceBase:
+    """Decodes batches of audio segments, or speaks sentences, with one bundle's session.
+
+    :func:`model_service` makes one BentoML service of it per served model
+    (its ``bento_model``): each has its own worker, batcher and GPU request, so a batch
+    never mixes models.
+    """
+
+    bento_model: bentoml.models.BentoModel
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
@@ -103,7 +108,7 @@ class ModelService:
         self._loaded = threading.Event()
         self.unready_reason = "the model is loading"
         self.drain = SigtermDrain(
-            "ModelService",
+            type(self).__name__,
             MODEL_IN_FLIGHT,
             timeout_seconds=settings.drain_timeout_seconds,
             quiet_seconds=settings.drain_quiet_seconds,
@@ -271,4 +276,25 @@ class ModelService:
         return SynthesisResult.of(samples)
 
 
-ModelService.add_asgi_middleware(InFlightMiddleware, in_flight=MODEL_IN_FLIGHT)
+def model_service(tag: str, name: str) -> bentoml.Service:
+    """The BentoML model service named ``name`` that serves the stored model ``tag``."""
+    inner = type(
+        name,
+        (ModelServiceBase,),
+        {"bento_model": bentoml.models.BentoModel(tag), "__module__": __name__},
+    )
+    service = bentoml.service(
+        name=name,
+        resources={"gpu": settings.gpu_count} if settings.gpu_count else {"cpu": "1"},
+        traffic={"timeout": settings.request_timeout_seconds},
+        runner_connection=NEVER_RECYCLE,
+        workers=1,
+    )(inner)
+    service.add_asgi_middleware(InFlightMiddleware, in_flight=MODEL_IN_FLIGHT)
+    return service
+
+
+MODEL_SERVICES = tuple(
+    model_service(tag, service_name(i)) for i, tag in enumerate(served_model_tags())
+)
+ModelService = MODEL_SERVICES[0]

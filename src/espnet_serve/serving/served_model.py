@@ -1,6 +1,12 @@
-"""The served model as the API sees it: its info, the names it answers to, what it can do."""
+"""The served models as the API sees them: their info, the names they answer to, what they do.
+
+A server serves one model or several (``ESPNET_SERVE_MODEL_TAG``, comma-separated), each
+behind its own model service. :class:`ServedModels` picks the one a request names.
+"""
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 from espnet_serve.executors.base import SYNTHESIZE, TRANSCRIBE, TRANSLATE
 from espnet_serve.languages import language_name
@@ -39,18 +45,6 @@ class ServedModel:
     def aliases(self, info: ModelInfo) -> frozenset[str]:
         """The aliases the served model answers to: a synthesis model's, or the others'."""
         return self.settings.aliases(speech=SYNTHESIZE in info.tasks)
-
-    async def named(self, requested: str) -> ModelInfo:
-        """The served model if ``requested`` names it (its tag, name or an alias), else 404."""
-        info = await self.info()
-        if requested in {info.tag, info.name, *self.aliases(info)}:
-            return info
-        accepted = ", ".join(sorted({info.name, *self.aliases(info)}))
-        raise ApiError(
-            "model_not_found",
-            f"The model {requested!r} does not exist: this server serves {info.tag!r} "
-            f"(also accepted: {accepted}).",
-        )
 
     async def language_name(self, language: str | None) -> str:
         """The full name of the language to report; 400 for one the model does not take.
@@ -138,3 +132,60 @@ class ServedModel:
                 "This model cannot give word timestamps (it has no CTC head).",
                 param="timestamp_granularities[]",
             )
+
+
+class ServedModels:
+    """The models this server serves, in the order the settings list them.
+
+    Args:
+        models: One :class:`ServedModel` per model service.
+    """
+
+    def __init__(self, models: Sequence[ServedModel]) -> None:
+        if not models:
+            raise ValueError("A server serves at least one model.")
+        self.models = list(models)
+
+    async def infos(self) -> list[ModelInfo]:
+        """Every model's info (503 with the reason while one is not ready)."""
+        return [await model.info() for model in self.models]
+
+    async def named(self, requested: str, task: str | None = None) -> ServedModel:
+        """The model ``requested`` names: its tag or name, else an alias; 404 for none.
+
+        An alias (``whisper-1``, ``tts-1``) names the first model of its kind that does
+        ``task``, else the first of its kind (whose task check then answers 400). A model
+        that is not ready is skipped, unless no ready one is named: then its 503 is raised.
+        """
+        found: list[tuple[ServedModel, ModelInfo]] = []
+        unready: ApiError | None = None
+        for model in self.models:
+            try:
+                found.append((model, await model.info()))
+            except ApiError as exc:
+                unready = unready or exc
+        for model, info in found:
+            if requested in {info.tag, info.name}:
+                return model
+        aliased = [(model, info) for model, info in found if requested in model.aliases(info)]
+        doing = [model for model, info in aliased if task is None or task in info.tasks]
+        if doing or aliased:
+            return (doing or [model for model, _ in aliased])[0]
+        if unready is not None:
+            raise unready
+        names = sorted(
+            {name for model, info in found for name in (info.name, *model.aliases(info))}
+        )
+        tags = ", ".join(repr(info.tag) for _, info in found)
+        raise ApiError(
+            "model_not_found",
+            f"The model {requested!r} does not exist: this server serves {tags} "
+            f"(also accepted: {', '.join(names)}).",
+        )
+
+    async def for_task(self, task: str) -> ServedModel:
+        """The first model that does ``task`` (else the first model: its task check refuses)."""
+        for model in self.models:
+            if task in (await model.info()).tasks:
+                return model
+        return self.models[0]

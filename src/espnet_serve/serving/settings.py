@@ -20,8 +20,9 @@ class ServeSettings(BaseSettings):
     """Every knob of the service; each field is the env var ``ESPNET_SERVE_<NAME>``.
 
     Attributes:
-        model_tag: BentoML model-store tag of the bundle to serve (a built
-            Bento's ``model_tag`` argument takes precedence).
+        model_tag: BentoML model-store tag of the bundle to serve, or several,
+            comma-separated: one model service each, the first model first on
+            ``/v1/models`` (a built Bento's ``model_tag`` argument takes precedence).
         batched_backend: Serve a bundle whose model is espnet2's per-utterance
             ``Speech2Text`` with ``BatchedSpeech2Text`` (same options, same
             hypotheses, one padded pass per batch); false serves the bundle's own.

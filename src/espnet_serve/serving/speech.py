@@ -25,26 +25,23 @@ from espnet_serve.pipeline.sentences import split_sentences
 from espnet_serve.serving.errors import STATUS, ApiError, InternalError
 from espnet_serve.serving.handler import count_failure
 from espnet_serve.serving.metrics import get_metrics
-from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.protocol import SpeechRequest
 from espnet_serve.serving.rpc import SynthesisRequest
-from espnet_serve.serving.served_model import ServedModel
+from espnet_serve.serving.served_model import ServedModels
 
 logger = logging.getLogger(__name__)
 SPEECH_ROUTE = "/v1/audio/speech"
 
 
 class SpeechHandler:
-    """Speaks the requests of ``/v1/audio/speech`` with the served synthesis model.
+    """Speaks the requests of ``/v1/audio/speech`` with the synthesis model each names.
 
     Args:
-        client: The model service.
-        model: The served model (name, task, voices, speed control).
+        models: The served models (names, tasks, voices, speed control, their clients).
     """
 
-    def __init__(self, client: ModelClient, model: ServedModel) -> None:
-        self.client = client
-        self.model = model
+    def __init__(self, models: ServedModels) -> None:
+        self.models = models
 
     async def create_speech(self, request: SpeechRequest) -> Response:
         """The audio of ``request.input`` in ``request.response_format``.
@@ -61,15 +58,16 @@ class SpeechHandler:
             raise
 
     async def _speech(self, request: SpeechRequest) -> Response:
-        info = await self.model.named(request.model)
-        await self.model.check_task(SYNTHESIZE)
-        voice = await self.model.voice(request.voice)
-        await self.model.check_speed(request.speed)
+        model = await self.models.named(request.model, SYNTHESIZE)
+        await model.check_task(SYNTHESIZE)
+        info = await model.info()
+        voice = await model.voice(request.voice)
+        await model.check_speed(request.speed)
         sentences = split_sentences(request.input)
 
         async def speak(text: str) -> np.ndarray:
             message = SynthesisRequest(text=text, voice=voice, speed=request.speed)
-            result = await self.client.synthesize(message)
+            result = await model.client.synthesize(message)
             if result.failure is None:
                 return result.waveform()
             code, what = result.failure.code, result.failure.message

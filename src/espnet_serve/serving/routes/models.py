@@ -9,19 +9,19 @@ from fastapi import APIRouter, Depends, Request
 from espnet_serve.serving.protocol import ModelList, ModelObject
 from espnet_serve.serving.routes import ERROR_RESPONSES
 from espnet_serve.serving.rpc import ModelInfo
-from espnet_serve.serving.served_model import ServedModel
+from espnet_serve.serving.served_model import ServedModels
 
 MODELS_ROUTE = "/v1/models"
 
 router = APIRouter()
 
 
-def served_model(request: Request) -> ServedModel:
-    """The app's served model (see :func:`espnet_serve.serving.app.connect`)."""
-    return request.app.state.served_model
+def served_models(request: Request) -> ServedModels:
+    """The app's served models (see :func:`espnet_serve.serving.app.connect`)."""
+    return request.app.state.served_models
 
 
-Model = Annotated[ServedModel, Depends(served_model)]
+Models = Annotated[ServedModels, Depends(served_models)]
 
 
 def model_object(info: ModelInfo) -> ModelObject:
@@ -38,16 +38,14 @@ def model_object(info: ModelInfo) -> ModelObject:
 
 
 @router.get(MODELS_ROUTE, response_model=ModelList, responses=ERROR_RESPONSES)
-async def list_models(model: Model) -> ModelList:
-    """The served model, its store tag as the id (OpenAI's list format)."""
-    info = await model.info()
-    return ModelList(data=[model_object(info)])
+async def list_models(models: Models) -> ModelList:
+    """The served models, each with its store tag as the id (OpenAI's list format)."""
+    return ModelList(data=[model_object(info) for info in await models.infos()])
 
 
 @router.get(
     MODELS_ROUTE + "/{model_id:path}", response_model=ModelObject, responses=ERROR_RESPONSES
 )
-async def retrieve_model(model_id: str, model: Model) -> ModelObject:
-    """The served model under any name it answers to; 404 ``model_not_found`` otherwise."""
-    info = await model.named(model_id)
-    return model_object(info)
+async def retrieve_model(model_id: str, models: Models) -> ModelObject:
+    """A served model under any name it answers to; 404 ``model_not_found`` otherwise."""
+    return model_object(await (await models.named(model_id)).info())
