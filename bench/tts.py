@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import io
 import os
 import platform
@@ -48,6 +47,7 @@ import soundfile  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.report import emit  # noqa: E402
+from devkit.publish import pack_published  # noqa: E402
 from devkit.random_init import write_random_tts_experiment  # noqa: E402
 from devkit.recipes import JOINT_FASTSPEECH2_HIFIGAN_LJSPEECH, VITS_LJSPEECH, Recipe  # noqa: E402
 from espnet_serve.audio.encode import PCM_RATE, pcm16  # noqa: E402
@@ -69,18 +69,11 @@ LEVELS = ((1, 8), (8, 32), (32, 64))  # clients, requests
 
 def published(recipe: Recipe, root: Path) -> Path:
     """The recipe's full-size random model, packed by espnet2's packer."""
-    from espnet2.main_funcs.pack_funcs import pack
-
-    archive = root / "published.tar.gz"
-    with contextlib.chdir(root):
-        experiment = write_random_tts_experiment(Path("exp/tts_train"), **recipe.options)
-        pack(
-            files={"model_file": str(experiment.asr_model_file)},
-            yaml_files={"train_config": str(experiment.asr_train_config)},
-            option=[],
-            outpath=str(archive),
-        )
-    return archive
+    return pack_published(
+        root / "recipe",
+        lambda out: write_random_tts_experiment(out, **recipe.options),
+        root / "published.tar.gz",
+    )
 
 
 def reference(archive: Path, root: Path) -> Any:

@@ -15,7 +15,7 @@ import contextlib
 import io
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -158,4 +158,32 @@ def pack_bundle(bundle_dir: Path, archive_path: Path) -> Path:
     with contextlib.redirect_stdout(io.StringIO()), Archiver(archive_path, mode="w") as archive:
         for path in [bundle_dir / META_FILENAME, *members]:
             archive.add(str(path), arcname=path.relative_to(bundle_dir).as_posix())
+    return archive_path
+
+
+def pack_published(recipe_dir: Path, build: Callable[[Path], Any], archive_path: Path) -> Path:
+    """Build an experiment in ``recipe_dir`` and pack it as ``espnet2 pack`` packs TTS models.
+
+    Like enhancement models: ``train_config`` and ``model_file``, paths relative to the recipe.
+
+    Args:
+        recipe_dir: The recipe directory (created); the experiment goes to ``exp/train/``.
+        build: Writes the experiment into the directory it is given and returns it (an
+            ``AsrExperiment``: ``asr_train_config``, ``asr_model_file``).
+        archive_path: The archive to write.
+
+    Returns:
+        Path: ``archive_path``.
+    """
+    from espnet2.main_funcs.pack_funcs import pack
+
+    recipe_dir.mkdir(parents=True, exist_ok=True)
+    with contextlib.chdir(recipe_dir), contextlib.redirect_stdout(io.StringIO()):
+        experiment = build(Path("exp/train"))
+        pack(
+            files={"model_file": str(experiment.asr_model_file)},
+            yaml_files={"train_config": str(experiment.asr_train_config)},
+            option=[],
+            outpath=str(archive_path.absolute()),
+        )
     return archive_path

@@ -388,6 +388,46 @@ def write_random_tts_experiment(
     return _save(out_dir, args, task.build_model(args))
 
 
+def write_random_enh_experiment(
+    out_dir: Path,
+    *,
+    encoder: str,
+    encoder_conf: Mapping[str, Any],
+    decoder: str,
+    decoder_conf: Mapping[str, Any],
+    separator: str,
+    separator_conf: Mapping[str, Any],
+    seed: int = 0,
+) -> AsrExperiment:
+    """Build a random-initialised espnet2 enhancement or separation model and save it.
+
+    Args:
+        out_dir: Directory for ``config.yaml`` and ``model.pth``.
+        encoder: espnet2's encoder name (``conv``, ``stft``).
+        encoder_conf: Its options.
+        decoder: The decoder's name.
+        decoder_conf: Its options.
+        separator: The separator's name (``tcn``, ``rnn``, ...).
+        separator_conf: Its options (``num_spk``: how many tracks come out).
+        seed: Torch seed for the initial weights.
+
+    Returns:
+        AsrExperiment: The written config (``asr_train_config``: the model's) and weights.
+    """
+    import torch
+
+    block_runtime_downloads()
+    from espnet2.tasks.enh import EnhancementTask
+
+    args = EnhancementTask.get_parser().parse_args(["--output_dir", str(out_dir)])
+    args.encoder, args.encoder_conf = encoder, dict(encoder_conf)
+    args.decoder, args.decoder_conf = decoder, dict(decoder_conf)
+    args.separator, args.separator_conf = separator, dict(separator_conf)
+    args.seed = seed
+    torch.manual_seed(seed)
+    return _save(out_dir, args, EnhancementTask.build_model(args))
+
+
 def sharpen(model_file: Path, keys: Sequence[str], factor: float) -> None:
     """Scale the weights ``keys`` (output projections) of a saved model by ``factor``.
 

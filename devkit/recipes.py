@@ -721,3 +721,60 @@ TTS_CI_SIZES: dict[str, Any] = {
 def reduced_tts(recipe: Recipe) -> Recipe:
     """A synthesis recipe at the size tests build (:data:`TTS_CI_SIZES`), other options kept."""
     return Recipe(recipe.config, _cut(recipe.options, TTS_CI_SIZES))
+
+
+# Speech enhancement and separation (espnet2's EnhancementTask): the model options of two
+# recipes; their loss options (``model_conf.loss_type``) are training only.
+WSJ0_2MIX_ENH = "egs2/wsj0_2mix/enh1/conf/tuning/"
+CONV_TASNET_WSJ0_2MIX = Recipe(  # two speakers apart, 8 kHz
+    f"{WSJ0_2MIX_ENH}train_enh_conv_tasnet.yaml",
+    {
+        "encoder": "conv",
+        "encoder_conf": {"channel": 256, "kernel_size": 20, "stride": 10},
+        "decoder": "conv",
+        "decoder_conf": {"channel": 256, "kernel_size": 20, "stride": 10},
+        "separator": "tcn",
+        "separator_conf": {
+            "num_spk": 2,
+            "layer": 8,
+            "stack": 4,
+            "bottleneck_dim": 256,
+            "hidden_dim": 512,
+            "kernel": 3,
+            "causal": False,
+            "norm_type": "gLN",
+            "nonlinear": "relu",
+        },
+    },
+)
+BLSTM_TF_DNS_INS20 = Recipe(  # one speaker out of the noise, 16 kHz
+    "egs2/dns_ins20/enh1/conf/tuning/train_enh_blstm_tf.yaml",
+    {
+        "encoder": "stft",
+        "encoder_conf": {"n_fft": 256, "hop_length": 128},
+        "decoder": "stft",
+        "decoder_conf": {"n_fft": 256, "hop_length": 128},
+        "separator": "rnn",
+        "separator_conf": {
+            "rnn_type": "blstm",
+            "num_spk": 1,
+            "nonlinear": "relu",
+            "layer": 3,
+            "unit": 896,
+            "dropout": 0.5,
+        },
+    },
+)
+ENH_CI_SIZES: dict[str, Any] = {
+    "channel": 32,
+    "layer": 2,
+    "stack": 1,
+    "bottleneck_dim": 32,
+    "hidden_dim": 64,
+    "unit": 64,
+}
+
+
+def reduced_enh(recipe: Recipe) -> Recipe:
+    """An enhancement recipe at the size tests build (:data:`ENH_CI_SIZES`), other options kept."""
+    return Recipe(recipe.config, _cut(recipe.options, ENH_CI_SIZES))

@@ -250,7 +250,7 @@ def test_interctc_is_batched_and_returns_what_speech2text_returns(
     ]
 
 
-UNSERVED = "espnet2.bin.enh_inference.SeparateSpeech"  # not served yet
+UNSERVED = "espnet2.bin.diar_inference.DiarizeSpeech"  # not served yet
 
 
 def unserved_bundle(root: Path, like: Path) -> Path:
@@ -295,8 +295,8 @@ def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_t
     assert "\n" not in line and UNSERVED in line
     assert all(family in line for family in ("asr", "asr_transducer", "asr_streaming"))
 
-    bundle = unserved_bundle(tmp_path / "enh", asr_transducer_bundle)
-    built = build(bundle, "enh", {"BENTOML_HOME": str(tmp_path / "home")})
+    bundle = unserved_bundle(tmp_path / "diar", asr_transducer_bundle)
+    built = build(bundle, "diar", {"BENTOML_HOME": str(tmp_path / "home")})
     assert built.returncode == 1
     assert f"Family: none served ({UNSERVED})" in built.stdout
     assert f"{UNSERVED} is not a model family this server serves" in built.stderr

@@ -11,7 +11,6 @@ generates the ``Text2Speech`` one). The reference is ``Text2Speech`` in-process 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import io
 import tarfile
 from pathlib import Path
@@ -24,6 +23,7 @@ import pytest
 import soundfile
 import yaml
 
+from devkit.publish import pack_published
 from devkit.random_init import write_random_tts_experiment
 from devkit.recipes import JOINT_FASTSPEECH2_HIFIGAN_LJSPEECH, VITS_LJSPEECH, reduced_tts
 from espnet_serve.audio.encode import PCM_RATE, pcm16, resampled
@@ -43,18 +43,12 @@ LONG_TEXT = "One two three. Four five six!\nSeven eight, nine? Ten."
 
 
 def published_tts(root: Path, recipe: Any, *, voices: dict[str, Any] | None = None) -> Path:
-    """A reduced-size random model packed by espnet2's packer (as ``espnet2 pack tts`` does)."""
-    from espnet2.main_funcs.pack_funcs import pack
-
-    archive = root / "published.tar.gz"
-    with contextlib.chdir(root):  # a recipe packs paths relative to its directory
-        experiment = write_random_tts_experiment(Path("exp/tts_train"), **recipe.options)
-        pack(
-            files={"model_file": str(experiment.asr_model_file)},
-            yaml_files={"train_config": str(experiment.asr_train_config)},
-            option=[],
-            outpath=str(archive),
-        )
+    """A random model packed by espnet2's packer (as ``espnet2 pack tts`` does)."""
+    archive = pack_published(
+        root / "recipe",
+        lambda out: write_random_tts_experiment(out, **recipe.options),
+        root / "published.tar.gz",
+    )
     if voices is None:
         return archive
     unpacked = root / "unpacked"  # a bundle that names its voices in meta.yaml

@@ -1,9 +1,10 @@
-"""Synthesised samples → the bytes of an audio format, as OpenAI's ``/v1/audio/speech`` names them.
+"""Samples out → the bytes of an audio format, as OpenAI's ``/v1/audio/speech`` names them.
 
 ``wav`` and ``flac`` keep the model's own rate and 16-bit samples; ``pcm`` is raw 16-bit
 little-endian mono at 24 kHz, as OpenAI defines it; ``mp3`` keeps the model's rate where
 MPEG allows it; ``opus`` (in Ogg) is at 24 kHz. ``wav`` and ``pcm`` can be streamed
-sentence by sentence (:class:`StreamEncoder`); the others are encoded whole.
+sentence by sentence (:class:`StreamEncoder`); the others are encoded whole. An
+enhancement's tracks are one ``wav`` or ``flac`` file, a channel per track (:func:`encode_tracks`).
 """
 
 from __future__ import annotations
@@ -53,15 +54,16 @@ def pcm16(samples: np.ndarray) -> bytes:
     return scaled.astype("<i2").tobytes()
 
 
-def wav_header(sample_rate: int, data_bytes: int | None) -> bytes:
-    """A 44-byte 16-bit mono WAV header (``None``: the unknown size of a streamed WAV)."""
+def wav_header(sample_rate: int, data_bytes: int | None, channels: int = 1) -> bytes:
+    """A 44-byte 16-bit WAV header (``None``: the unknown size of a streamed WAV)."""
     data = UNKNOWN_SIZE if data_bytes is None else data_bytes
     riff = UNKNOWN_SIZE if data_bytes is None else 36 + data_bytes
+    frame = 2 * channels
     return (
         b"RIFF"
         + struct.pack("<I", riff)
         + b"WAVEfmt "
-        + struct.pack("<IHHIIHH", 16, 1, 1, sample_rate, sample_rate * 2, 2, 16)
+        + struct.pack("<IHHIIHH", 16, 1, channels, sample_rate, sample_rate * frame, frame, 16)
         + b"data"
         + struct.pack("<I", data)
     )
@@ -96,6 +98,28 @@ def encode(samples: np.ndarray, sample_rate: int, name: str) -> bytes:
     else:
         raise ValueError(f"Unknown audio format {name!r}.")
     return buffer.getvalue()
+
+
+TRACK_FORMATS: dict[str, AudioFormat] = {name: FORMATS[name] for name in ("wav", "flac")}
+
+
+def encode_tracks(tracks: np.ndarray, sample_rate: int, name: str) -> bytes:
+    """Tracks ``(samples, tracks)`` as one 16-bit file with a channel per track.
+
+    Args:
+        tracks: One column per track (an enhancement's speakers).
+        sample_rate: Their rate.
+        name: ``wav`` or ``flac`` (:data:`TRACK_FORMATS`).
+    """
+    interleaved = np.frombuffer(pcm16(tracks), dtype="<i2").reshape(tracks.shape)
+    if name == "wav":
+        data = interleaved.tobytes()
+        return wav_header(sample_rate, len(data), channels=tracks.shape[1]) + data
+    if name == "flac":
+        buffer = io.BytesIO()
+        soundfile.write(buffer, interleaved, sample_rate, format="FLAC", subtype="PCM_16")
+        return buffer.getvalue()
+    raise ValueError(f"Tracks are written as wav or flac, not {name!r}.")
 
 
 class StreamEncoder:

@@ -39,6 +39,8 @@ class BundleMetadata(BaseModel):
         languages: ISO-639-1 codes of the languages the model transcribes (``language``
             with one code is accepted too).
         target_languages: ISO-639-1 codes of the languages a translation model writes.
+        sample_rate: The model's sample rate, where its training config does not say it
+            (enhancement configs do not: ``enh.sh --fs``).
     """
 
     model_config = ConfigDict(extra="allow")
@@ -49,6 +51,7 @@ class BundleMetadata(BaseModel):
     user_code_paths: list[str] | None = None
     languages: list[str] = Field(default_factory=list)
     target_languages: list[str] = Field(default_factory=list)
+    sample_rate: int | None = Field(default=None, gt=0)
 
     @model_validator(mode="before")
     @classmethod

@@ -49,12 +49,14 @@ from espnet_serve.bundle.usercode import (
 )
 from espnet_serve.executors import family_of
 from espnet_serve.executors.asr import SPEECH2TEXT
+from espnet_serve.executors.enh import SEPARATE_SPEECH
 from espnet_serve.executors.tts import TEXT2SPEECH
 
 # The backend (and its input key) of a bundle that ships no inference config, by task.
 GENERATED_BACKENDS: dict[str, tuple[str, str]] = {
     "asr": (SPEECH2TEXT, DEFAULT_INPUT_KEY),
     "tts": (TEXT2SPEECH, "text"),
+    "enh": (SEPARATE_SPEECH, "speech_mix"),
 }
 # espnet2's packer names a TTS (or enhancement, ...) model's files without a task prefix.
 PLAIN_TRAIN_CONFIG = "train_config"
@@ -137,7 +139,8 @@ def _task(root: Path, yaml_files: dict[str, str]) -> str:
     """The model's task (``asr``, ``st``, ``tts``, ...).
 
     From its ``<task>_train_config`` key, or, for what espnet2's packer stores as plain
-    ``train_config`` (TTS, enhancement, ...), from the config's model key (``tts``).
+    ``train_config`` (TTS, enhancement, ...), from the config's model key (``tts``;
+    ``separator``: ``enh``).
     """
     tasks = [k.removesuffix(TRAIN_CONFIG_SUFFIX) for k in yaml_files if k.endswith("_train_config")]
     main = [t for t in tasks if t not in AUXILIARY_TASKS]
@@ -148,22 +151,27 @@ def _task(root: Path, yaml_files: dict[str, str]) -> str:
         if PLAIN_TRAIN_CONFIG in yaml_files
         else None
     )
-    if isinstance(config, dict) and "tts" in config:
-        return "tts"
+    if isinstance(config, dict):
+        if "tts" in config:
+            return "tts"
+        if "separator" in config:
+            return "enh"
     return "unknown"
 
 
 def _generated_inference_config(members: dict[str, str], task: str) -> dict[str, Any]:
     """An inference config for a bundle that ships none.
 
-    ``Speech2Text`` (ASR) or ``Text2Speech`` (TTS) on the bundle's artifacts.
+    ``Speech2Text`` (ASR), ``Text2Speech`` (TTS) or ``SeparateSpeech`` (enhancement) on the
+    bundle's artifacts.
     """
     generated = GENERATED_BACKENDS.get(task)
     if generated is None:
         raise InferenceConfigError(
             f"The bundle has no inference config ({DEFAULT_INFERENCE_CONFIG_RELPATH}, or an "
             f"'{DEFAULT_INFERENCE_CONFIG_KEY}' entry in meta.yaml) and its task is {task!r}; "
-            "only ASR and TTS bundles get a generated one. Add an inference config to the bundle."
+            "only ASR, TTS and enhancement bundles get a generated one. Add an inference "
+            "config to the bundle."
         )
     target, input_key = generated
     model = {"_target_": target}
@@ -300,7 +308,9 @@ def plan_bundle(
     train_config = yaml_files.get(
         f"{plan.task}{TRAIN_CONFIG_SUFFIX}", yaml_files.get(PLAIN_TRAIN_CONFIG)
     )
-    if train_config is not None:
+    if metadata.sample_rate is not None:
+        plan.sample_rate = metadata.sample_rate
+    elif train_config is not None:
         plan.sample_rate = train_config_sample_rate(_read_yaml(root / train_config))
 
     config_dir = Path(plan.inference_config).parent

@@ -78,6 +78,7 @@ def stage_bundle(
     cachedir: Path | None = None,
     languages: Sequence[str] | None = None,
     target_languages: Sequence[str] | None = None,
+    sample_rate: int | None = None,
 ) -> tuple[ModelSpec, FetchedSource]:
     """Fetch a source and write its verified, relocatable bundle to ``target``.
 
@@ -95,6 +96,8 @@ def stage_bundle(
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
         languages: ISO-639-1 codes the model transcribes, replacing ``meta.yaml``'s.
         target_languages: ISO-639-1 codes a translation model writes, likewise.
+        sample_rate: The model's sample rate, replacing ``meta.yaml``'s and the training
+            config's (an enhancement config does not say it).
 
     Returns:
         tuple[ModelSpec, FetchedSource]: The bundle's spec, and what was fetched.
@@ -119,7 +122,7 @@ def stage_bundle(
         bind_yaml_files=plan.bind,
         inference_config=plan.inference_config,
         input_key=plan.input_key,
-        sample_rate=plan.sample_rate,
+        sample_rate=sample_rate or plan.sample_rate,
         task=plan.task,
         inference_class=plan.inference_class,
         family=plan.family,
@@ -147,6 +150,7 @@ def import_bundle(
     cachedir: Path | None = None,
     languages: Sequence[str] | None = None,
     target_languages: Sequence[str] | None = None,
+    sample_rate: int | None = None,
 ) -> bentoml.Model:
     """Import a model into the BentoML model store as a verified, relocatable bundle.
 
@@ -158,6 +162,7 @@ def import_bundle(
         cachedir: ``espnet_model_zoo``'s download cache (tags only).
         languages: ISO-639-1 codes the model transcribes, replacing ``meta.yaml``'s.
         target_languages: ISO-639-1 codes a translation model writes, likewise.
+        sample_rate: The model's sample rate, replacing the bundle's (see :func:`stage_bundle`).
 
     Returns:
         bentoml.Model: The stored model; its metadata is the bundle's :class:`ModelSpec`.
@@ -180,6 +185,7 @@ def import_bundle(
             cachedir=cachedir,
             languages=languages,
             target_languages=target_languages,
+            sample_rate=sample_rate,
         )
         labels = {
             "task": spec.task,

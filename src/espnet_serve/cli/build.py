@@ -51,6 +51,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "meta.yaml's target_languages). The server refuses translations into others.",
     )
     parser.add_argument(
+        "--sample-rate",
+        type=int,
+        default=None,
+        help="The model's sample rate in Hz (default: meta.yaml's sample_rate, else the "
+        "training config's). Enhancement configs do not record it: give it for them.",
+    )
+    parser.add_argument(
         "--trust-user-code",
         action="store_true",
         help="Include the bundle's own Python code (src/) and let its config use it. "
@@ -165,12 +172,14 @@ def main(args: argparse.Namespace) -> int:
             cachedir=args.cachedir,
             languages=args.languages,
             target_languages=args.target_languages,
+            sample_rate=args.sample_rate,
         )
         print(f"Model: {model.tag}")
         spec = stored_spec(model)
         print(f"Family: {spec.family or 'none served'} ({spec.inference_class})")
         executor = executor_class(spec.family, spec.inference_class)
         print(f"Tasks: {', '.join(executor.tasks)}")
+        print(f"Sample rate: {spec.sample_rate} Hz")
         if TRANSLATE in executor.tasks:
             targets = ", ".join(spec.target_languages) or (
                 "not recorded: any target_language is accepted (pass --target-language)"

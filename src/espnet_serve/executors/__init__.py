@@ -13,6 +13,7 @@ from espnet_serve.executors.asr import AsrExecutor
 from espnet_serve.executors.asr_streaming import AsrStreamingExecutor
 from espnet_serve.executors.asr_transducer import AsrTransducerExecutor
 from espnet_serve.executors.base import DecodeOptions, Executor, FamilyExecutor, Hypothesis
+from espnet_serve.executors.enh import EnhExecutor
 from espnet_serve.executors.s2t import S2tCtcExecutor, S2tExecutor
 from espnet_serve.executors.st import StExecutor
 from espnet_serve.executors.tts import TtsExecutor
@@ -25,6 +26,7 @@ EXECUTORS: tuple[type[FamilyExecutor], ...] = (
     S2tExecutor,
     S2tCtcExecutor,
     TtsExecutor,
+    EnhExecutor,
 )
 _BY_FAMILY = {executor.family: executor for executor in EXECUTORS}
 _BY_CLASS = {name: executor for executor in EXECUTORS for name in executor.inference_classes}

@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 TRANSCRIBE = "transcribe"
 TRANSLATE = "translate"
 SYNTHESIZE = "synthesize"  # /v1/audio/speech
+ENHANCE = "enhance"  # /v1/audio/enhancements
 TEXT_KEYS = ("text", "hyp")
 # ESPnet writes its special symbols in angle brackets: <blank>, <unk>, <sos/eos>, OWSM's <na>,
 # <eng>, <asr>, <0.00>, ... A vocabulary token of that form is never served as text.
@@ -75,7 +76,7 @@ class FamilyExecutor(ABC):
     Attributes:
         family: The family's name (``/v1/models``, the model store, ``espnet-serve build``).
         tasks: What the HTTP layer may ask of it (:data:`TRANSCRIBE`, :data:`TRANSLATE`,
-            :data:`SYNTHESIZE`).
+            :data:`SYNTHESIZE`, :data:`ENHANCE`).
         inference_classes: The ``_target_`` s of an inference config this executor serves.
         batched_classes: For an espnet2 class of the family, a batched class built from the
             same options, exact for it (none: decoded one clip at a time).

@@ -1,10 +1,11 @@
-"""Warm-up before reporting ready: speech-like clips decoded, or a sentence spoken."""
+"""Warm-up before reporting ready: speech-like clips decoded (or enhanced), or a sentence spoken."""
 
 from __future__ import annotations
 
 import numpy as np
 
 from espnet_serve.audio.segmenter import AudioSegment
+from espnet_serve.executors.enh import EnhExecutor
 from espnet_serve.executors.tts import TtsExecutor
 from espnet_serve.pipeline.decode import SegmentDecodeError, SegmentDecoder
 
@@ -70,3 +71,24 @@ def warm_up_synthesis(synthesizer: TtsExecutor) -> int:
     if not samples.size or not np.isfinite(samples).all():
         raise WarmupError(f"speaking {WARMUP_SENTENCE!r} gave no finite samples")
     return int(samples.size)
+
+
+def warm_up_enhancement(enhancer: EnhExecutor, sample_rate: int) -> int:
+    """Enhance a speech-like clip and check every track came out whole and finite.
+
+    Returns:
+        int: How many tracks it gave.
+
+    Raises:
+        WarmupError: If the enhancement failed or a track is short or not finite.
+    """
+    clip = speech_like(WARMUP_SECONDS[0], sample_rate)
+    try:
+        tracks = enhancer.enhance(clip, sample_rate)
+    except Exception as exc:
+        raise WarmupError(f"enhancing a {WARMUP_SECONDS[0]:g} s clip: {exc}") from exc
+    if len(tracks) != enhancer.tracks or any(
+        len(t) != len(clip) or not np.isfinite(t).all() for t in tracks
+    ):
+        raise WarmupError("enhancing a speech-like clip gave short or non-finite tracks")
+    return len(tracks)

@@ -8,7 +8,7 @@ own routes, ``/livez``, ``/readyz`` and ``/metrics``):
 2. :class:`~espnet_serve.serving.middleware.upload_limits.UploadLimitsMiddleware`: 413 too
    large, 408 too slow, 503 past the worker's bytes held;
 3. the routes (:mod:`espnet_serve.serving.routes`: transcriptions, translations, speech,
-   models), whose errors
+   enhancements, models), whose errors
    :mod:`espnet_serve.serving.errors` renders as JSON.
 """
 
@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from starlette.middleware import Middleware
 
 from espnet_serve.serving.drain import CloseWhileDraining
+from espnet_serve.serving.enhancement import EnhancementHandler
 from espnet_serve.serving.errors import install_error_handlers
 from espnet_serve.serving.handler import TranscriptionHandler
 from espnet_serve.serving.metrics import get_metrics
@@ -29,7 +30,7 @@ from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
 from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
-from espnet_serve.serving.routes import models, speech, transcriptions, translations
+from espnet_serve.serving.routes import enhancements, models, speech, transcriptions, translations
 from espnet_serve.serving.served_model import ServedModel, ServedModels
 from espnet_serve.serving.settings import ServeSettings
 from espnet_serve.serving.speech import SpeechHandler
@@ -97,7 +98,7 @@ def build_app(
     )
     app.add_middleware(
         AdmissionMiddleware,
-        routes=transcriptions.ROUTES + translations.ROUTES + speech.ROUTES,
+        routes=transcriptions.ROUTES + translations.ROUTES + speech.ROUTES + enhancements.ROUTES,
         in_flight=in_flight or InFlight(),
         limit=settings.max_pending_requests,
         retry_after_seconds=settings.retry_after_seconds,
@@ -110,6 +111,7 @@ def build_app(
     app.include_router(transcriptions.router)
     app.include_router(translations.router)
     app.include_router(speech.router)
+    app.include_router(enhancements.router)
     if model_clients is not None:
         connect(app, model_clients)
     return app
@@ -126,3 +128,4 @@ def connect(app: FastAPI, model_clients: Sequence[ModelClient]) -> None:
     app.state.served_models = served
     app.state.transcriptions = TranscriptionHandler(settings, served)
     app.state.speech = SpeechHandler(served)
+    app.state.enhancements = EnhancementHandler(settings, served)

@@ -23,6 +23,8 @@ from bentoml.exceptions import BentoMLException, ServiceUnavailable
 from espnet_serve.serving.errors import ApiError, InternalError, model_unavailable
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.rpc import (
+    EnhanceRequest,
+    EnhanceResult,
     ModelInfo,
     Readiness,
     SegmentRequest,
@@ -109,6 +111,9 @@ class ModelClient(Protocol):
     async def synthesize(self, request: SynthesisRequest) -> SynthesisResult:
         """One sentence spoken, or its error."""
 
+    async def enhance(self, request: EnhanceRequest) -> EnhanceResult:
+        """One recording enhanced (its tracks), or its error."""
+
 
 class BentoModelClient:
     """:class:`ModelClient` over a BentoML dependency (``bentoml.depends(ModelService)``).
@@ -168,6 +173,15 @@ class BentoModelClient:
             sent_at=request.sent_at,
             what="synthesize",
             lost_what="speaking a sentence",
+        )
+
+    async def enhance(self, request: EnhanceRequest) -> EnhanceResult:
+        """See :class:`ModelClient`; sent again when lost with its worker, as :meth:`decode`."""
+        return await self._resent_if_lost(
+            lambda: self._calls.enhance(request),
+            sent_at=request.sent_at,
+            what="enhance",
+            lost_what="enhancing a recording",
         )
 
     async def _resent_if_lost(

@@ -2,7 +2,8 @@
 
 A speech-to-text model decodes batches of segments (``decode``); a synthesis model
 speaks one sentence per call (``synthesize``: espnet2's ``Text2Speech`` takes one
-text, see :class:`~espnet_serve.executors.tts.TtsExecutor`).
+text, see :class:`~espnet_serve.executors.tts.TtsExecutor`); an enhancement model
+enhances one recording per call (``enhance``, :class:`~espnet_serve.executors.enh.EnhExecutor`).
 
 Runs on a GPU when the pod has one (``resources={"gpu": N}``), else on CPU.
 Each batch of segments goes through the segment pipeline
@@ -27,14 +28,22 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 
 from espnet_serve.executors import UnsupportedFamilyError, executor_class
+from espnet_serve.executors.enh import EnhExecutor
 from espnet_serve.executors.tts import SynthesisInputError, SynthesisOptions, TtsExecutor
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import DECODE_FAILED, SegmentDecodeError
-from espnet_serve.pipeline.warmup import WarmupError, warm_up, warm_up_synthesis
+from espnet_serve.pipeline.warmup import (
+    WarmupError,
+    warm_up,
+    warm_up_enhancement,
+    warm_up_synthesis,
+)
 from espnet_serve.serving.drain import SigtermDrain
 from espnet_serve.serving.metrics import get_metrics
 from espnet_serve.serving.middleware.inflight import InFlight, InFlightMiddleware
 from espnet_serve.serving.rpc import (
+    EnhanceRequest,
+    EnhanceResult,
     ModelInfo,
     Readiness,
     SegmentFailure,
@@ -105,6 +114,7 @@ class ModelServiceBase:
         self.metrics = get_metrics()
         self.decoder: SegmentDecoder | None = None
         self.synthesizer: TtsExecutor | None = None
+        self.enhancer: EnhExecutor | None = None
         self._loaded = threading.Event()
         self.unready_reason = "the model is loading"
         self.drain = SigtermDrain(
@@ -145,6 +155,8 @@ class ModelServiceBase:
             )
             if issubclass(executor, TtsExecutor):
                 self._load_synthesizer(TtsExecutor(session))
+            elif issubclass(executor, EnhExecutor):
+                self._load_enhancer(EnhExecutor(session))
             else:
                 self._load_decoder(SegmentDecoder(session, spec.sample_rate, family=spec.family))
         except UnsupportedFamilyError as exc:
@@ -197,6 +209,13 @@ class ModelServiceBase:
         )
         if settings.warmup:
             warm_up_synthesis(synthesizer)
+
+    def _load_enhancer(self, enhancer: EnhExecutor) -> None:
+        """Serve an enhancement model: complete its info, warm it up."""
+        self.enhancer = enhancer
+        self.info = self.info.model_copy(update={"tracks": enhancer.tracks})
+        if settings.warmup:
+            warm_up_enhancement(enhancer, self.info.sample_rate)
 
     def __is_ready__(self) -> bool:
         """Ready once the model is loaded, verified and warmed up, until SIGTERM."""
@@ -274,6 +293,27 @@ class ModelServiceBase:
         self.metrics.decode_seconds.observe(time.time() - started)
         self.metrics.audio_seconds.inc(len(samples) / self.info.sample_rate)
         return SynthesisResult.of(samples)
+
+    @bentoml.api
+    def enhance(self, request: EnhanceRequest) -> EnhanceResult:
+        """Enhance or separate one recording (one at a time: see :class:`EnhExecutor`)."""
+        self._require_loaded()
+        if self.enhancer is None:
+            failure = SegmentFailure(
+                code="task_unsupported", message="This model does not enhance."
+            )
+            return EnhanceResult(failure=failure)
+        started = time.time()
+        self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
+        try:
+            tracks = self.enhancer.enhance(request.samples, self.info.sample_rate)
+        except Exception as exc:
+            logger.exception("Enhancement failed.")
+            message = f"Enhancement failed: {type(exc).__name__}: {exc}"
+            return EnhanceResult(failure=SegmentFailure(code=DECODE_FAILED, message=message))
+        self.metrics.decode_seconds.observe(time.time() - started)
+        self.metrics.audio_seconds.inc(len(request.samples) / self.info.sample_rate)
+        return EnhanceResult.of(tracks)
 
 
 def model_service(tag: str, name: str) -> bentoml.Service:

@@ -1,11 +1,11 @@
-"""The HTTP wire: OpenAI's transcription, translation and speech requests and responses, errors.
+"""The HTTP wire: requests (OpenAI's, and ours for enhancement), responses, errors.
 
 Requests are validated here, in one place (:class:`TranscriptionForm`,
-:class:`TranslationForm`): types and ranges by pydantic (422 when they are
-wrong), options that do not go together and language codes that do not exist by
-:class:`InvalidOptionError` (400, as OpenAI answers them). What depends on the
-served model (its name, its tasks, its languages, word timing) is checked by the
-request handler.
+:class:`TranslationForm`, :class:`SpeechRequest`, :class:`EnhancementForm`): types and
+ranges by pydantic (422 when they are wrong), options that do not go together and
+language codes that do not exist by :class:`InvalidOptionError` (400, as OpenAI answers
+them). What depends on the served model (its name, its tasks, its languages, word
+timing, voices) is checked by the request handler.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from espnet_serve.audio.encode import FORMATS, UNSUPPORTED_FORMATS
+from espnet_serve.audio.encode import FORMATS, TRACK_FORMATS, UNSUPPORTED_FORMATS
 from espnet_serve.executors.base import DEFAULT_TARGET_LANGUAGE
 from espnet_serve.languages import language_name
 from espnet_serve.pipeline.types import Segment, Word
@@ -248,7 +248,8 @@ class ModelObject(BaseModel):
     family: str = Field(description="The espnet2 model family (asr, asr_transducer, ...).")
     tasks: list[str] = Field(
         description="What the model does on this server: transcribe (/v1/audio/transcriptions), "
-        "translate (/v1/audio/translations), synthesize (/v1/audio/speech)."
+        "translate (/v1/audio/translations), synthesize (/v1/audio/speech), enhance "
+        "(/v1/audio/enhancements)."
     )
     languages: list[str] = Field(description="ISO-639-1 codes of the speech it takes, if known.")
     target_languages: list[str] = Field(
@@ -256,6 +257,9 @@ class ModelObject(BaseModel):
     )
     voices: list[str] = Field(
         default_factory=list, description="A speech model's voices, its default first."
+    )
+    tracks: int = Field(
+        default=0, description="Tracks an enhancement model returns (speakers it separates)."
     )
 
 
@@ -367,5 +371,27 @@ class SpeechRequest(BaseModel):
                 f"stream_format {name!r} is not served: the audio itself is streamed "
                 "(stream_format 'audio').",
                 param="stream_format",
+            )
+        return name
+
+
+class EnhancementForm(BaseModel):
+    """The form fields of ``POST /v1/audio/enhancements`` (beside ``file``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    model: str
+    response_format: str = Field(
+        default="wav", description="wav or flac: one file, a channel per track (speaker)."
+    )
+
+    @field_validator("response_format")
+    @classmethod
+    def _track_format(cls, name: str) -> str:
+        if name not in TRACK_FORMATS:
+            raise InvalidOptionError(
+                f"response_format {name!r} cannot hold several tracks here; choose one of: "
+                f"{', '.join(TRACK_FORMATS)}.",
+                param="response_format",
             )
         return name

@@ -3,7 +3,8 @@
 One :class:`SegmentRequest` per audio segment goes to the model service's batcher;
 one :class:`SegmentResult` comes back: the decoded :class:`Segment`, in recording
 time, or the error that segment met. A synthesis sends one :class:`SynthesisRequest`
-per sentence and gets its samples back in a :class:`SynthesisResult`.
+per sentence and gets its samples back in a :class:`SynthesisResult`; an enhancement
+sends the whole recording (:class:`EnhanceRequest`) and gets its tracks back.
 """
 
 from __future__ import annotations
@@ -113,6 +114,35 @@ class SynthesisResult(BaseModel):
         return np.frombuffer(self.samples, dtype="<f4").astype(np.float32)
 
 
+class EnhanceRequest(BaseModel):
+    """One recording to enhance or separate, at the model's rate."""
+
+    samples: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]
+    sent_at: float = Field(
+        default_factory=time.time, description="time.time() when the API service sent it."
+    )
+
+
+class EnhanceResult(BaseModel):
+    """The model service's answer for one recording: its tracks or its failure."""
+
+    model_config = ConfigDict(ser_json_bytes="base64", val_json_bytes="base64")
+
+    tracks: list[bytes] = Field(
+        default_factory=list, description="One per speaker: mono float32, little-endian."
+    )
+    failure: SegmentFailure | None = None
+
+    @classmethod
+    def of(cls, tracks: list[np.ndarray]) -> EnhanceResult:
+        """The result holding ``tracks``."""
+        return cls(tracks=[np.asarray(t, dtype="<f4").tobytes() for t in tracks])
+
+    def waveforms(self) -> np.ndarray:
+        """The tracks as a ``(samples, tracks)`` float32 array."""
+        return np.stack([np.frombuffer(t, dtype="<f4") for t in self.tracks], axis=1)
+
+
 class ModelInfo(BaseModel):
     """What the model service serves."""
 
@@ -136,6 +166,9 @@ class ModelInfo(BaseModel):
     )
     speed_control: bool = Field(
         default=False, description="Whether a synthesis model can change its speaking rate."
+    )
+    tracks: int = Field(
+        default=0, description="Tracks an enhancement model returns (speakers separated)."
     )
 
     @property

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from espnet_serve.executors.base import SYNTHESIZE, TRANSCRIBE, TRANSLATE
+from espnet_serve.executors.base import ENHANCE, SYNTHESIZE, TRANSCRIBE, TRANSLATE
 from espnet_serve.languages import language_name
 from espnet_serve.serving.errors import ApiError, model_unavailable
 from espnet_serve.serving.model_client import ModelClient
@@ -17,7 +17,12 @@ from espnet_serve.serving.rpc import ModelInfo
 from espnet_serve.serving.settings import ServeSettings
 
 # How an error message says what a model does.
-TASK_VERBS = {TRANSCRIBE: "transcribes", TRANSLATE: "translates", SYNTHESIZE: "speaks"}
+TASK_VERBS = {
+    TRANSCRIBE: "transcribes",
+    TRANSLATE: "translates",
+    SYNTHESIZE: "speaks",
+    ENHANCE: "enhances",
+}
 
 
 class ServedModel:
@@ -43,8 +48,16 @@ class ServedModel:
         return self._info
 
     def aliases(self, info: ModelInfo) -> frozenset[str]:
-        """The aliases the served model answers to: a synthesis model's, or the others'."""
-        return self.settings.aliases(speech=SYNTHESIZE in info.tasks)
+        """The aliases the model answers to, by its kind.
+
+        A speech-to-text model's (``whisper-1``), a synthesis model's (``tts-1``); none for
+        an enhancement model.
+        """
+        if SYNTHESIZE in info.tasks:
+            return self.settings.aliases(speech=True)
+        if {TRANSCRIBE, TRANSLATE} & set(info.tasks):
+            return self.settings.aliases()
+        return frozenset()
 
     async def language_name(self, language: str | None) -> str:
         """The full name of the language to report; 400 for one the model does not take.

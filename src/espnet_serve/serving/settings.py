@@ -35,6 +35,8 @@ class ServeSettings(BaseSettings):
             is spooled to disk, not held in memory.
         max_audio_seconds: Longest accepted audio, in seconds (413 above); long
             recordings are split by voice activity and decoded segment by segment.
+        max_enhancement_seconds: Longest recording an enhancement model takes at once
+            (413 above): it is enhanced whole, its tracks held in memory.
         upload_grace_seconds: How long an upload may take before its pace is checked.
         min_upload_bytes_per_second: The slowest average pace of an upload after the
             grace; a slower or stalled one (a slowloris) is cut off with 408. An upload
@@ -83,6 +85,7 @@ class ServeSettings(BaseSettings):
     max_segments_in_flight: int = Field(default=32, ge=1)
     max_audio_bytes: int = Field(default=1024 * 1024 * 1024, ge=1)
     max_audio_seconds: float = Field(default=4 * 3600.0, gt=0)
+    max_enhancement_seconds: float = Field(default=600.0, gt=0)
     upload_grace_seconds: float = Field(default=10.0, gt=0)
     min_upload_bytes_per_second: int = Field(default=8 * 1024, ge=1)
     max_upload_bytes_held: int = Field(default=4 * 1024**3, ge=1)

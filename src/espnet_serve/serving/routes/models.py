@@ -34,6 +34,7 @@ def model_object(info: ModelInfo) -> ModelObject:
         languages=info.languages,
         target_languages=info.target_languages,
         voices=info.voices,
+        tracks=info.tracks,
     )
 
 
