@@ -39,10 +39,15 @@ sysdeps:
 # it gets a reset. The container's CMD and the chart's `bento.keepAliveSeconds` use the same value.
 KEEP_ALIVE_SECONDS := 75
 
-## serve: serve the embedded default model on $(HOST):$(PORT), offline
+# The embedded models `make serve` serves: the digits ASR model and the default voice, each with
+# its own model service (ESPNET_SERVE_MODEL_TAG in the environment wins).
+DEFAULT_MODELS := espnet-digits-asr:latest,espnet-digits-voice:latest
+
+## serve: serve the embedded default models (ASR and voice) on $(HOST):$(PORT), offline
 serve: setup
 	$(BIN)/espnet-serve import-default
-	$(BIN)/bentoml serve service:ApiService --host $(HOST) --port $(PORT) \
+	ESPNET_SERVE_MODEL_TAG=$${ESPNET_SERVE_MODEL_TAG:-$(DEFAULT_MODELS)} \
+	  $(BIN)/bentoml serve service:ApiService --host $(HOST) --port $(PORT) \
 	  --timeout-keep-alive $(KEEP_ALIVE_SECONDS)
 
 ## test: lint, then the whole test suite

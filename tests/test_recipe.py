@@ -7,6 +7,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,8 @@ import yaml
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import HELDOUT_DIR, load_heldout
+from espnet_serve.bundle.store import load_local_session
+from espnet_serve.executors import executor_for
 
 RECIPE_DIR = Path(__file__).absolute().parent.parent / "recipes" / "digits"
 sys.path.insert(0, str(RECIPE_DIR))
@@ -178,3 +181,16 @@ def test_toy_recipe_end_to_end(tmp_path: Path) -> None:
     result = session(clip.read_audio(16000), idx=clip.uttid)
     assert result["uttid"] == clip.uttid
     assert isinstance(result["text"], str)
+
+    # The default voice: a Text2Speech bundle (FastSpeech, Griffin-Lim) that speaks the words.
+    voice_session, spec = load_local_session(
+        str(work / "digits_voice.tar.gz"), Path(tempfile.mkdtemp(dir=tmp_path))
+    )
+    assert (spec.family, spec.sample_rate) == ("tts", 16000)
+    voice = executor_for(voice_session, spec.family)
+    assert voice.synthesize("one two three").size > 0
+    durations = (work / "voice" / "dump" / "train" / "durations").read_text().splitlines()
+    shapes = (work / "voice" / "dump" / "train" / "speech_shape").read_text().splitlines()
+    for line, shape in zip(durations, shapes, strict=True):
+        frames = [int(d) for d in line.split()[1:]]
+        assert sum(frames) == int(shape.split()[1]) // 256 + 1  # every frame has its token

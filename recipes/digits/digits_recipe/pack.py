@@ -18,6 +18,7 @@ import yaml
 from devkit.publish import pack_bundle, write_bundle
 from digits_recipe.config import RECIPE_DIR
 
+VOCODER_CONFIG = "conf/vocoder.yaml"  # the voice bundle's Griffin-Lim settings
 # Fields of espnet2's config.yaml that name training-time files or directories.
 TRAINING_PATH_FIELDS: dict[str, Any] = {
     "config": None,
@@ -80,4 +81,41 @@ def pack(config: Mapping[str, Any], *, exp_dir: Path, bundle_dir: Path, archive:
         output_fn=packing["output_fn"],
         user_code_dir=RECIPE_DIR / "src",
     )
+    return pack_bundle(bundle_dir, archive)
+
+
+def pack_voice(voice: Mapping[str, Any], *, exp_dir: Path, bundle_dir: Path, archive: Path) -> Path:
+    """Write the default voice's bundle (``Text2Speech`` + Griffin-Lim) and pack it.
+
+    The inference config points ``Text2Speech`` at ``conf/vocoder.yaml`` (Griffin-Lim's
+    iterations and rate; the STFT and mel settings come from the model's features).
+
+    Args:
+        voice: The recipe config's ``voice`` block (``model_file``, ``griffin_lim_iters``).
+        exp_dir: The espnet2 experiment directory.
+        bundle_dir: Bundle directory to write (replaced if it exists).
+        archive: The ``.tar.gz`` archive to write.
+
+    Returns:
+        Path: ``archive``.
+    """
+    from espnet_serve.executors.tts import TEXT2SPEECH
+
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    train_config = portable_train_config(
+        exp_dir / "config.yaml", bundle_dir.parent / "voice_portable_config.yaml"
+    )
+    fs = yaml.safe_load(train_config.read_text(encoding="utf-8"))["feats_extract_conf"]["fs"]
+    write_bundle(
+        bundle_dir,
+        asr_train_config=train_config,
+        asr_model_file=exp_dir / voice["model_file"],
+        decoding={"vocoder_config": f"${{recipe_dir}}/{VOCODER_CONFIG}", "device": "auto"},
+        backend=TEXT2SPEECH,
+        input_key="text",
+        task="tts",
+    )
+    vocoder = {"fs": int(fs), "griffin_lim_iters": int(voice["griffin_lim_iters"])}
+    (bundle_dir / VOCODER_CONFIG).write_text(yaml.safe_dump(vocoder), encoding="utf-8")
     return pack_bundle(bundle_dir, archive)

@@ -18,15 +18,18 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+import yaml
+
 from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
 from digits_recipe.data import prepare_data_dir, token_list
-from digits_recipe.pack import pack
+from digits_recipe.pack import pack, pack_voice
 from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, SAYTIME, build_dev_set
 from digits_recipe.score import markdown_table, score
 from digits_recipe.synth import plan_set, synthesise_set
-from digits_recipe.train import train
+from digits_recipe.train import train, train_voice
+from digits_recipe.voice import plan_voice_set, render_words, voice_token_list, write_voice_set
 
-STAGES = ("synth", "prepare", "train", "pack")
+STAGES = ("synth", "prepare", "train", "pack", "voice")
 ROLES = ("train", "valid", "heldout")  # a set's ``role`` in the config
 INSTALLED_HELDOUT = "heldout"  # the held-out set shipped in the package (espeak-ng voices)
 REAL_DEV = "real_dev"  # the real-speech dev set's directory under work/data
@@ -34,6 +37,7 @@ REAL_DEV_WIDEBAND = "real_dev_wideband"  # ... its 16 kHz version (built where f
 REAL_DEV_SAYTIME = "real_dev_saytime"  # the same texts by a second speaker (saytime's clips)
 ASSETS_DIR = RECIPE_DIR.parent.parent / "src" / "espnet_serve" / "assets"
 ARCHIVE_NAME = "digits_asr.tar.gz"
+VOICE_ARCHIVE_NAME = "digits_voice.tar.gz"
 
 logger = logging.getLogger("digits_recipe")
 
@@ -69,20 +73,71 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def install(archive: Path, heldout_dir: Path, assets_dir: Path = ASSETS_DIR) -> None:
-    """Copy the packed bundle and the held-out set into the package's assets.
+def install(
+    archive: Path, heldout_dir: Path, voice: Path | None, assets_dir: Path = ASSETS_DIR
+) -> None:
+    """Copy the packed bundles and the held-out set into the package's assets.
 
     Args:
-        archive: The packed bundle.
+        archive: The packed ASR bundle.
         heldout_dir: The synthesised held-out set.
+        voice: The packed voice bundle (``None``: its stage did not run).
         assets_dir: The package's assets directory.
     """
     assets_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(archive, assets_dir / ARCHIVE_NAME)
+    if voice is not None:
+        shutil.copyfile(voice, assets_dir / VOICE_ARCHIVE_NAME)
     target = assets_dir / "heldout"
     if target.exists():
         shutil.rmtree(target)
     shutil.copytree(heldout_dir, target)
+
+
+def make_voice(config: dict, work: Path) -> Path:
+    """The default voice: render, write its data, train, pack (``work/digits_voice.tar.gz``)."""
+    voice = config["voice"]
+    words = config["synthesis"]["words"]
+    rate = int(config["synthesis"]["sample_rate"])
+    hop = int(
+        yaml.safe_load((RECIPE_DIR / voice["config"]).read_text())["feats_extract_conf"][
+            "hop_length"
+        ]
+    )
+    rendered = render_words(words, voice["engine_voice"], work / "voice" / "words")
+    data = {}
+    for split in ("train", "valid"):
+        utterances = plan_voice_set(
+            f"voice_{split}",
+            int(voice[f"{split}_utterances"]),
+            int(voice["seeds"][split]),
+            words,
+            voice,
+        )
+        data[split] = write_voice_set(
+            utterances,
+            rendered,
+            rate,
+            hop,
+            work / "voice" / "audio" / split,
+            work / "voice" / "dump" / split,
+        )
+    tokens = work / "voice" / "dump" / "tokens.txt"
+    tokens.write_text("\n".join(voice_token_list(words)) + "\n")
+    exp_dir = train_voice(
+        voice,
+        train_dir=data["train"],
+        valid_dir=data["valid"],
+        token_file=tokens,
+        exp_dir=work / "exp" / "voice",
+        threads=int(voice["threads"]),
+    )
+    return pack_voice(
+        voice,
+        exp_dir=exp_dir,
+        bundle_dir=work / "voice_bundle",
+        archive=work / VOICE_ARCHIVE_NAME,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -91,7 +146,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_config(args.config)
     if args.threads is not None:
-        config["training"]["threads"] = args.threads
+        config["training"]["threads"] = config["voice"]["threads"] = args.threads
     work = args.work_dir.absolute()
     synthesis = config["synthesis"]
     roles = {role: [n for n, e in config["sets"].items() if e["role"] == role] for role in ROLES}
@@ -130,9 +185,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif stage == "pack":
             pack(config, exp_dir=exp_dir, bundle_dir=work / "bundle", archive=archive)
+        elif stage == "voice":
+            make_voice(config, work)
         logger.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
     if args.install:
-        install(archive, set_dirs[INSTALLED_HELDOUT])
+        voice = work / VOICE_ARCHIVE_NAME if "voice" in args.stages else None
+        install(archive, set_dirs[INSTALLED_HELDOUT], voice)
         logger.info("installed %s and the held-out set into %s", ARCHIVE_NAME, ASSETS_DIR)
     if args.score:
         scored = [set_dirs[name] for name in roles["heldout"]]

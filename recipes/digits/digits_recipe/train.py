@@ -97,3 +97,66 @@ def train(
         ]
     )
     return exp_dir
+
+
+def train_voice(
+    voice: Mapping[str, Any],
+    *,
+    train_dir: Path,
+    valid_dir: Path,
+    token_file: Path,
+    exp_dir: Path,
+    threads: int,
+) -> Path:
+    """Train the default voice from scratch into ``exp_dir`` (removed first).
+
+    espnet2's ``TTSTask`` with the voice's config (FastSpeech): text, speech and the exact
+    word durations of :mod:`digits_recipe.voice`; the best epoch by validation loss is
+    kept (``valid.loss.best.pth``).
+
+    Args:
+        voice: The recipe config's ``voice`` block (``config``, ``overrides``, ``seed``).
+        train_dir: espnet2 data directory of the training set (with ``durations``).
+        valid_dir: ... of the validation set.
+        token_file: Token list, one token per line.
+        exp_dir: The experiment directory.
+        threads: torch threads.
+
+    Returns:
+        Path: ``exp_dir``.
+    """
+    import torch
+    from espnet2.tasks.tts import TTSTask
+
+    from espnet_serve.backends.offline import block_runtime_downloads
+
+    block_runtime_downloads()
+    if exp_dir.exists():
+        shutil.rmtree(exp_dir)
+    train_config = exp_dir.parent / f"{exp_dir.name}.train.yaml"
+    write_train_config({"training": voice}, train_config)
+    torch.set_num_threads(threads)
+    TTSTask.main(
+        cmd=[
+            "--config",
+            str(train_config),
+            "--output_dir",
+            str(exp_dir),
+            "--seed",
+            str(voice["seed"]),
+            "--token_list",
+            str(token_file),
+            *_voice_data_args("train", train_dir),
+            *_voice_data_args("valid", valid_dir),
+        ]
+    )
+    return exp_dir
+
+
+def _voice_data_args(split: str, data_dir: Path) -> list[str]:
+    """``TTSTask`` arguments naming a voice data directory's files for ``split``."""
+    return [
+        *_data_args(split, data_dir),
+        f"--{split}_data_path_and_name_and_type",
+        f"{data_dir / 'durations'},durations,text_int",
+    ]

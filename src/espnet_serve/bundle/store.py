@@ -30,7 +30,7 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE
+from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, DEFAULT_VOICE_ARCHIVE
 from espnet_serve.bundle.errors import BundleIntegrityError, UntrustedUserCodeError
 from espnet_serve.bundle.plan import BundlePlan, plan_bundle
 from espnet_serve.bundle.relocate import materialize
@@ -43,6 +43,7 @@ logger = logging.getLogger(__name__)
 
 BUNDLE_DIRNAME = "bundle"
 DEFAULT_MODEL_NAME = "espnet-digits-asr"
+DEFAULT_VOICE_NAME = "espnet-digits-voice"
 DEFAULT_MODEL_LANGUAGES = ("en",)
 _INVALID_TAG_CHARS = re.compile(r"[^a-z0-9._-]+")
 _MAX_TAG_LENGTH = 63
@@ -429,9 +430,27 @@ def ensure_default_model(archive: Path = DEFAULT_MODEL_ARCHIVE) -> bentoml.Tag:
     Returns:
         bentoml.Tag: The tag of the stored default model.
     """
+    return _ensure_embedded(
+        archive, DEFAULT_MODEL_NAME, trust_user_code=True, languages=DEFAULT_MODEL_LANGUAGES
+    )
+
+
+def ensure_default_voice(archive: Path = DEFAULT_VOICE_ARCHIVE) -> bentoml.Tag:
+    """Make the embedded default voice the latest ``espnet-digits-voice`` in the store.
+
+    As :func:`ensure_default_model`; the voice has no code of its own.
+
+    Returns:
+        bentoml.Tag: The tag of the stored default voice.
+    """
+    return _ensure_embedded(archive, DEFAULT_VOICE_NAME)
+
+
+def _ensure_embedded(archive: Path, name: str, **import_options: Any) -> bentoml.Tag:
+    """The latest ``name`` in the store, imported from ``archive`` unless it came from it."""
     digest = file_sha256(archive)
     try:
-        latest = bentoml.models.get(f"{DEFAULT_MODEL_NAME}:latest")
+        latest = bentoml.models.get(f"{name}:latest")
     except NotFound:
         latest = None
     recorded = latest.info.metadata if latest is not None else {}
@@ -439,8 +458,6 @@ def ensure_default_model(archive: Path = DEFAULT_MODEL_ARCHIVE) -> bentoml.Tag:
         digest,
         STORE_FORMAT,
     ):
-        logger.info("Default model already in the store: %s", latest.tag)
+        logger.info("Embedded model already in the store: %s", latest.tag)
         return latest.tag
-    return import_bundle(
-        archive, name=DEFAULT_MODEL_NAME, trust_user_code=True, languages=DEFAULT_MODEL_LANGUAGES
-    ).tag
+    return import_bundle(archive, name=name, **import_options).tag

@@ -37,7 +37,8 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
     build.add_arguments(parser)
     parser.set_defaults(handler=build.main)
     default = subparsers.add_parser(
-        "import-default", help="Import the embedded default model into the BentoML store."
+        "import-default",
+        help="Import the embedded default models (ASR and voice) into the BentoML store.",
     )
     default.set_defaults(handler=build.import_default_main)
 

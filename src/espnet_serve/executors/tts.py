@@ -5,26 +5,30 @@ selects the bundle's speaker id, language id or speaker embedding, the speed
 becomes the model's duration scale. Each call seeds espnet2's random state
 with the model's seed first (``Text2Speech(always_fix_seed=True)``), so a model
 that draws noise (VITS, JETS) gives the same samples for the same text every
-time, as the class called in-process with that option does.
+time, as the class called in-process with that option does; a Griffin-Lim
+vocoder's phases are seeded too (:func:`seeded_griffin_lim`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import inspect
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from espnet_serve.executors.base import SYNTHESIZE, FamilyExecutor
+from espnet_serve.executors.base import SPECIAL_SYMBOL, SYNTHESIZE, FamilyExecutor
 
 TEXT2SPEECH = "espnet2.bin.tts_inference.Text2Speech"
 DEFAULT_VOICE = "default"
 VOICES_KEY = "voices"  # in meta.yaml: name -> {sid: int} | {lid: int} | {spembs: path}
 VOICE_FIELDS = ("sid", "lid", "spembs")
+MAX_LISTED_WORDS = 100  # a word-token model's words are named in its refusals up to this many
 
 
 class SynthesisInputError(ValueError):
@@ -130,8 +134,9 @@ class TtsExecutor(FamilyExecutor):
         """One text as mono float32 samples at :attr:`sample_rate`.
 
         Raises:
-            SynthesisInputError: For an unknown voice, a speed the model cannot change, or
-                text that leaves no token to speak.
+            SynthesisInputError: For an unknown voice, a speed the model cannot change,
+                text that leaves no token to speak, or words (or characters) the model has
+                no token for.
         """
         from espnet2.torch_utils.set_all_random_seed import set_all_random_seed
 
@@ -152,14 +157,68 @@ class TtsExecutor(FamilyExecutor):
                     code="speed_unsupported",
                 )
             decode_conf["alpha"] = 1.0 / options.speed
-        if not self.backend.preprocess_fn("<text>", {"text": text})["text"].size:
-            raise SynthesisInputError(
-                "The text has nothing this model can speak.", code="nothing_to_speak"
-            )
-        with self._lock:
+        self._check_tokens(text)
+        with self._lock, seeded_griffin_lim(self.backend.seed):
             set_all_random_seed(self.backend.seed)
             output = self.backend(text, decode_conf=decode_conf or None, **voice.inputs())
         return output["wav"].detach().reshape(-1).float().cpu().numpy()
+
+
+    def _check_tokens(self, text: str) -> None:
+        """Refuse text that gives no token, or a word or character the model has none for.
+
+        Raises:
+            SynthesisInputError: ``nothing_to_speak`` or ``unknown_words`` (naming them).
+        """
+        preprocess = self.backend.preprocess_fn
+        ids = preprocess("<text>", {"text": text})["text"]
+        if not ids.size:
+            raise SynthesisInputError(
+                "The text has nothing this model can speak.", code="nothing_to_speak"
+            )
+        converter = getattr(preprocess, "token_id_converter", None)
+        unk_id = getattr(converter, "unk_id", None)
+        if unk_id is None or not (ids == unk_id).any():
+            return
+        cleaned = preprocess.text_cleaner(text) if preprocess.text_cleaner else text
+        unknown = sorted(
+            {t for t in preprocess.tokenizer.text2tokens(cleaned) if t not in converter.token2id}
+        )
+        words = self.words()
+        known = f"; it says only these words: {' '.join(words)}" if words else ""
+        raise SynthesisInputError(
+            f"This model cannot say {', '.join(repr(t) for t in unknown[:10])}: it has no token "
+            f"for {'them' if len(unknown) > 1 else 'it'}{known}.",
+            code="unknown_words",
+        )
+
+    def words(self) -> tuple[str, ...]:
+        """The words of a model with word tokens and a small vocabulary (else empty)."""
+        if self.backend.train_args.token_type != "word":
+            return ()
+        tokens = self.backend.train_args.token_list
+        found = tuple(t for t in tokens if not SPECIAL_SYMBOL.fullmatch(str(t)))
+        return found if len(found) <= MAX_LISTED_WORDS else ()
+
+
+@contextlib.contextmanager
+def seeded_griffin_lim(seed: int) -> Iterator[None]:
+    """Within: Griffin-Lim (espnet2's vocoder of last resort) draws its phases from ``seed``.
+
+    librosa (0.10 and later) draws Griffin-Lim's initial phases from a fresh, unseeded
+    generator unless it is given a ``random_state``, and espnet2's ``griffin_lim`` passes
+    none: ``Text2Speech`` with a Griffin-Lim vocoder answers differently on every call,
+    ``always_fix_seed`` or not. Here ``librosa.griffinlim`` gets ``random_state=seed``
+    (process-wide, until the block ends: callers hold the executor's lock).
+    """
+    import librosa
+
+    original = librosa.griffinlim
+    librosa.griffinlim = functools.partial(original, random_state=seed)
+    try:
+        yield
+    finally:
+        librosa.griffinlim = original
 
 
 def _is_joint(model: Any) -> bool:

@@ -6,7 +6,7 @@ import numpy as np
 
 from espnet_serve.audio.segmenter import AudioSegment
 from espnet_serve.executors.enh import EnhExecutor
-from espnet_serve.executors.tts import TtsExecutor
+from espnet_serve.executors.tts import SynthesisInputError, TtsExecutor
 from espnet_serve.pipeline.decode import SegmentDecodeError, SegmentDecoder
 
 WARMUP_SECONDS = (1.5, 0.8)
@@ -58,18 +58,22 @@ def warm_up(decoder: SegmentDecoder) -> list[str]:
 def warm_up_synthesis(synthesizer: TtsExecutor) -> int:
     """Speak :data:`WARMUP_SENTENCE` in the default voice and check audio came out.
 
+    A model with a small word vocabulary (the digits voice) says its own first words
+    instead.
+
     Returns:
         int: How many samples it gave.
 
     Raises:
         WarmupError: If the synthesis failed or gave no samples.
     """
+    sentence = " ".join(synthesizer.words()[:3]) or WARMUP_SENTENCE
     try:
-        samples = synthesizer.synthesize(WARMUP_SENTENCE)
-    except Exception as exc:
-        raise WarmupError(f"speaking {WARMUP_SENTENCE!r}: {exc}") from exc
+        samples = synthesizer.synthesize(sentence)
+    except (SynthesisInputError, RuntimeError, ValueError, LookupError) as exc:
+        raise WarmupError(f"speaking {sentence!r}: {exc}") from exc
     if not samples.size or not np.isfinite(samples).all():
-        raise WarmupError(f"speaking {WARMUP_SENTENCE!r} gave no finite samples")
+        raise WarmupError(f"speaking {sentence!r} gave no finite samples")
     return int(samples.size)
 
 

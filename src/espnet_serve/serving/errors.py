@@ -37,6 +37,7 @@ STATUS: dict[str, int] = {
     "unknown_voice": 400,
     "speed_unsupported": 400,
     "nothing_to_speak": 400,
+    "unknown_words": 400,
     "invalid_audio": 400,
     "empty_audio": 400,
     "audio_too_short": 400,
