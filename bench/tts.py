@@ -14,11 +14,15 @@ TTS models are, and then:
    loop: time to the first audio byte, the real-time factor of each request (its wall time over
    its audio's length) and the server's audio seconds per second.
 
+With ``--url``, only step 3, against a server already running (``make serve``: the default
+voice, asked digit strings).
+
 Writes ``<out>/tts.json`` and ``<out>/tts.png``. Traffic goes only to 127.0.0.1; every level is
 bounded in requests.
 
 Example:
     python bench/tts.py --out bench/results/tts
+    python bench/tts.py --url http://127.0.0.1:3000 --out bench/results/tts-default-voice
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ import soundfile  # noqa: E402
 import yaml  # noqa: E402
 
 from bench.report import emit  # noqa: E402
+from bench.voice_roundtrip import digit_strings  # noqa: E402
 from devkit.publish import pack_published  # noqa: E402
 from devkit.random_init import write_random_tts_experiment  # noqa: E402
 from devkit.recipes import JOINT_FASTSPEECH2_HIFIGAN_LJSPEECH, VITS_LJSPEECH, Recipe  # noqa: E402
@@ -108,7 +113,9 @@ async def one_request(client: httpx.AsyncClient, url: str, text: str) -> dict[st
     return {"ttfb": first or wall, "wall": wall, "audio": audio}
 
 
-async def level(url: str, clients: int, requests: int) -> dict[str, Any]:
+async def level(
+    url: str, clients: int, requests: int, sentences: tuple[str, ...] = SENTENCES
+) -> dict[str, Any]:
     """``requests`` requests from ``clients`` concurrent clients, sentences in turn."""
     queue = list(range(requests))
     results: list[dict[str, float]] = []
@@ -116,7 +123,7 @@ async def level(url: str, clients: int, requests: int) -> dict[str, Any]:
     async def client_loop(client: httpx.AsyncClient) -> None:
         while queue:
             index = queue.pop()
-            results.append(await one_request(client, url, SENTENCES[index % len(SENTENCES)]))
+            results.append(await one_request(client, url, sentences[index % len(sentences)]))
 
     limits = httpx.Limits(max_connections=clients)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
@@ -211,9 +218,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="directory for tts.json/png")
     parser.add_argument("--models", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--url", help="only the load levels, against this running server")
     args = parser.parse_args()
     rows = []
-    for name in args.models:
+    if args.url:
+        strings = tuple(digit_strings(len(SENTENCES)))
+        levels = [asyncio.run(level(args.url, c, n, strings)) for c, n in LEVELS]
+        rows.append({"model": f"tts-1 at {args.url}", "sentences": strings, "levels": levels})
+    for name in [] if args.url else args.models:
         with tempfile.TemporaryDirectory() as tmp:
             rows.append(run(name, RECIPES[name], Path(tmp)))
     document = {
