@@ -163,7 +163,6 @@ class TtsExecutor(FamilyExecutor):
             output = self.backend(text, decode_conf=decode_conf or None, **voice.inputs())
         return output["wav"].detach().reshape(-1).float().cpu().numpy()
 
-
     def _check_tokens(self, text: str) -> None:
         """Refuse text that gives no token, or a word or character the model has none for.
 
