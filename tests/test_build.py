@@ -141,6 +141,32 @@ def test_build_bento_wires_the_exact_model_tag(
     assert not (Path(bento.path) / "src" / "espnet_serve" / "assets").exists()
 
 
+@pytest.mark.slow
+def test_build_bento_serves_the_imported_model_and_the_stored_ones_named(
+    bentoml_home: Path, tiny_archive: Path, capsys, monkeypatch
+):
+    monkeypatch.chdir(REPO_ROOT)
+    voice = str(store.ensure_default_voice())
+    status = cli.main(
+        [
+            *("build", str(tiny_archive), "--trust-user-code", "--bento"),
+            *("--with-model", "espnet-digits-voice:latest", "--bentofile", str(BENTOFILE)),
+        ]
+    )
+
+    assert status == 0
+    out = capsys.readouterr().out
+    model_tag = re.search(r"^Model: (\S+)$", out, re.MULTILINE).group(1)
+    assert f"Models: {model_tag}, {voice}\n" in out
+    bento = bentoml.get(re.search(r"^Bento: (\S+)$", out, re.MULTILINE).group(1))
+    info = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
+    assert info["args"] == {"model_tag": f"{model_tag},{voice}"}
+    models = {s["name"]: {m["tag"] for m in s["models"]} for s in info["services"]}
+    assert models["ModelService"] == {model_tag} and models["ModelService2"] == {voice}
+    refused = [str(tiny_archive), "--trust-user-code", "--bento", "--with-model", "nothing:v1"]
+    assert cli.main(["build", *refused]) == 1
+
+
 @contextmanager
 def built_and_served(
     archive: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
