@@ -35,7 +35,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import tarfile
 import tempfile
 import time
 from pathlib import Path
@@ -48,13 +47,13 @@ import httpx  # noqa: E402
 import numpy as np  # noqa: E402
 import openai  # noqa: E402
 import soundfile  # noqa: E402
-import yaml  # noqa: E402
 
 from bench.report import emit  # noqa: E402
 from bench.voice_roundtrip import digit_strings  # noqa: E402
 from devkit.publish import pack_published  # noqa: E402
 from devkit.random_init import write_random_tts_experiment  # noqa: E402
 from devkit.recipes import JOINT_FASTSPEECH2_HIFIGAN_LJSPEECH, VITS_LJSPEECH, Recipe  # noqa: E402
+from devkit.reference import text2speech  # noqa: E402
 from espnet_serve.audio.encode import PCM_RATE, pcm16  # noqa: E402
 from tests.server import serve_env, start_server  # noqa: E402
 
@@ -83,17 +82,7 @@ def published(recipe: Recipe, root: Path) -> Path:
 
 def reference(archive: Path, root: Path) -> Any:
     """``Text2Speech`` on the published files, seeded on every call."""
-    from espnet2.bin.tts_inference import Text2Speech
-
-    unpacked = root / "unpacked"
-    with tarfile.open(archive) as packed:
-        packed.extractall(unpacked, filter="data")
-    meta = yaml.safe_load((unpacked / "meta.yaml").read_text())
-    return Text2Speech(
-        str(unpacked / meta["yaml_files"]["train_config"]),
-        str(unpacked / meta["files"]["model_file"]),
-        always_fix_seed=True,
-    )
+    return text2speech(archive, root / "unpacked")
 
 
 async def one_request(client: httpx.AsyncClient, url: str, text: str) -> dict[str, float]:

@@ -10,7 +10,6 @@ import io
 import re
 import subprocess
 import sys
-import tarfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,9 +18,9 @@ import httpx
 import numpy as np
 import pytest
 import soundfile
-import yaml
 
 from bench.voice_roundtrip import digit_strings
+from devkit.reference import text2speech
 from espnet_serve.assets import DEFAULT_VOICE_ARCHIVE
 from espnet_serve.audio.encode import pcm16
 from espnet_serve.bundle.store import DEFAULT_MODEL_NAME, DEFAULT_VOICE_NAME
@@ -76,20 +75,9 @@ def test_the_asr_model_understands_the_default_voice(both: BentoServer):
 def test_the_default_voice_speaks_as_text2speech_and_refuses_other_words(
     both: BentoServer, tmp_path: Path
 ):
-    from espnet2.bin.tts_inference import Text2Speech
-
     served = speak(both, "nine eight seven")
     unknown = speak(both, "hello nine")
-    with tarfile.open(DEFAULT_VOICE_ARCHIVE) as packed:
-        packed.extractall(tmp_path, filter="data")
-    inference = yaml.safe_load((tmp_path / "conf" / "inference.yaml").read_text())["model"]
-    meta = yaml.safe_load((tmp_path / "meta.yaml").read_text())
-    reference = Text2Speech(
-        str(tmp_path / meta["yaml_files"]["train_config"]),
-        str(tmp_path / meta["files"]["model_file"]),
-        vocoder_config=inference["vocoder_config"].replace("${recipe_dir}", str(tmp_path)),
-        always_fix_seed=True,
-    )
+    reference = text2speech(DEFAULT_VOICE_ARCHIVE, tmp_path)
     with seeded_griffin_lim(reference.seed):  # as served: librosa's phases seeded too
         expected = reference("nine eight seven")["wav"].numpy().reshape(-1)
     samples, rate = soundfile.read(io.BytesIO(served.content), dtype="int16")

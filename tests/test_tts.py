@@ -26,6 +26,7 @@ import yaml
 from devkit.publish import pack_published
 from devkit.random_init import write_random_tts_experiment
 from devkit.recipes import JOINT_FASTSPEECH2_HIFIGAN_LJSPEECH, VITS_LJSPEECH, reduced_tts
+from devkit.reference import text2speech as reference_text2speech
 from espnet_serve.audio.encode import PCM_RATE, pcm16, resampled
 from espnet_serve.bundle.store import load_local_session
 from espnet_serve.executors import UnsupportedFamilyError, executor_for
@@ -60,22 +61,9 @@ def published_tts(root: Path, recipe: Any, *, voices: dict[str, Any] | None = No
     return unpacked
 
 
-def text2speech(archive: Path, tmp_path: Path) -> Any:
+def text2speech(bundle: Path, tmp_path: Path) -> Any:
     """espnet2's ``Text2Speech`` on the published files, seeded on every call."""
-    from espnet2.bin.tts_inference import Text2Speech
-
-    unpacked = tmp_path / "reference"
-    if archive.is_dir():
-        unpacked = archive
-    else:
-        with tarfile.open(archive) as packed:
-            packed.extractall(unpacked, filter="data")
-    meta = yaml.safe_load((unpacked / "meta.yaml").read_text())
-    return Text2Speech(
-        str(unpacked / meta["yaml_files"]["train_config"]),
-        str(unpacked / meta["files"]["model_file"]),
-        always_fix_seed=True,
-    )
+    return reference_text2speech(bundle, tmp_path / "reference")
 
 
 def flat_wav(output: dict[str, Any]) -> np.ndarray:

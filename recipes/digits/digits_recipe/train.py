@@ -68,35 +68,56 @@ def train(
     Returns:
         Path: ``exp_dir``.
     """
-    import torch
     from espnet2.tasks.asr import ASRTask
+
+    _run_task(
+        ASRTask,
+        config["training"],
+        exp_dir=exp_dir,
+        seed=int(config["seeds"]["training"]),
+        token_file=token_file,
+        data_args=[*_data_args("train", train_dir), *_data_args("valid", valid_dir)],
+    )
+    return exp_dir
+
+
+def _run_task(
+    task: Any,
+    training: Mapping[str, Any],
+    *,
+    exp_dir: Path,
+    seed: int,
+    token_file: Path,
+    data_args: list[str],
+) -> None:
+    """Run an espnet2 task's training from scratch into ``exp_dir`` (removed first).
+
+    Args:
+        task: ``ASRTask`` or ``TTSTask``.
+        training: A recipe block with ``config``, ``overrides`` and ``threads``.
+        exp_dir: The experiment directory.
+        seed: espnet2's ``--seed``.
+        token_file: Token list, one token per line.
+        data_args: The ``--{train,valid}_*`` arguments naming the data.
+    """
+    import torch
 
     from espnet_serve.backends.offline import block_runtime_downloads
 
     block_runtime_downloads()
-
     if exp_dir.exists():
         shutil.rmtree(exp_dir)
     train_config = exp_dir.parent / f"{exp_dir.name}.train.yaml"
-    espnet_config = write_train_config(config, train_config)
-    torch.set_num_threads(int(config["training"]["threads"]))
-    ASRTask.main(
+    espnet_config = write_train_config({"training": training}, train_config)
+    torch.set_num_threads(int(training["threads"]))
+    task.main(
         cmd=[
-            "--config",
-            str(train_config),
-            "--output_dir",
-            str(exp_dir),
-            "--seed",
-            str(config["seeds"]["training"]),
-            "--token_list",
-            str(token_file),
-            "--token_type",
-            str(espnet_config["token_type"]),
-            *_data_args("train", train_dir),
-            *_data_args("valid", valid_dir),
+            *("--config", str(train_config), "--output_dir", str(exp_dir)),
+            *("--seed", str(seed), "--token_list", str(token_file)),
+            *("--token_type", str(espnet_config["token_type"])),
+            *data_args,
         ]
     )
-    return exp_dir
 
 
 def train_voice(
@@ -125,30 +146,15 @@ def train_voice(
     Returns:
         Path: ``exp_dir``.
     """
-    import torch
     from espnet2.tasks.tts import TTSTask
 
-    from espnet_serve.backends.offline import block_runtime_downloads
-
-    block_runtime_downloads()
-    if exp_dir.exists():
-        shutil.rmtree(exp_dir)
-    train_config = exp_dir.parent / f"{exp_dir.name}.train.yaml"
-    write_train_config({"training": voice}, train_config)
-    torch.set_num_threads(threads)
-    TTSTask.main(
-        cmd=[
-            "--config",
-            str(train_config),
-            "--output_dir",
-            str(exp_dir),
-            "--seed",
-            str(voice["seed"]),
-            "--token_list",
-            str(token_file),
-            *_voice_data_args("train", train_dir),
-            *_voice_data_args("valid", valid_dir),
-        ]
+    _run_task(
+        TTSTask,
+        {**voice, "threads": threads},
+        exp_dir=exp_dir,
+        seed=int(voice["seed"]),
+        token_file=token_file,
+        data_args=[*_voice_data_args("train", train_dir), *_voice_data_args("valid", valid_dir)],
     )
     return exp_dir
 
