@@ -10,8 +10,8 @@ Service's selector (what its endpoints hold) and send each request to one of the
 3. A rolling update (a new settings value, so a new ReplicaSet) while clients send requests:
    sent / answered / lost (must be 0); the old pod's log shows its drain after preStop + SIGTERM.
 4. Admission: the chart's pod admitted, its privileged variant rejected by PodSecurityPolicy.
-5. Split mode: the model pod first, then the API pod with ``bento.modelUrl`` = the model pod's
-   address (no Service routing), the held-out clips through the API pod.
+5. Split mode: the model pod first, then the API pod with ``bento.modelUrls.ModelService`` = the
+   model pod's address (no Service routing), the held-out clips through the API pod.
 
 Prints one JSON report (also written to --out); exits non-zero when a check fails.
 """
@@ -263,8 +263,9 @@ def split_mode(release: str, expected: dict[str, str]) -> dict[str, Any]:
     helm("install", release, str(CHART), "--set", "mode=split", "--set", "api.replicas=0")
     model = start_to_ready(ready_pod(release, "model"))
     model_url = f"http://{model['ip']}:{PORT}"
+    model_url_value = f"bento.modelUrls.ModelService={model_url}"
     helm("upgrade", release, str(CHART), "--reuse-values",
-         "--set", "api.replicas=1", "--set", f"bento.modelUrl={model_url}")  # fmt: skip
+         "--set", "api.replicas=1", "--set", model_url_value)  # fmt: skip
     api = start_to_ready(ready_pod(release, "api"))
     got = heldout_transcripts(f"http://{api['ip']}:{PORT}")
     return {"model_pod": model, "api_pod": api, "model_url": model_url, **compare(expected, got)}

@@ -18,6 +18,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 import urllib.error
@@ -40,26 +41,44 @@ pytestmark = pytest.mark.slow
 
 STAND_IN_SERVICE = textwrap.dedent(
     '''
-    """Stand-in for the real service module: same service names, no model."""
+    """Stand-in for the real service module: the same service names, no model.
+
+    STAND_IN_MODELS model services (ModelService, ModelService2, ...), as a Bento that serves
+    that many models has; each answers with its name. The API depends on every one.
+    """
+
+    import os
 
     import bentoml
 
 
-    @bentoml.service(name="ModelService", workers=1)
-    class ModelService:
-        @bentoml.api(batchable=True, max_batch_size=8, max_latency_ms=100)
-        def transcribe(self, clips: list[str]) -> list[str]:
-            return [clip.upper() for clip in clips]
+    def model_service(name):
+        class Model:
+            @bentoml.api(batchable=True, max_batch_size=8, max_latency_ms=100)
+            def transcribe(self, clips: list[str]) -> list[str]:
+                return [f"{clip.upper()} ({name})" for clip in clips]
+
+        return bentoml.service(name=name, workers=1)(Model)
 
 
-    @bentoml.service(name="ApiService", workers=1)
-    class ApiService:
-        model = bentoml.depends(ModelService)
+    MODELS = [
+        model_service("ModelService" if i == 0 else f"ModelService{i + 1}")
+        for i in range(int(os.environ.get("STAND_IN_MODELS", "1")))
+    ]
+    ModelService = MODELS[0]
 
+
+    class _ApiService:
         @bentoml.api
-        async def transcribe(self, text: str) -> str:
-            (result,) = await self.model.to_async.transcribe([text])
+        async def transcribe(self, text: str, model: int = 0) -> str:
+            dependency = getattr(self, "model" if model == 0 else f"model{model + 1}")
+            (result,) = await dependency.to_async.transcribe([text])
             return result
+
+
+    for _i, _model in enumerate(MODELS):
+        setattr(_ApiService, "model" if _i == 0 else f"model{_i + 1}", bentoml.depends(_model))
+    ApiService = bentoml.service(name="ApiService", workers=1)(_ApiService)
     '''
 )
 # Short, so that SIGTERM's graceful shutdown (request timeout + 5 s) ends soon.
@@ -76,19 +95,7 @@ def free_port() -> int:
 
 def render_split_or_combined(mode: str) -> tuple[dict[str, list[str]], str]:
     """Container args per component and the BentoML configuration file of ``mode``."""
-    with helm_python.Chart.load(CHART_DIR) as chart:
-        manifests = chart.render(
-            values={"mode": mode, "requestTimeoutSeconds": REQUEST_TIMEOUT_S},
-            name=RELEASE,
-            namespace=NAMESPACE,
-        )
-    objects = [
-        doc
-        for path, text in manifests.items()
-        if not path.endswith("NOTES.txt")
-        for doc in yaml.safe_load_all(text)
-        if doc
-    ]
+    objects = render_objects({"mode": mode})
     args = {
         o["metadata"]["labels"]["app.kubernetes.io/component"]: o["spec"]["template"]["spec"][
             "containers"
@@ -96,12 +103,34 @@ def render_split_or_combined(mode: str) -> tuple[dict[str, list[str]], str]:
         for o in objects
         if o["kind"] == "Deployment"
     }
-    (config,) = [
-        o["data"]["bentoml_configuration.yaml"]
+    return args, config_map(objects, "bentoml")["bentoml_configuration.yaml"]
+
+
+def config_map(objects: list[dict[str, Any]], suffix: str) -> dict[str, str]:
+    """The data of the release's ConfigMap ``<fullname>-<suffix>``."""
+    (data,) = [
+        o["data"]
         for o in objects
-        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == f"{FULLNAME}-bentoml"
+        if o["kind"] == "ConfigMap" and o["metadata"]["name"] == f"{FULLNAME}-{suffix}"
     ]
-    return args, config
+    return data
+
+
+def render_objects(values: dict[str, Any]) -> list[dict[str, Any]]:
+    """Every object the chart renders for ``values`` (with this module's request timeout)."""
+    with helm_python.Chart.load(CHART_DIR) as chart:
+        manifests = chart.render(
+            values={"requestTimeoutSeconds": REQUEST_TIMEOUT_S, **values},
+            name=RELEASE,
+            namespace=NAMESPACE,
+        )
+    return [
+        doc
+        for path, text in manifests.items()
+        if not path.endswith("NOTES.txt")
+        for doc in yaml.safe_load_all(text)
+        if doc
+    ]
 
 
 def localize(args: list[str], port: int, model_port: int | None = None) -> list[str]:
@@ -129,11 +158,18 @@ def entrypoint(args: list[str], workdir: Path) -> list[str]:
 
 
 class Server:
-    def __init__(self, cmd: list[str], env: dict[str, str], log: Path) -> None:
+    def __init__(
+        self, cmd: list[str], env: dict[str, str], log: Path, cwd: Path | None = None
+    ) -> None:
         self.log = log
         with log.open("wb") as out:
             self.proc = subprocess.Popen(
-                cmd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+                cmd,
+                env=env,
+                cwd=cwd,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
 
     def stop(self) -> int | None:
@@ -224,7 +260,7 @@ def test_split_mode_args_wire_the_api_to_the_model_service(bento_env, tmp_path: 
     wait_ready(f"http://127.0.0.1:{model_port}/readyz", servers)
     wait_ready(f"http://127.0.0.1:{api_port}/readyz", servers)
     status, text = get(f"http://127.0.0.1:{api_port}/transcribe", {"text": "through the api"})
-    assert (status, text) == (200, "THROUGH THE API")
+    assert (status, text) == (200, "THROUGH THE API (ModelService)")
     # The request went API pod -> model pod: the model server counted it.
     status, metrics = get(f"http://127.0.0.1:{model_port}/metrics")
     assert status == 200
@@ -256,7 +292,7 @@ def test_combined_mode_args_serve_the_whole_bento(bento_env, tmp_path: Path) -> 
     wait_ready(f"http://127.0.0.1:{port}/readyz", servers)
     assert get(f"http://127.0.0.1:{port}/livez")[0] == 200
     status, text = get(f"http://127.0.0.1:{port}/transcribe", {"text": "one pod"})
-    assert (status, text) == (200, "ONE POD")
+    assert (status, text) == (200, "ONE POD (ModelService)")
     assert_keeps_idle_connection(port, idle_seconds=UVICORN_DEFAULT_KEEP_ALIVE_S + 1.5)
     assert server.stop() is not None, "server ignored SIGTERM"
 
@@ -279,3 +315,123 @@ def assert_keeps_idle_connection(port: int, idle_seconds: float) -> None:
             assert not response.will_close, attempt
     finally:
         conn.close()
+
+
+THREE_MODELS = {
+    "mode": "split",
+    "bento": {"modelServices": ["ModelService", "ModelService2", "ModelService3"]},
+    "modelGroups": [["ModelService2", "ModelService3"]],
+}
+
+
+def test_split_mode_serves_three_models_two_sharing_one_pod(bento_env, tmp_path: Path) -> None:
+    """ModelService in its own pod; ModelService2 and 3 in one pod under circusd, as rendered.
+
+    The API reaches each through its Service's target port; a server of the shared pod that dies
+    is started again by circusd; SIGTERM stops circusd and both its servers.
+    """
+    workdir, env, servers = bento_env
+    env["STAND_IN_MODELS"] = "3"
+    # The image puts its venv first on PATH: circusd's watchers run `python` from there.
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    objects = render_objects(THREE_MODELS)
+    write_config(tmp_path, env, config_map(objects, "bentoml")["bentoml_configuration.yaml"])
+    deployments = {
+        o["metadata"]["labels"]["app.kubernetes.io/component"]: o
+        for o in objects
+        if o["kind"] == "Deployment"
+    }
+    assert set(deployments) == {"api", "model", "model2"}
+
+    # Each container port of the model pods gets a free local port.
+    local: dict[tuple[str, str], int] = {}  # (component, port name) -> local port
+    container_ports: dict[tuple[str, int], int] = {}  # (component, container port) -> local
+    for key in ("model", "model2"):
+        (container,) = deployments[key]["spec"]["template"]["spec"]["containers"]
+        for port in container["ports"]:
+            local[key, port["name"]] = container_ports[key, port["containerPort"]] = free_port()
+    # The API's --depends URL of each model service -> the local port its Service targets.
+    urls = {}
+    for service in (o for o in objects if o["kind"] == "Service"):
+        key = service["spec"]["selector"]["app.kubernetes.io/component"]
+        if key != "api":
+            (port,) = service["spec"]["ports"]
+            name = service["metadata"]["name"]
+            url = f"http://{name}.{NAMESPACE}.svc:{port['port']}"
+            urls[url] = f"http://127.0.0.1:{local[key, port['targetPort']]}"
+
+    (model_container,) = deployments["model"]["spec"]["template"]["spec"]["containers"]
+    model_port = local["model", "http"]
+    servers.append(
+        Server(
+            entrypoint(localize(model_container["args"], model_port), workdir), env, tmp_path / "m"
+        )
+    )
+
+    (shared,) = deployments["model2"]["spec"]["template"]["spec"]["containers"]
+    assert shared["args"][0] == "circusd"
+    ini = config_map(objects, "circus")[Path(shared["args"][1]).name]
+    control = Path(tempfile.mkdtemp(prefix="circus", dir="/tmp"))  # short: ipc paths <= 107
+    ini = ini.replace("ipc:///tmp/", f"ipc://{control}/").replace("0.0.0.0", "127.0.0.1")
+    for (key, container_port), port in container_ports.items():
+        if key == "model2":
+            ini = ini.replace(f"--port {container_port} ", f"--port {port} ")
+    (tmp_path / "model2.ini").write_text(ini)
+    circus_env = {**env, "BENTO_PATH": "service:ApiService"}  # what the image's BENTO_PATH names
+    circus = Server(
+        [str(Path(sys.executable).parent / "circusd"), str(tmp_path / "model2.ini")],
+        circus_env,
+        tmp_path / "c",
+        cwd=workdir,
+    )
+    servers.append(circus)
+
+    api_port = free_port()
+    api_args = []
+    (api_container,) = deployments["api"]["spec"]["template"]["spec"]["containers"]
+    for arg in localize(api_container["args"], api_port):
+        service, _, url = arg.partition("=")
+        api_args.append(f"{service}={urls[url]}" if url in urls else arg)
+    assert sum(arg.startswith("ModelService") for arg in api_args) == 3
+    servers.append(Server(entrypoint(api_args, workdir), env, tmp_path / "a"))
+    wait_ready(f"http://127.0.0.1:{api_port}/readyz", servers)
+
+    for index, name in enumerate(["ModelService", "ModelService2", "ModelService3"]):
+        status, text = get(
+            f"http://127.0.0.1:{api_port}/transcribe", {"text": "hi", "model": index}
+        )
+        assert (status, text) == (200, f"HI ({name})")
+
+    # The shared pod's exec probe, as the kubelet runs it, passes while both servers answer.
+    python, flag, script, path, *ports = shared["readinessProbe"]["exec"]["command"]
+    assert (python, path, ports) == ("python", "/readyz", ["3000", "3001"])
+    probe = [sys.executable, flag, script, path]
+    probe += [str(container_ports["model2", int(port)]) for port in ports]
+    assert subprocess.run(probe, env=env, timeout=30).returncode == 0
+
+    # A server of the shared pod dies: circusd starts it again, the other keeps answering.
+    (victim,) = [
+        p for p in psutil.Process(circus.proc.pid).children() if "ModelService3" in p.cmdline()
+    ]
+    victim.kill()
+    victim.wait(10)
+    assert get(f"http://127.0.0.1:{api_port}/transcribe", {"text": "on", "model": 1}) == (
+        200,
+        "ON (ModelService2)",
+    )
+    deadline = time.monotonic() + STARTUP_WAIT_S
+    while get(f"http://127.0.0.1:{local['model2', 'http-2']}/readyz")[0] != 200:
+        assert time.monotonic() < deadline, circus.log.read_text()[-3000:]
+        assert circus.proc.poll() is None
+        time.sleep(0.5)
+    assert get(f"http://127.0.0.1:{api_port}/transcribe", {"text": "back", "model": 2}) == (
+        200,
+        "BACK (ModelService3)",
+    )
+
+    # SIGTERM (the kubelet stopping the pod) stops circusd and every server it runs.
+    children = psutil.Process(circus.proc.pid).children(recursive=True)
+    assert len(children) >= 2
+    assert circus.stop() is not None, "circusd ignored SIGTERM"
+    _gone, alive = psutil.wait_procs(children, timeout=STOP_WAIT_S)
+    assert not alive, [p.cmdline() for p in alive]

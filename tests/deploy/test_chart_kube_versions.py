@@ -133,15 +133,24 @@ def test_kube_version_constraint(chart, tmp_path, version: str, installable: boo
 
 def test_model_url_override_reaches_the_api_pods(chart) -> None:
     url = "http://127.1.0.7:3000"
-    values = {"mode": "split", "bento": {"modelUrl": url}}
+    values = {
+        "mode": "split",
+        "bento": {
+            "modelServices": ["ModelService", "ModelService2"],
+            "modelUrls": {"ModelService2": url},
+        },
+    }
     deployments = [o for o in render_for(chart, values, OLDEST) if o["kind"] == "Deployment"]
     args = {
         d["metadata"]["name"]: d["spec"]["template"]["spec"]["containers"][0]["args"]
         for d in deployments
     }
-    api_args, model_args = (
-        args[f"{RELEASE}-espnet-serve-api"],
-        args[f"{RELEASE}-espnet-serve-model"],
-    )
-    assert api_args[api_args.index("--depends") + 1] == f"ModelService={url}"
-    assert "--depends" not in model_args
+    api_args = args[f"{RELEASE}-espnet-serve-api"]
+    depends = [api_args[i + 1] for i, arg in enumerate(api_args) if arg == "--depends"]
+    # The overridden service goes to its URL; the other keeps its Service's DNS name.
+    assert depends == [
+        f"ModelService=http://{RELEASE}-espnet-serve-model.{NAMESPACE}.svc:3000",
+        f"ModelService2={url}",
+    ]
+    for name in ("model", "model2"):
+        assert "--depends" not in args[f"{RELEASE}-espnet-serve-{name}"]

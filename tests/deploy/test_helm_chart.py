@@ -9,6 +9,7 @@ by BentoML's own configuration loader. No cluster, no network, no helm binary.
 from __future__ import annotations
 
 import base64
+import configparser
 import copy
 import functools
 import hashlib
@@ -122,6 +123,16 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
             "authorization": {"secretName": "asr-metrics-key", "secretKey": "key"},
         },
     },
+    # Three models (a Bento built with two --with-model): ModelService alone, the other two
+    # sharing one model Deployment (and its GPU).
+    "split-three-models-two-share-a-gpu": {
+        "mode": "split",
+        "bento": {"modelServices": ["ModelService", "ModelService2", "ModelService3"]},
+        "modelGroups": [["ModelService2", "ModelService3"]],
+        "gpu": {"enabled": True},
+        "serviceMonitor": {"enabled": True},
+        "networkPolicy": {"enabled": True, "restrictEgress": True},
+    },
     "split-api-keys-existing-secret": {
         "mode": "split",
         "auth": {"enabled": True, "existingSecret": "asr-api-keys", "secretKey": "hashes"},
@@ -199,7 +210,21 @@ def env_of(container: dict[str, Any]) -> dict[str, str]:
 
 
 def runs_model(deployment: dict[str, Any]) -> bool:
-    return component(deployment) in {"server", "model"}
+    return component(deployment) == "server" or component(deployment).startswith("model")
+
+
+def values_key(deployment: dict[str, Any]) -> str:
+    """The values section of a Deployment: server, api, or model (every model Deployment)."""
+    return "model" if component(deployment).startswith("model") else component(deployment)
+
+
+def server_args(objects: list[dict[str, Any]], deployment: dict[str, Any]) -> list[list[str]]:
+    """The BentoML command line of each server in the Deployment's pods (circusd's watchers)."""
+    args = the_container(deployment)["args"]
+    if args[0] != "circusd":
+        return [args]
+    watchers = circus_watchers(objects, component(deployment))
+    return [w["cmd"].split()[3:-1] for w in watchers.values()]
 
 
 def serves_clients(deployment: dict[str, Any]) -> bool:
@@ -214,6 +239,41 @@ def volume_at(deployment: dict[str, Any], mount_path: str) -> tuple[dict, dict] 
         return None
     volumes = {v["name"]: v for v in pod_spec(deployment)["volumes"]}
     return mount, volumes[mount["name"]]
+
+
+def model_layout(vals: dict[str, Any]) -> dict[str, list[str]]:
+    """Split mode: the model services each model Deployment (by component) runs, in port order.
+
+    ModelService runs in component ``model``, ModelService2 in ``model2``, ...; a modelGroups
+    entry runs in the component of its first service.
+    """
+    own = model_components(vals)
+    layout: dict[str, list[str]] = {}
+    for service in vals["bento"]["modelServices"]:
+        group = next((g for g in vals["modelGroups"] if service in g), [service])
+        layout.setdefault(own[group[0]], list(group))
+    return layout
+
+
+def model_components(vals: dict[str, Any]) -> dict[str, str]:
+    """Split mode: each model service's own component (its Service is <fullname>-<component>)."""
+    services = vals["bento"]["modelServices"]
+    return {s: "model" if i == 0 else f"model{i + 1}" for i, s in enumerate(services)}
+
+
+def circus_watchers(objects: list[dict[str, Any]], key: str) -> dict[str, dict[str, str]]:
+    """The circusd configuration of model Deployment ``key``, by watcher name."""
+    (circus,) = [
+        o for o in objects if o["kind"] == "ConfigMap" and o["metadata"]["name"].endswith("-circus")
+    ]
+    parser = configparser.ConfigParser(interpolation=None)
+    parser.read_string(circus["data"][f"{key}.ini"])
+    assert parser["circus"]["endpoint"].startswith("ipc:///tmp/")
+    return {
+        name.removeprefix("watcher:"): dict(parser[name])
+        for name in parser.sections()
+        if name.startswith("watcher:")
+    }
 
 
 class Case(NamedTuple):
@@ -293,12 +353,18 @@ def test_workloads_match_the_mode(case: Case) -> None:
         assert component(deployments[FULLNAME]) == "server"
         assert set(services) == {FULLNAME}
     else:
-        assert set(deployments) == {f"{FULLNAME}-api", f"{FULLNAME}-model"}
+        layout = model_layout(vals)
+        assert set(deployments) == {f"{FULLNAME}-api"} | {f"{FULLNAME}-{k}" for k in layout}
         assert component(deployments[f"{FULLNAME}-api"]) == "api"
-        assert component(deployments[f"{FULLNAME}-model"]) == "model"
-        # Clients use the same Service name in both modes.
-        assert set(services) == {FULLNAME, f"{FULLNAME}-model"}
+        for key in layout:
+            assert component(deployments[f"{FULLNAME}-{key}"]) == key
+        # Clients use the same Service name in both modes; every model service has its own.
+        own = model_components(vals)
+        assert set(services) == {FULLNAME} | {f"{FULLNAME}-{c}" for c in own.values()}
         assert component(services[FULLNAME]) == "api"
+        for service, key in own.items():
+            (group,) = [k for k, members in layout.items() if service in members]
+            assert component(services[f"{FULLNAME}-{key}"]) == group
 
 
 def test_selectors_match_pod_labels_and_only_their_own_pods(case: Case) -> None:
@@ -318,7 +384,10 @@ def test_selectors_match_pod_labels_and_only_their_own_pods(case: Case) -> None:
             n for n, d in deployments.items() if component(d) == component(service)
         ]
         (port,) = service["spec"]["ports"]
-        assert port["targetPort"] == "http"
+        assert port["name"] == "http"  # what the ServiceMonitor scrapes
+        (target,) = targets(service["spec"]["selector"])
+        ports = {p["name"] for p in the_container(deployments[target])["ports"]}
+        assert port["targetPort"] in ports
     for pdb in of_kind(objects, "PodDisruptionBudget").values():
         assert targets(pdb["spec"]["selector"]["matchLabels"]) == [pdb["metadata"]["name"]]
     for policy in of_kind(objects, "NetworkPolicy").values():
@@ -327,10 +396,18 @@ def test_selectors_match_pod_labels_and_only_their_own_pods(case: Case) -> None:
 
 def test_container_ports_and_probes(case: Case) -> None:
     vals, objects = case.vals, case.objects
+    port = vals["bento"]["port"]
+    layout = model_layout(vals) if vals["mode"] == "split" else {}
     for name, deployment in of_kind(objects, "Deployment").items():
         container = the_container(deployment)
+        servers = len(layout.get(component(deployment), [None]))
         assert container["ports"] == [
-            {"name": "http", "containerPort": vals["bento"]["port"], "protocol": "TCP"}
+            {
+                "name": "http" if i == 0 else f"http-{i + 1}",
+                "containerPort": port + i,
+                "protocol": "TCP",
+            }
+            for i in range(servers)
         ], name
         expected = {
             "startupProbe": "/livez",
@@ -338,7 +415,13 @@ def test_container_ports_and_probes(case: Case) -> None:
             "readinessProbe": "/readyz",
         }
         for probe, path in expected.items():
-            assert container[probe]["httpGet"] == {"path": path, "port": "http"}, (name, probe)
+            if servers == 1:
+                assert container[probe]["httpGet"] == {"path": path, "port": "http"}, (name, probe)
+            else:
+                # A pod of several servers: one exec probe asks each of them.
+                python, flag, _script, *args = container[probe]["exec"]["command"]
+                assert (python, flag) == ("python", "-c")
+                assert args == [path, *(str(port + i) for i in range(servers))], (name, probe)
         startup = container["startupProbe"]
         # Model loading gets minutes, not the liveness probe's seconds.
         assert startup["periodSeconds"] * startup["failureThreshold"] >= 300
@@ -359,12 +442,26 @@ def test_bentoml_command_lines_parse_with_bentoml_cli(case: Case) -> None:
     for deployment in deployments.values():
         container = the_container(deployment)
         assert "command" not in container, "keep the image's entrypoint (venv, $BENTO_PATH)"
-        sub, *args = container["args"]
-        ctx = commands[sub].make_context(sub, [*args, BENTO_PATH])
-        parsed[component(deployment)] = (sub, ctx.params)
-        assert ctx.params["host"] == "0.0.0.0"
-        assert ctx.params["port"] == vals["bento"]["port"]
-        assert ctx.params["bento"] == BENTO_PATH
+        key = component(deployment)
+        if container["args"][0] == "circusd":
+            # The image's entrypoint runs circusd as it is; each watcher runs what the
+            # entrypoint runs for `start-http-server` ($BENTO_PATH from the image's env).
+            assert container["args"][1] == f"/etc/espnet-serve/circus/{key}.ini"
+            lines = []
+            for service, watcher in circus_watchers(objects, key).items():
+                python, flag, module, *args, bento = watcher["cmd"].split()
+                assert (python, flag, module) == ("python", "-m", "bentoml_cli._internal.start")
+                assert bento == "$(circus.env.bento_path)"
+                assert watcher["stop_signal"] == "TERM" and watcher["copy_env"] == "True"
+                lines.append((service, args))
+        else:
+            lines = [(key, container["args"])]
+        for index, (server, (sub, *args)) in enumerate(lines):
+            ctx = commands[sub].make_context(sub, [*args, BENTO_PATH])
+            parsed[server] = (sub, ctx.params)
+            assert ctx.params["host"] == "0.0.0.0"
+            assert ctx.params["port"] == vals["bento"]["port"] + index
+            assert ctx.params["bento"] == BENTO_PATH
 
     bento = vals["bento"]
     if vals["mode"] == "combined":
@@ -373,14 +470,20 @@ def test_bentoml_command_lines_parse_with_bentoml_cli(case: Case) -> None:
         sub, api = parsed["api"]
         assert sub == "start-http-server"
         assert api["service_name"] == bento["apiService"] == "ApiService"
-        model_svc = of_kind(objects, "Service")[f"{FULLNAME}-model"]
-        url = f"http://{FULLNAME}-model.{NAMESPACE}.svc:{model_svc['spec']['ports'][0]['port']}"
-        assert api["depends"] == (f"{bento['modelService']}={url}",)
-        assert bento["modelService"] == "ModelService"
-        sub, model = parsed["model"]
-        assert sub == "start-http-server"
-        assert model["service_name"] == "ModelService"
-        assert not model["depends"]
+        services = of_kind(objects, "Service")
+        depends = []
+        for service, key in model_components(vals).items():
+            port = services[f"{FULLNAME}-{key}"]["spec"]["ports"][0]["port"]
+            depends.append(f"{service}=http://{FULLNAME}-{key}.{NAMESPACE}.svc:{port}")
+        assert api["depends"] == tuple(depends)
+        assert bento["modelServices"][0] == "ModelService"
+        for key, members in model_layout(vals).items():
+            for service in members:
+                server = service if len(members) > 1 else key
+                sub, model = parsed[server]
+                assert sub == "start-http-server"
+                assert model["service_name"] == service
+                assert not model["depends"]
 
 
 def test_image_comes_from_values(case: Case, chart: helm_python.Chart) -> None:
@@ -606,10 +709,14 @@ def grace_checks(vals: dict[str, Any], objects: list[dict[str, Any]]) -> None:
             assert pre_stop == {"sleep": {"seconds": pre_stop_sleep}}
         else:
             assert pre_stop == {"exec": {"command": ["sleep", str(pre_stop_sleep)]}}
-        args = container["args"]
-        shutdown = int(args[args.index("--timeout-graceful-shutdown") + 1])
-        # BentoML waits out the longest request, and Kubernetes waits for BentoML.
-        assert timeout < shutdown < grace - pre_stop_sleep, name
+        for args in server_args(objects, deployment):
+            shutdown = int(args[args.index("--timeout-graceful-shutdown") + 1])
+            # BentoML waits out the longest request, and Kubernetes waits for BentoML.
+            assert timeout < shutdown < grace - pre_stop_sleep, name
+        if container["args"][0] == "circusd":
+            # circusd gives each server its graceful shutdown before it kills it.
+            for watcher in circus_watchers(objects, component(deployment)).values():
+                assert shutdown < int(watcher["graceful_timeout"]) < grace - pre_stop_sleep
 
 
 def test_every_server_keeps_idle_connections_as_make_serve_does(case: Case) -> None:
@@ -627,8 +734,8 @@ def test_every_server_keeps_idle_connections_as_make_serve_does(case: Case) -> N
         == str(KEEP_ALIVE_SECONDS)  # what `espnet-serve build --bento` tells to run
     )
     for name, deployment in of_kind(case.objects, "Deployment").items():
-        args = the_container(deployment)["args"]
-        assert args[args.index("--timeout-keep-alive") + 1] == makefile.group(1), name
+        for args in server_args(case.objects, deployment):
+            assert args[args.index("--timeout-keep-alive") + 1] == makefile.group(1), name
 
 
 def test_termination_grace_outlasts_the_longest_request(case: Case) -> None:
@@ -662,10 +769,10 @@ def test_hpa_targets_its_deployment(case: Case) -> None:
     deployments = of_kind(objects, "Deployment")
     hpas = of_kind(objects, "HorizontalPodAutoscaler")
     for name, deployment in deployments.items():
-        autoscaling = vals[component(deployment)]["autoscaling"]
+        autoscaling = vals[values_key(deployment)]["autoscaling"]
         if not autoscaling["enabled"]:
             assert name not in hpas
-            assert deployment["spec"]["replicas"] == vals[component(deployment)]["replicas"]
+            assert deployment["spec"]["replicas"] == vals[values_key(deployment)]["replicas"]
             continue
         hpa = hpas[name]
         assert hpa["spec"]["scaleTargetRef"] == {
@@ -701,7 +808,7 @@ def test_pdb_per_workload(case: Case) -> None:
     vals, objects = case.vals, case.objects
     pdbs = of_kind(objects, "PodDisruptionBudget")
     for name, deployment in of_kind(objects, "Deployment").items():
-        pdb_values = vals[component(deployment)]["pdb"]
+        pdb_values = vals[values_key(deployment)]["pdb"]
         if not pdb_values["enabled"]:
             assert name not in pdbs
             continue
@@ -754,11 +861,12 @@ def test_network_policy(case: Case) -> None:
         return
     deployments = of_kind(objects, "Deployment")
     assert set(policies) == set(deployments)
-    for policy in policies.values():
+    for name, policy in policies.items():
         spec = policy["spec"]
         (rule,) = spec["ingress"]
-        assert rule["ports"] == [{"port": "http", "protocol": "TCP"}]
-        if component(policy) == "model":
+        port_names = [p["name"] for p in the_container(deployments[name])["ports"]]
+        assert rule["ports"] == [{"port": n, "protocol": "TCP"} for n in port_names]
+        if values_key(policy) == "model":
             peers = rule["from"]
             (api_deployment,) = [d for d in deployments.values() if component(d) == "api"]
             assert selects(peers[0]["podSelector"]["matchLabels"], pod_labels(api_deployment))
@@ -772,12 +880,25 @@ def test_network_policy(case: Case) -> None:
             ports = [p["port"] for r in spec["egress"] for p in r.get("ports", [])]
             assert 53 in ports
             if component(policy) == "api":
-                (model_deployment,) = [d for d in deployments.values() if component(d) == "model"]
-                to_model = [r for r in spec["egress"] if "to" in r]
-                assert selects(
-                    to_model[0]["to"][0]["podSelector"]["matchLabels"],
-                    pod_labels(model_deployment),
+                (to_model,) = [r for r in spec["egress"] if "to" in r]
+                (peer,) = to_model["to"]
+                reached = [
+                    d
+                    for d in deployments.values()
+                    if selects(peer["podSelector"]["matchLabels"], pod_labels(d))
+                    and all(
+                        pod_labels(d).get(e["key"]) in e["values"]
+                        for e in peer["podSelector"].get("matchExpressions", [])
+                    )
+                ]
+                assert reached and all(values_key(d) == "model" for d in reached)
+                assert len(reached) == len(
+                    [d for d in deployments.values() if values_key(d) == "model"]
                 )
+                model_ports = {
+                    p["containerPort"] for d in reached for p in the_container(d)["ports"]
+                }
+                assert {p["port"] for p in to_model["ports"]} == model_ports
         else:
             assert "egress" not in spec
             assert spec["policyTypes"] == ["Ingress"]
@@ -924,7 +1045,7 @@ def readme_values_examples() -> dict[str, dict[str, Any]]:
 
 def test_readme_values_examples_render_and_validate(chart: helm_python.Chart) -> None:
     examples = readme_values_examples()
-    assert len(examples) == 4, list(examples)
+    assert len(examples) == 5, list(examples)
     assert {v["mode"] for v in examples.values()} == {"combined", "split"}
     for title, values in examples.items():
         objects = render(chart, values)
@@ -979,6 +1100,9 @@ SCHEMA_REJECTS = [
         {"serviceMonitor": {"authorization": {"secretName": "asr-metrics-key"}}},
         r"/serviceMonitor/authorization': missing property 'secretKey'",
     ),
+    ({"bento": {"modelServices": []}}, r"/bento/modelServices': minItems"),
+    ({"modelGroups": [["ModelService"]]}, r"/modelGroups/0': minItems"),
+    ({"bento": {"modelUrls": {"ModelService": "10.0.0.1:3000"}}}, r"does not match pattern"),
 ]
 
 
@@ -1070,6 +1194,33 @@ TEMPLATE_REJECTS = [
     (
         {"settings": {"ESPNET_SERVE_PROTECT_METRICS": True}},
         r"settings.ESPNET_SERVE_PROTECT_METRICS is set by the chart from auth.protectMetrics",
+    ),
+    (
+        {"mode": "split", "modelGroups": [["ModelService", "ModelService2"]]},
+        r"modelGroups: ModelService2 is not one of bento.modelServices \(ModelService\)",
+    ),
+    (
+        {
+            "mode": "split",
+            "bento": {"modelServices": ["ModelService", "ModelService2", "ModelService3"]},
+            "modelGroups": [["ModelService", "ModelService2"], ["ModelService2", "ModelService3"]],
+        },
+        r"modelGroups: ModelService2 is in more than one group",
+    ),
+    (
+        {
+            "bento": {"modelServices": ["ModelService", "ModelService2"]},
+            "modelGroups": [["ModelService", "ModelService2"]],
+        },
+        r"modelGroups applies to split mode only",
+    ),
+    (
+        {"mode": "split", "bento": {"modelServices": ["ModelService", "ModelService"]}},
+        r"bento.modelServices lists a service twice",
+    ),
+    (
+        {"mode": "split", "bento": {"modelUrls": {"ModelService9": "http://10.0.0.1:3000"}}},
+        r"bento.modelUrls: ModelService9 is not one of bento.modelServices",
     ),
 ]
 
