@@ -77,11 +77,12 @@ def load_clips() -> list[Clip]:
 
 
 def metric_sum_count(url: str, name: str) -> tuple[float, float]:
+    """Sum and count of histogram ``name`` at ``url``, added up over its label sets (models)."""
     text = httpx.get(f"{url}/metrics", timeout=10).text
     values = []
     for suffix in ("_sum", "_count"):
-        found = re.search(rf"^{name}{suffix} ([0-9.e+-]+)$", text, re.M)
-        values.append(float(found.group(1)) if found else 0.0)
+        found = re.findall(rf"^{name}{suffix}(?:\{{[^}}]*\}})? ([0-9.e+-]+)$", text, re.M)
+        values.append(sum(float(value) for value in found))
     return values[0], values[1]
 
 

@@ -272,7 +272,9 @@ def test_sigterm_drains_in_split_mode(drain_home, alone):
         answered = asyncio.run(closed_loop(route, alone, concurrency=4, requests=8))
         assert_all_ok(answered)
         model_metrics = httpx.get(f"{model.url}/metrics").text
-        batches = re.search(r"^espnet_serve_batch_size_count (\S+)$", model_metrics, re.M)
+        batches = re.search(
+            r"^espnet_serve_batch_size_count\{model=\"[^\"]+\"\} (\S+)$", model_metrics, re.M
+        )
         assert batches is not None and float(batches.group(1)) >= 1, model_metrics[-2000:]
         pids = [model.process.pid, api.process.pid]
         seen = asyncio.run(load_then_sigterm(api.url, alone, pids))

@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import tarfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -333,3 +335,99 @@ def test_one_server_serves_the_asr_and_the_tts_model_each_in_its_own_batches(
     assert {service for service, endpoint in served if endpoint == "/synthesize"} == {
         "ModelService2"
     }
+    # Readiness and our own series are per model (label `model`, the store name).
+    asr_name = DEFAULT_MODEL_TAG.split(":")[0]
+    for name in (asr_name, "vits"):
+        assert f'espnet_serve_model_ready{{model="{name}"}} 1.0' in metrics, name
+        calls = re.search(
+            rf'^espnet_serve_decode_seconds_count{{model="{name}"}} (\S+)$', metrics, re.M
+        )
+        assert calls is not None and float(calls.group(1)) >= 1, name
+
+    def batches(name: str) -> float:
+        found = re.search(
+            rf'^espnet_serve_batch_size_count{{model="{name}"}} (\S+)$', metrics, re.M
+        )
+        assert found is not None, name
+        return float(found.group(1))
+
+    # Batches of segments are the ASR model's; the TTS model speaks one sentence per call.
+    assert batches(asr_name) >= 1 and batches("vits") == 0
+
+
+@pytest.mark.slow
+def test_a_model_that_fails_to_load_is_unready_alone(tmp_path: Path, vits: Path):
+    """Readiness is per model: the ASR model serves while the TTS model cannot load.
+
+    The stored TTS bundle is altered after import, so its integrity check refuses it.
+    """
+    from espnet_serve.assets import load_heldout
+    from espnet_serve.serving.settings import DEFAULT_MODEL_TAG
+    from tests.server import import_default_model, serve_env, start_server
+    from tests.test_executors import build
+
+    home = tmp_path / "home"
+    home.mkdir()
+    import_default_model(home)
+    env = serve_env(home, model_tag=f"{DEFAULT_MODEL_TAG},vits:latest")
+    assert build(vits, "vits", env).returncode == 0
+    (weights,) = (home / "models" / "vits").glob("*/bundle/**/*.pth")
+    weights.write_bytes(weights.read_bytes() + b"\0")
+    server = start_server(
+        "service:ApiService", env=env, log_path=tmp_path / "serve.log", wait_ready=False
+    )
+    clip = load_heldout(1)[0]
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                metrics = httpx.get(f"{server.url}/metrics", timeout=10).text
+            except httpx.TransportError:  # not listening yet
+                metrics = ""
+            asr_ready = f'espnet_serve_model_ready{{model="{DEFAULT_MODEL_TAG.split(":")[0]}"}} 1.0'
+            if asr_ready in metrics:
+                break
+            assert time.monotonic() < deadline, "the ASR model never became ready"
+            time.sleep(1)
+        readyz = httpx.get(f"{server.url}/readyz", timeout=10)
+        transcribed = httpx.post(
+            f"{server.url}/v1/audio/transcriptions",
+            files={"file": clip.path.read_bytes()},
+            data={"model": "whisper-1"},
+            timeout=60,
+        )
+        spoken = httpx.post(
+            f"{server.url}/v1/audio/speech",
+            json={"model": "tts-1", "input": "one two", "voice": "alloy"},
+            timeout=60,
+        )
+    finally:
+        server.stop()
+    assert readyz.status_code == 503
+    assert "Model vits:" in readyz.text and "does not match the digests" in readyz.text
+    assert 'espnet_serve_model_ready{model="vits"} 0.0' in metrics
+    assert transcribed.status_code == 200 and transcribed.json()["text"] == clip.text
+    assert spoken.status_code == 503 and spoken.headers.get("retry-after")
+    assert spoken.json()["error"]["code"] == "model_unavailable"
+
+
+def test_a_parallel_wavegan_vocoder_is_refused_at_import(vits: Path, tmp_path: Path):
+    """A bundle with a separate parallel_wavegan vocoder gets a typed refusal naming why."""
+    from espnet_serve.bundle.errors import InferenceConfigError
+
+    bundle = tmp_path / "with-vocoder"
+    with tarfile.open(vits) as packed:
+        packed.extractall(bundle, filter="data")
+    vocoder = bundle / "exp" / "vocoder"
+    vocoder.mkdir(parents=True)
+    (vocoder / "checkpoint-400000steps.pkl").write_bytes(b"not loaded")
+    (vocoder / "config.yml").write_text(yaml.safe_dump({"generator_type": "HiFiGANGenerator"}))
+    meta = yaml.safe_load((bundle / "meta.yaml").read_text())
+    meta["files"]["vocoder_file"] = "exp/vocoder/checkpoint-400000steps.pkl"
+    meta["yaml_files"]["vocoder_config"] = "exp/vocoder/config.yml"
+    (bundle / "meta.yaml").write_text(yaml.safe_dump(meta))
+
+    with pytest.raises(
+        InferenceConfigError, match=r"checkpoint-400000steps\.pkl is a parallel_wavegan"
+    ):
+        load_local_session(str(bundle), tmp_path)

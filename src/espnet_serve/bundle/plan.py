@@ -50,7 +50,7 @@ from espnet_serve.bundle.usercode import (
 from espnet_serve.executors import family_of
 from espnet_serve.executors.asr import SPEECH2TEXT
 from espnet_serve.executors.enh import SEPARATE_SPEECH
-from espnet_serve.executors.tts import TEXT2SPEECH
+from espnet_serve.executors.tts import TEXT2SPEECH, unloadable_vocoder
 
 # The backend (and its input key) of a bundle that ships no inference config, by task.
 GENERATED_BACKENDS: dict[str, tuple[str, str]] = {
@@ -236,7 +236,8 @@ def plan_bundle(
         BundleMetadataError: If there is no ``meta.yaml`` or it names paths
             outside the bundle.
         FileNotFoundError: If ``meta.yaml`` names a missing file.
-        InferenceConfigError: If there is no inference config and none can be generated.
+        InferenceConfigError: If there is no inference config and none can be generated, or
+            it names a vocoder that cannot load here (a parallel_wavegan checkpoint).
         UntrustedUserCodeError: If the config references user code without trust.
         UserCodePathError: If a user-code root lies outside the bundle.
     """
@@ -270,7 +271,9 @@ def plan_bundle(
         meta_document.setdefault("yaml_files", {})[DEFAULT_INFERENCE_CONFIG_KEY] = default_config
         meta_changed = True
         logger.info(
-            "No inference config in the bundle: generated %s (Speech2Text).", default_config
+            "No inference config in the bundle: generated %s (%s).",
+            default_config,
+            generated["model"]["_target_"],
         )
 
     entries = user_code_entries(user_code_paths, metadata.user_code_paths)
@@ -287,6 +290,11 @@ def plan_bundle(
         str(model_node.get("_target_", "")) if isinstance(model_node, dict) else ""
     )
     plan.family = family_of(plan.inference_class)
+    vocoder_problem = (
+        unloadable_vocoder(model_node) if plan.inference_class == TEXT2SPEECH else None
+    )
+    if vocoder_problem:
+        raise InferenceConfigError(f"{source.name}: {vocoder_problem}")
     plan.weights_file = files.get(
         f"{plan.task}{MODEL_FILE_SUFFIX}", files.get(PLAIN_MODEL_FILE, "")
     )

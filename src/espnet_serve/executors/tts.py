@@ -29,6 +29,9 @@ DEFAULT_VOICE = "default"
 VOICES_KEY = "voices"  # in meta.yaml: name -> {sid: int} | {lid: int} | {spembs: path}
 VOICE_FIELDS = ("sid", "lid", "spembs")
 MAX_LISTED_WORDS = 100  # a word-token model's words are named in its refusals up to this many
+# espnet2 loads a vocoder file of this suffix with the `parallel_wavegan` package, whose newest
+# release (0.6.1) imports `scipy.signal.kaiser`, gone since SciPy 1.13: it cannot load here.
+PARALLEL_WAVEGAN_SUFFIX = ".pkl"
 
 
 class SynthesisInputError(ValueError):
@@ -218,6 +221,24 @@ def seeded_griffin_lim(seed: int) -> Iterator[None]:
         yield
     finally:
         librosa.griffinlim = original
+
+
+def unloadable_vocoder(options: Mapping[str, Any]) -> str | None:
+    """Why ``Text2Speech(**options)`` cannot load its vocoder here, or None when it can.
+
+    espnet2's own joint models (VITS, JETS, FastSpeech2 + HiFi-GAN) and Griffin-Lim load; a
+    separate vocoder trained with the ``parallel_wavegan`` package does not (see
+    :data:`PARALLEL_WAVEGAN_SUFFIX`).
+    """
+    vocoder_file = str(options.get("vocoder_file") or "")
+    if not vocoder_file.endswith(PARALLEL_WAVEGAN_SUFFIX):
+        return None
+    return (
+        f"Its vocoder {vocoder_file.rsplit('/', 1)[-1]} is a parallel_wavegan checkpoint; "
+        "espnet2 loads those with the parallel_wavegan package, whose newest release (0.6.1) "
+        "does not import with SciPy >= 1.13 (it needs scipy.signal.kaiser). Serve the model "
+        "with Griffin-Lim (drop vocoder_file) or as a joint text-to-wav model."
+    )
 
 
 def _is_joint(model: Any) -> bool:

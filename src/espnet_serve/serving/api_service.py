@@ -54,10 +54,11 @@ class _ApiService:
         """Ready while not draining and every model is ready (else 503 with the reason)."""
         if API_DRAIN.draining:
             raise HTTPException(503, "Shutting down: finishing the requests in flight.")
-        for client in self.clients:
+        for service, client in zip(MODEL_SERVICES, self.clients, strict=True):
             readiness = await client.readiness()
             if not readiness.ready:
-                raise HTTPException(503, f"The model is not ready: {readiness.reason}")
+                tag = service.inner.bento_model.tag
+                raise HTTPException(503, f"Model {tag} is not ready: {readiness.reason}")
         return True
 
 

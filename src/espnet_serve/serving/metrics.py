@@ -5,6 +5,9 @@ multiprocess mode; a worker sets ``PROMETHEUS_MULTIPROC_DIR`` only after the
 service module is imported, so ``prometheus_client`` is imported and the
 series are created on first use (inside a service's ``__init__``), never at
 import time.
+
+The model services' series carry the label ``model``: the served model's store name
+(``espnet-digits-asr``), so that several models in one server are told apart.
 """
 
 from __future__ import annotations
@@ -14,6 +17,8 @@ from functools import lru_cache
 from typing import Any
 
 NAMESPACE = "espnet_serve"
+# Labels of every series a model service exports.
+MODEL_LABELS = ("model",)
 _LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 _RTF_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0)
 
@@ -32,6 +37,7 @@ class ServiceMetrics:
     pending_requests: Any
     upload_bytes_held: Any
     model_info: Any
+    model_ready: Any
     segments_resent: Any
 
 
@@ -42,7 +48,10 @@ def get_metrics() -> ServiceMetrics:
 
     return ServiceMetrics(
         audio_seconds=Counter(
-            "audio_seconds", "Seconds of audio transcribed.", namespace=NAMESPACE
+            "audio_seconds",
+            "Seconds of audio a model took in (transcribed, enhanced) or gave out (spoken).",
+            MODEL_LABELS,
+            namespace=NAMESPACE,
         ),
         requests=Counter(
             "transcriptions",
@@ -55,25 +64,29 @@ def get_metrics() -> ServiceMetrics:
         ),
         decode_seconds=Histogram(
             "decode_seconds",
-            "Wall time of one batched decode.",
+            "Wall time of one model call (a batch of segments, a sentence, a recording).",
+            MODEL_LABELS,
             namespace=NAMESPACE,
             buckets=_LATENCY_BUCKETS,
         ),
         batch_rtf=Histogram(
             "batch_real_time_factor",
             "Decode time divided by the batch's audio duration.",
+            MODEL_LABELS,
             namespace=NAMESPACE,
             buckets=_RTF_BUCKETS,
         ),
         batch_size=Histogram(
             "batch_size",
             "Samples per model call.",
+            MODEL_LABELS,
             namespace=NAMESPACE,
             buckets=(1, 2, 4, 8, 16, 32, 64, 128),
         ),
         queue_wait_seconds=Histogram(
             "queue_wait_seconds",
-            "Time from the API sending a clip to its batch starting.",
+            "Time from the API sending a call to its batch starting.",
+            MODEL_LABELS,
             namespace=NAMESPACE,
             buckets=_LATENCY_BUCKETS,
         ),
@@ -96,9 +109,41 @@ def get_metrics() -> ServiceMetrics:
             namespace=NAMESPACE,
             multiprocess_mode="liveall",
         ),
+        model_ready=Gauge(
+            "model_ready",
+            "1 once the model is loaded and warmed up; 0 while it loads, or after it failed to.",
+            MODEL_LABELS,
+            namespace=NAMESPACE,
+            multiprocess_mode="livemax",
+        ),
         segments_resent=Counter(
             "segments_resent",
             "Segments sent again after the model worker decoding them was lost.",
             namespace=NAMESPACE,
         ),
+    )
+
+
+@dataclass(frozen=True)
+class ModelSeries:
+    """A model service's series, bound to its model's label."""
+
+    audio_seconds: Any
+    decode_seconds: Any
+    batch_rtf: Any
+    batch_size: Any
+    queue_wait_seconds: Any
+    ready: Any
+
+
+def model_series(model: str) -> ModelSeries:
+    """The series of the model service serving the stored model named ``model``."""
+    metrics = get_metrics()
+    return ModelSeries(
+        audio_seconds=metrics.audio_seconds.labels(model),
+        decode_seconds=metrics.decode_seconds.labels(model),
+        batch_rtf=metrics.batch_rtf.labels(model),
+        batch_size=metrics.batch_size.labels(model),
+        queue_wait_seconds=metrics.queue_wait_seconds.labels(model),
+        ready=metrics.model_ready.labels(model),
     )

@@ -39,7 +39,7 @@ from espnet_serve.pipeline.warmup import (
     warm_up_synthesis,
 )
 from espnet_serve.serving.drain import SigtermDrain
-from espnet_serve.serving.metrics import get_metrics
+from espnet_serve.serving.metrics import get_metrics, model_series
 from espnet_serve.serving.middleware.inflight import InFlight, InFlightMiddleware
 from espnet_serve.serving.rpc import (
     EnhanceRequest,
@@ -112,6 +112,8 @@ class ModelServiceBase:
 
     def __init__(self) -> None:
         self.metrics = get_metrics()
+        self.series = model_series(self.bento_model.tag.name)
+        self.series.ready.set(0)
         self.decoder: SegmentDecoder | None = None
         self.synthesizer: TtsExecutor | None = None
         self.enhancer: EnhExecutor | None = None
@@ -175,6 +177,7 @@ class ModelServiceBase:
             return
         self.metrics.model_info.labels(self.info.name, self.info.version, self.info.sha256).set(1)
         self._loaded.set()
+        self.series.ready.set(1)
         logger.info(
             "Model %s ready: family %s, sha256 %s.",
             self.bento_model.tag,
@@ -253,7 +256,7 @@ class ModelServiceBase:
             return [SegmentResult(failure=failure) for _ in requests]
         started = time.time()
         for request in requests:
-            self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
+            self.series.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
         segments = [request.audio_segment() for request in requests]
         outcomes = self.decoder.decode(
             segments,
@@ -265,11 +268,11 @@ class ModelServiceBase:
                 logger.error("%s", outcome, exc_info=outcome.__cause__ or outcome)
         elapsed = time.time() - started
         audio_seconds = sum(len(s.samples) for s in segments) / self.info.sample_rate
-        self.metrics.decode_seconds.observe(elapsed)
-        self.metrics.batch_size.observe(len(requests))
-        self.metrics.audio_seconds.inc(audio_seconds)
+        self.series.decode_seconds.observe(elapsed)
+        self.series.batch_size.observe(len(requests))
+        self.series.audio_seconds.inc(audio_seconds)
         if audio_seconds > 0:
-            self.metrics.batch_rtf.observe(elapsed / audio_seconds)
+            self.series.batch_rtf.observe(elapsed / audio_seconds)
         return [SegmentResult.of(outcome) for outcome in outcomes]
 
     @bentoml.api
@@ -280,7 +283,7 @@ class ModelServiceBase:
             failure = SegmentFailure(code="task_unsupported", message="This model does not speak.")
             return SynthesisResult(failure=failure)
         started = time.time()
-        self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
+        self.series.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
         options = SynthesisOptions(voice=request.voice, speed=request.speed)
         try:
             samples = self.synthesizer.synthesize(request.text, options)
@@ -290,8 +293,8 @@ class ModelServiceBase:
             logger.exception("Synthesis failed.")
             message = f"Synthesis failed: {type(exc).__name__}: {exc}"
             return SynthesisResult(failure=SegmentFailure(code=DECODE_FAILED, message=message))
-        self.metrics.decode_seconds.observe(time.time() - started)
-        self.metrics.audio_seconds.inc(len(samples) / self.info.sample_rate)
+        self.series.decode_seconds.observe(time.time() - started)
+        self.series.audio_seconds.inc(len(samples) / self.info.sample_rate)
         return SynthesisResult.of(samples)
 
     @bentoml.api
@@ -304,15 +307,15 @@ class ModelServiceBase:
             )
             return EnhanceResult(failure=failure)
         started = time.time()
-        self.metrics.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
+        self.series.queue_wait_seconds.observe(max(0.0, started - request.sent_at))
         try:
             tracks = self.enhancer.enhance(request.samples, self.info.sample_rate)
         except Exception as exc:
             logger.exception("Enhancement failed.")
             message = f"Enhancement failed: {type(exc).__name__}: {exc}"
             return EnhanceResult(failure=SegmentFailure(code=DECODE_FAILED, message=message))
-        self.metrics.decode_seconds.observe(time.time() - started)
-        self.metrics.audio_seconds.inc(len(request.samples) / self.info.sample_rate)
+        self.series.decode_seconds.observe(time.time() - started)
+        self.series.audio_seconds.inc(len(request.samples) / self.info.sample_rate)
         return EnhanceResult.of(tracks)
 
 
