@@ -96,6 +96,9 @@ class Segmenter:
         declared_seconds: The recording's length as its header declares it: at most
             ``max_segment_seconds`` skips the VAD (one whole segment) unless the audio
             turns out longer.
+        whole_if_short: Return a recording of at most ``max_segment_seconds`` with at most
+            one speech region whole (see the module's notes). A live stream, whose end is
+            not known, passes False: each region comes out as soon as it closes.
     """
 
     def __init__(
@@ -103,6 +106,8 @@ class Segmenter:
         sample_rate: int,
         options: SegmentationOptions | None = None,
         declared_seconds: float | None = None,
+        *,
+        whole_if_short: bool = True,
     ) -> None:
         self.options = options or SegmentationOptions()
         self.sample_rate = sample_rate
@@ -129,7 +134,8 @@ class Segmenter:
         self._region_start: int | None = None
         self._silence_start: int | None = None
         self._emitted = 0
-        self._held: list[AudioSegment] | None = []  # None once the recording is cut
+        # Segments held back while the recording may be returned whole; None once it is cut.
+        self._held: list[AudioSegment] | None = [] if whole_if_short else None
 
     def push(self, block: np.ndarray) -> list[AudioSegment]:
         """Add the next block; return the segments it completes."""
@@ -158,6 +164,13 @@ class Segmenter:
         if self._held is not None and len(self._held) + len(segments) <= 1 and self._short:
             return [self._whole_recording([*self._held, *segments])]
         return self._release(segments, final=True)
+
+    @property
+    def speech_started_at(self) -> float | None:
+        """Start of the speech region still open, in seconds from the stream's start."""
+        if self._region_start is None:
+            return None
+        return round(self._region_start * self._window) / self.sample_rate
 
     @property
     def _short(self) -> bool:

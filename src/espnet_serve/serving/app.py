@@ -9,7 +9,8 @@ own routes, ``/livez``, ``/readyz`` and ``/metrics``):
    large, 408 too slow, 503 past the worker's bytes held;
 3. the routes (:mod:`espnet_serve.serving.routes`: transcriptions, translations, speech,
    enhancements, models), whose errors
-   :mod:`espnet_serve.serving.errors` renders as JSON.
+   :mod:`espnet_serve.serving.errors` renders as JSON; and the realtime WebSocket
+   (:mod:`espnet_serve.serving.realtime`), which bounds its sessions itself.
 """
 
 from __future__ import annotations
@@ -30,7 +31,15 @@ from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
 from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
-from espnet_serve.serving.routes import enhancements, models, speech, transcriptions, translations
+from espnet_serve.serving.realtime.session import SessionSlots
+from espnet_serve.serving.routes import (
+    enhancements,
+    models,
+    realtime,
+    speech,
+    transcriptions,
+    translations,
+)
 from espnet_serve.serving.served_model import ServedModel, ServedModels
 from espnet_serve.serving.settings import ServeSettings
 from espnet_serve.serving.speech import SpeechHandler
@@ -84,6 +93,9 @@ def build_app(
     """
     app = FastAPI(title="espnet-serve", description=__doc__)
     app.state.settings = settings
+    app.state.in_flight = in_flight = in_flight or InFlight()
+    app.state.is_draining = is_draining
+    app.state.realtime_slots = SessionSlots(settings.max_realtime_sessions)
     app.add_middleware(
         UploadLimitsMiddleware,
         max_bytes=settings.max_audio_bytes + MULTIPART_OVERHEAD_BYTES,
@@ -99,7 +111,7 @@ def build_app(
     app.add_middleware(
         AdmissionMiddleware,
         routes=transcriptions.ROUTES + translations.ROUTES + speech.ROUTES + enhancements.ROUTES,
-        in_flight=in_flight or InFlight(),
+        in_flight=in_flight,
         limit=settings.max_pending_requests,
         retry_after_seconds=settings.retry_after_seconds,
         is_draining=is_draining,
@@ -112,6 +124,7 @@ def build_app(
     app.include_router(translations.router)
     app.include_router(speech.router)
     app.include_router(enhancements.router)
+    app.include_router(realtime.router)
     if model_clients is not None:
         connect(app, model_clients)
     return app

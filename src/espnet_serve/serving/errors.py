@@ -18,7 +18,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
-from starlette.types import Send
+from starlette.types import Scope, Send
 
 from espnet_serve.audio.ingest import AudioInputError
 from espnet_serve.pipeline.types import SegmentDecodeError
@@ -205,6 +205,34 @@ async def send_error(
         }
     )
     await send({"type": "http.response.body", "body": content})
+
+
+async def refuse_websocket(
+    scope: Scope, send: Send, exc: BaseException, headers: list[tuple[bytes, bytes]] | None = None
+) -> None:
+    """Refuse a WebSocket handshake with ``exc``'s HTTP response (JSON body, its status).
+
+    Through ASGI's WebSocket denial response where the server offers it (uvicorn does); else
+    by closing before the handshake completes, which the server answers with 403.
+    """
+    if "websocket.http.response" not in scope.get("extensions", {}):
+        await send({"type": "websocket.close", "code": 1008})
+        return
+    status, body, error_headers = error_response(exc)
+    content = body.model_dump_json().encode()
+    await send(
+        {
+            "type": "websocket.http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(content)).encode()),
+                *((name.lower().encode(), value.encode()) for name, value in error_headers.items()),
+                *(headers or []),
+            ],
+        }
+    )
+    await send({"type": "websocket.http.response.body", "body": content})
 
 
 def _invalid_parameters(exc: RequestValidationError) -> ApiError:

@@ -75,6 +75,15 @@ class ServeSettings(BaseSettings):
         api_workers: Worker processes of the HTTP API service.
         gpu_count: GPUs the model service asks for (0 runs it on CPU).
         warmup: Decode two speech-like clips (and require transcripts) before reporting ready.
+        max_realtime_sessions: Most ``/v1/realtime`` sessions one API worker holds at once;
+            another is refused with an error event and close 1013 (try again later).
+        realtime_idle_seconds: A realtime session that sends no event for this long is
+            closed (an error event, then close 1008).
+        realtime_max_ahead_seconds: How far a realtime session's audio may run ahead of
+            real time (audio sent faster than it is spoken): past it, an error event and
+            close 1008. It bounds what one session can queue.
+        realtime_max_turn_seconds: Most audio a realtime session without server VAD holds
+            before it commits (an error event and close 1009 past it).
     """
 
     model_config = SettingsConfigDict(env_prefix="ESPNET_SERVE_", extra="ignore")
@@ -106,6 +115,10 @@ class ServeSettings(BaseSettings):
     api_workers: int = Field(default=1, ge=1)
     gpu_count: int = Field(default=1, ge=0)
     warmup: bool = True
+    max_realtime_sessions: int = Field(default=64, ge=1)
+    realtime_idle_seconds: float = Field(default=60.0, gt=0)
+    realtime_max_ahead_seconds: float = Field(default=15.0, gt=0)
+    realtime_max_turn_seconds: float = Field(default=120.0, gt=0)
 
     @model_validator(mode="after")
     def _one_upload_fits(self) -> ServeSettings:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from starlette.types import ASGIApp, Receive, Scope, Send
 
-from espnet_serve.serving.errors import ApiError, send_error
+from espnet_serve.serving.errors import ApiError, refuse_websocket, send_error
 from espnet_serve.serving.settings import ServeSettings
 
 PROBES = frozenset({"/livez", "/readyz"})
@@ -78,7 +78,7 @@ class ApiKeyMiddleware:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         """Pass an authorised request (or a probe) on; refuse the rest with 401."""
-        if scope["type"] != "http" or scope.get("path") in self.open_paths:
+        if scope["type"] not in ("http", "websocket") or scope.get("path") in self.open_paths:
             await self.app(scope, receive, send)
             return
         token = _bearer_token(scope)
@@ -91,4 +91,8 @@ class ApiKeyMiddleware:
             else "Missing API key: send it as 'Authorization: Bearer <key>'."
         )
         refusal = ApiError("invalid_api_key", message)
-        await send_error(send, refusal, [(b"www-authenticate", b"Bearer")])
+        challenge = [(b"www-authenticate", b"Bearer")]
+        if scope["type"] == "websocket":
+            await refuse_websocket(scope, send, refusal, challenge)
+        else:
+            await send_error(send, refusal, challenge)

@@ -1,0 +1,1 @@
+"""Realtime transcription over a WebSocket: OpenAI's Realtime API, transcription sessions."""
