@@ -88,16 +88,19 @@ class AudioTurns:
         samples = self._decode(data)
         if self._resampler is not None:
             samples = self._resampler.resample_chunk(samples)
-        self.samples_in += len(samples)
-        if self._segmenter is None:
-            self._held.append(samples)
-            return []
-        return self._turns(self._segmenter.push(samples))
+        return self._take(samples)
 
     def commit(self) -> list[AudioSegment]:
-        """Close the turn in progress (all held audio without VAD); may be none."""
+        """Close the turn in progress (all held audio without VAD); may be none.
+
+        The resampler's delay (its last few milliseconds) is flushed into the turn first.
+        """
+        turns = []
+        if self._resampler is not None:
+            turns = self._take(self._resampler.resample_chunk(np.zeros(0, np.float32), last=True))
+            self._resampler.clear()
         if self._segmenter is not None:
-            turns = self._turns(self._segmenter.finish())
+            turns += self._turns(self._segmenter.finish())
             self._reset()
             return turns
         samples = np.concatenate(self._held) if self._held else np.zeros(0, np.float32)
@@ -115,6 +118,14 @@ class AudioTurns:
         )
         self.turns_closed += 1
         return [segment]
+
+    def _take(self, samples: np.ndarray) -> list[AudioSegment]:
+        """Model-rate samples into the turn in progress; the turns they close."""
+        self.samples_in += len(samples)
+        if self._segmenter is None:
+            self._held.append(samples)
+            return []
+        return self._turns(self._segmenter.push(samples))
 
     def clear(self) -> None:
         """Drop the audio not yet committed (the turn in progress too)."""
