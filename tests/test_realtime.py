@@ -8,13 +8,19 @@ espnet2's ``Speech2Text`` called in-process on the same audio.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
+import os
+import signal
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import openai
 import pytest
 import soundfile
 import soxr
@@ -23,7 +29,8 @@ from starlette.routing import Mount
 from starlette.testclient import TestClient
 from starlette.websockets import WebSocketDisconnect
 
-from espnet_serve.assets import HeldoutClip, load_heldout
+from espnet_serve import InferenceSession
+from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
 from espnet_serve.serving.app import build_app, edge_middlewares
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.realtime import protocol
@@ -31,6 +38,7 @@ from espnet_serve.serving.realtime.protocol import AudioFormat, ProtocolError, S
 from espnet_serve.serving.realtime.turns import AudioTurns
 from espnet_serve.serving.settings import ServeSettings
 from tests.fakes import FakeModelClient
+from tests.server import BentoServer, serve_default_model
 
 RATE = 16000
 ROUTE = "/v1/realtime?intent=transcription"
@@ -435,3 +443,150 @@ def test_a_draining_worker_finishes_the_utterance_then_closes_1001():
     # Committed audio and the utterance in progress are both transcribed before the close.
     assert transcripts == ["5000 samples", "7000 samples"]
     assert (error["code"], code) == ("session_refused", protocol.CLOSE_TRY_AGAIN_LATER)
+
+
+# --- the real server, the openai SDK's realtime client ---------------------------------------
+
+SDK_SESSION = {
+    "type": "transcription",
+    "audio": {"input": {"format": {"type": "audio/pcm", "rate": RATE}, "turn_detection": None}},
+}
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
+    """The embedded model as its bundle builds it: espnet2's ``Speech2Text``, in-process."""
+    return InferenceSession.from_pretrained(
+        str(DEFAULT_MODEL_ARCHIVE),
+        trust_user_code=True,
+        downloader_kwargs={"cachedir": tmp_path_factory.mktemp("model_cache")},
+    )
+
+
+async def transcripts(connection: Any, count: int) -> tuple[list[str], list[dict[str, Any]]]:
+    """The next ``count`` completed transcripts (in order), and every event seen."""
+    seen: list[dict[str, Any]] = []
+    done: list[str] = []
+    async for event in connection:
+        seen.append(event.model_dump())
+        if event.type == "conversation.item.input_audio_transcription.completed":
+            done.append(event.transcript)
+        if event.type in ("error", "conversation.item.input_audio_transcription.failed"):
+            raise AssertionError(event)
+        if len(done) == count:
+            break
+    return done, seen
+
+
+@pytest.mark.slow
+def test_the_sdk_gets_what_speech2text_gives_for_each_committed_utterance(
+    default_server: BentoServer, clips: list[HeldoutClip], reference: InferenceSession
+):
+    audios = [quantized(clip.read_audio(RATE)) for clip in clips]
+    expected = [reference(audio)["text"] for audio in audios]
+
+    async def session() -> tuple[list[str], list[dict[str, Any]]]:
+        client = openai.AsyncOpenAI(base_url=f"{default_server.url}/v1", api_key="unused")
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            await conn.session.update(session=SDK_SESSION)
+            for audio in audios:
+                data = pcm16(audio)
+                for at in range(0, len(data), 3200):  # 100 ms appends
+                    await conn.input_audio_buffer.append(audio=b64(data[at : at + 3200]))
+                await conn.input_audio_buffer.commit()
+            return await transcripts(conn, len(audios))
+
+    got, seen = asyncio.run(session())
+    assert got == expected
+    kinds = [e["type"] for e in seen]
+    assert kinds[0] == "session.created" and "session.updated" in kinds
+    assert kinds.count("input_audio_buffer.committed") == len(audios)
+
+
+@pytest.mark.slow
+def test_server_vad_cuts_a_24khz_stream_into_utterances_each_as_speech2text_hears_it(
+    default_server: BentoServer, clips: list[HeldoutClip], reference: InferenceSession
+):
+    chosen = [c for c in clips if reference(c.read_audio(RATE))["text"] == c.text][:4]
+    audio, spans = spoken(chosen)
+    stream = pcm16(soxr.resample(audio, RATE, 24000, quality="HQ"))
+    chunk = 4800  # 100 ms at 24 kHz
+
+    async def session() -> tuple[list[str], list[dict[str, Any]]]:
+        client = openai.AsyncOpenAI(base_url=f"{default_server.url}/v1", api_key="unused")
+        async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+            # OpenAI's defaults: 24 kHz PCM, server VAD.
+            for at in range(0, len(stream), chunk):
+                await conn.input_audio_buffer.append(audio=b64(stream[at : at + chunk]))
+                await asyncio.sleep(0.02)  # 5x real time, within the bound
+            return await transcripts(conn, len(chosen))
+
+    got, seen = asyncio.run(session())
+    # The server's utterances are what AudioTurns cuts from the same appends; each transcript
+    # is what espnet2's Speech2Text gives for that utterance's audio.
+    turns = AudioTurns(AudioFormat(), RATE, ServerVad())
+    cut = [t for at in range(0, len(stream), chunk) for t in turns.append(stream[at : at + chunk])]
+    assert len(cut) == len(chosen)
+    assert got == [reference(turn.samples)["text"] for turn in cut]
+    started = [e for e in seen if e["type"] == "input_audio_buffer.speech_started"]
+    stopped = [e for e in seen if e["type"] == "input_audio_buffer.speech_stopped"]
+    assert len(started) == len(stopped) == len(chosen)
+    for begin, end, (start, finish) in zip(started, stopped, spans, strict=True):
+        assert begin["item_id"] == end["item_id"]
+        # Times are of the session's audio: the speech lies within its clip.
+        assert start * 1000 - 350 <= begin["audio_start_ms"] < end["audio_end_ms"]
+        assert end["audio_end_ms"] <= finish * 1000 + 100  # three VAD windows
+
+
+@pytest.mark.slow
+def test_sigterm_finishes_the_utterance_in_progress_then_closes_1001(
+    tmp_path: Path, clips: list[HeldoutClip], reference: InferenceSession
+):
+    import websockets
+
+    clip = next(c for c in clips if reference(c.read_audio(RATE))["text"] == c.text)
+    server = serve_default_model(tmp_path / "home", api_keys="k3y")
+    try:
+
+        async def wrong_key() -> None:
+            client = openai.AsyncOpenAI(base_url=f"{server.url}/v1", api_key="wrong")
+            async with client.realtime.connect(extra_query={"intent": "transcription"}):
+                pass
+
+        with pytest.raises(websockets.InvalidStatus) as refused:
+            asyncio.run(wrong_key())
+        assert refused.value.response.status_code == 401
+
+        async def drained() -> tuple[list[dict[str, Any]], int | None]:
+            url = f"ws://127.0.0.1:{server.port}{ROUTE}"
+            headers = {"Authorization": "Bearer k3y"}
+            events: list[dict[str, Any]] = []
+            async with websockets.connect(url, additional_headers=headers) as ws:
+                events.append(json.loads(await ws.recv()))
+                speech = pcm16(clip.read_audio(RATE))
+                await ws.send(json.dumps({"type": "session.update", "session": SDK_SESSION}))
+                for at in range(0, len(speech), 3200):
+                    await ws.send(
+                        json.dumps(
+                            {
+                                "type": "input_audio_buffer.append",
+                                "audio": b64(speech[at : at + 3200]),
+                            }
+                        )
+                    )
+                await ws.send(json.dumps({"type": "response.create"}))  # barrier
+                while events[-1]["type"] != "error":
+                    events.append(json.loads(await ws.recv()))
+                os.killpg(server.process.pid, signal.SIGTERM)
+                with contextlib.suppress(websockets.ConnectionClosed):
+                    while True:
+                        events.append(json.loads(await ws.recv()))
+                return events, ws.close_code
+
+        events, close_code = asyncio.run(drained())
+        server.process.wait(timeout=60)
+    finally:
+        server.stop()
+    assert close_code == protocol.CLOSE_GOING_AWAY
+    completed = [e for e in events if e["type"].endswith("transcription.completed")]
+    assert [e["transcript"] for e in completed] == [clip.text]
