@@ -14,7 +14,10 @@ import contextlib
 import io
 import json
 import os
+import re
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -40,6 +43,7 @@ from espnet_serve.serving.settings import ServeSettings
 from tests.fakes import FakeModelClient
 from tests.server import BentoServer, serve_default_model
 
+REPO_ROOT = Path(__file__).resolve().parents[1]
 RATE = 16000
 ROUTE = "/v1/realtime?intent=transcription"
 
@@ -590,3 +594,17 @@ def test_sigterm_finishes_the_utterance_in_progress_then_closes_1001(
     assert close_code == protocol.CLOSE_GOING_AWAY
     completed = [e for e in events if e["type"].endswith("transcription.completed")]
     assert [e["transcript"] for e in completed] == [clip.text]
+
+
+@pytest.mark.slow
+def test_the_readme_realtime_example_runs_as_written(default_server: BentoServer):
+    readme = (REPO_ROOT / "README.md").read_text()
+    start = readme.index("### Realtime transcription over a WebSocket")
+    section = readme[start : readme.index("### Long recordings", start)]
+    (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
+    code = code.replace("http://127.0.0.1:3000", default_server.url)
+    run = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "eight three six"
