@@ -95,6 +95,8 @@ def asr_streaming_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     experiment = write_random_asr_experiment(
         root / "exp", **reduced(AISHELL_STREAMING_CONFORMER).options
     )
+    # Peaked outputs, so that the search's running hypotheses hold tokens between blocks.
+    sharpen(experiment.asr_model_file, ["decoder.output_layer.weight", "ctc.ctc_lo.weight"], 8.0)
     return write_bundle(
         root / "bundle",
         asr_train_config=experiment.asr_train_config,
@@ -285,6 +287,59 @@ def build_and_serve(
     built = build(bundle, name, env)
     assert built.returncode == 0, built.stderr
     return built, start_server("service:ApiService", env=env, log_path=tmp_path / "serve.log")
+
+
+def running_best(reference: Any) -> tuple[str, tuple[int, ...]]:
+    """The best running hypothesis of an espnet2 ``Speech2TextStreaming`` between chunks."""
+    hyps = reference.beam_search.running_hyps
+    if hyps is None or hyps.yseq.shape[0] == 0:
+        return "", ()
+    eos = reference.beam_search.eos
+    ids = [t for t in hyps.yseq[0, 1 : int(hyps.length[0])].tolist() if t not in (0, eos)]
+    tokens = reference.converter.ids2tokens(ids)
+    return served_text(reference.tokenizer.tokens2text(tokens)), tuple(ids)
+
+
+def chunked(clip: np.ndarray, size: int) -> list[np.ndarray]:
+    """``clip`` in chunks of ``size`` samples (the last holds the rest)."""
+    cuts = list(range(size, len(clip) - size // 2, size))
+    return np.split(clip, cuts)
+
+
+def test_streams_decode_block_by_block_as_speech2textstreaming_does(
+    asr_streaming_bundle: Path, clips: list[np.ndarray]
+):
+    session = InferenceSession.from_pretrained(str(asr_streaming_bundle), batched_backend=True)
+    executor = SegmentDecoder(session, SAMPLE_RATE).executor
+    reference = espnet2_class(asr_streaming_bundle)
+    first, second = clips[0], np.concatenate(clips[1:5])
+    expected = {}
+    for name, clip in (("first", first), ("second", second)):
+        partials = []
+        for chunk in chunked(clip, 3200)[:-1]:
+            reference(chunk, is_final=False)
+            partials.append(running_best(reference))
+        final = best(reference, reference(chunked(clip, 3200)[-1], is_final=True))
+        expected[name] = (partials, final)
+    assert all(final[1] for _, final in expected.values())  # the random model writes tokens
+    # A block needs 1.6 s of audio, then each 0.64 s more: the longer stream has partials.
+    assert sum(bool(ids) for _, ids in expected["second"][0]) >= 3
+
+    # Two streams at once, their chunks interleaved: each is its own espnet2 object.
+    streams = {"first": executor.open_stream(), "second": executor.open_stream()}
+    chunks = {"first": chunked(first, 3200), "second": chunked(second, 3200)}
+    got: dict[str, list] = {"first": [], "second": []}
+    for index in range(max(len(c) for c in chunks.values())):
+        for name, stream in streams.items():
+            if index < len(chunks[name]):
+                final = index == len(chunks[name]) - 1
+                hypothesis = stream.push(chunks[name][index], final=final)
+                got[name].append((hypothesis.text, hypothesis.token_ids))
+    for name, (partials, final) in expected.items():
+        assert got[name] == [*partials, final], name
+    # The weights are the model's, not copies.
+    stream_weights = next(streams["first"].backend.asr_model.parameters())
+    assert stream_weights is next(session.model.asr_model.parameters())
 
 
 def test_a_class_no_executor_serves_is_refused_in_one_line(tmp_path: Path, asr_transducer_bundle):
