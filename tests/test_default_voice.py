@@ -92,7 +92,7 @@ def readme_speech_examples() -> list[tuple[str, str]]:
     """The (language, code) blocks of the README's speech section."""
     readme = (REPO_ROOT / "README.md").read_text()
     start = readme.index("### Speech synthesis and the default voice")
-    section = readme[start : readme.index("### Long recordings", start)]
+    section = readme[start : readme.index("\n### ", start + 1)]
     return re.findall(r"```(bash|python)\n(.*?)```", section, re.S)
 
 

@@ -600,7 +600,7 @@ def test_sigterm_finishes_the_utterance_in_progress_then_closes_1001(
 def test_the_readme_realtime_example_runs_as_written(default_server: BentoServer):
     readme = (REPO_ROOT / "README.md").read_text()
     start = readme.index("### Realtime transcription over a WebSocket")
-    section = readme[start : readme.index("### Long recordings", start)]
+    section = readme[start : readme.index("\n### ", start + 1)]
     (code,) = re.findall(r"```python\n(.*?)```", section, re.S)
     code = code.replace("http://127.0.0.1:3000", default_server.url)
     run = subprocess.run(
