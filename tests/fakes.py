@@ -13,6 +13,9 @@ from espnet_serve.serving.rpc import (
     SegmentFailure,
     SegmentRequest,
     SegmentResult,
+    StreamChunk,
+    StreamClose,
+    StreamText,
 )
 
 
@@ -83,6 +86,9 @@ class FakeModelClient:
         self.languages = ["en"]
         self.target_languages: list[str] = []
         self.identified: str | None = None  # the language a multilingual model "identifies"
+        self.streaming = False  # a streaming model: realtime sessions stream to :meth:`stream`
+        self.chunks: list[StreamChunk] = []
+        self.closed_streams: list[str] = []
 
     async def readiness(self) -> Readiness:
         return self.ready
@@ -100,6 +106,7 @@ class FakeModelClient:
             family="asr",
             tasks=self.tasks,
             target_languages=self.target_languages,
+            streaming=self.streaming,
         )
 
     async def decode(self, request: SegmentRequest) -> SegmentResult:
@@ -116,6 +123,15 @@ class FakeModelClient:
             )
 
         return await call_model(once, what="decode", retry_after_seconds=1)
+
+    async def stream(self, chunk: StreamChunk) -> StreamText:
+        """One ``x`` per 1600 samples the stream has had so far (the text grows as it hears)."""
+        self.chunks.append(chunk)
+        heard = sum(len(c.samples) for c in self.chunks if c.stream_id == chunk.stream_id)
+        return StreamText(text="x" * (heard // 1600), final=chunk.final)
+
+    async def close_stream(self, request: StreamClose) -> None:
+        self.closed_streams.append(request.stream_id)
 
     def language(self, request: SegmentRequest) -> str | None:
         """The request's language, else the one set to be "identified"."""

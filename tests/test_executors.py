@@ -17,6 +17,8 @@ Reduced-size models (the recipes' options as they are; dimensions and depths cut
 
 from __future__ import annotations
 
+import asyncio
+import base64
 import os
 import subprocess
 import sys
@@ -54,6 +56,7 @@ from espnet_serve.bundle.imports import import_object
 from espnet_serve.executors import UnsupportedFamilyError, executor_class, family_of
 from espnet_serve.pipeline.decode import SegmentDecoder
 from espnet_serve.pipeline.types import Segment
+from espnet_serve.serving.realtime.turns import StreamChunker
 from tests.answers import served_text
 from tests.server import BentoServer, serve_env, start_server, wait_for
 
@@ -402,11 +405,78 @@ def test_a_streaming_model_is_served_as_espnet2_decodes_it(
             with clip.path.open("rb") as audio:
                 served.append(sdk.audio.transcriptions.create(model="streaming", file=audio).text)
         models = httpx.get(f"{server.url}/v1/models").json()["data"]
+        utterances = [quantized(clips[0]), quantized(np.concatenate(clips[1:5]))]
+        events = asyncio.run(realtime_session(server.url, utterances))
     finally:
         server.stop()
     reference = espnet2_class(asr_streaming_bundle)
     assert served == [best(reference, reference(clip))[0] for clip in clips]
     assert [(m["family"], m["tasks"]) for m in models] == [("asr_streaming", ["transcribe"])]
+
+    # Realtime: each utterance streamed to the model as it arrived, in the chunks
+    # StreamChunker cuts; its transcript is what espnet2's class gives for those chunks.
+    expected = []
+    for audio in utterances:
+        chunker = StreamChunker(SAMPLE_RATE)
+        for at in range(0, len(audio), 1600):  # the client's 100 ms appends
+            chunk = chunker.add(audio[at : at + 1600])
+            if chunk is not None:
+                reference(chunk, is_final=False)
+        expected.append(best(reference, reference(chunker.final(), is_final=True))[0])
+    completed = [e["transcript"] for e in events if e["type"].endswith("transcription.completed")]
+    assert completed == expected and all(completed)
+    # The long utterance's deltas came while it was still being appended (before its commit).
+    first_commit = [e["type"] for e in events].index("input_audio_buffer.committed")
+    second_commit = (
+        len(events) - 1 - [e["type"] for e in events][::-1].index("input_audio_buffer.committed")
+    )
+    early = [
+        e
+        for e in events[first_commit + 1 : second_commit]
+        if e["type"].endswith("transcription.delta")
+    ]
+    assert early
+
+
+def quantized(samples: np.ndarray) -> np.ndarray:
+    """What a server decodes from ``samples`` sent as 16-bit PCM."""
+    pcm = (np.clip(samples, -1, 32767 / 32768) * 32768).astype("<i2")
+    return pcm.astype(np.float32) / 32768
+
+
+async def realtime_session(url: str, utterances: list[np.ndarray]) -> list[dict]:
+    """Each utterance appended in 100 ms chunks and committed, through the SDK's realtime
+    client; every event until the last transcript."""
+    client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0)
+    events: list[dict] = []
+    async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
+        await conn.session.update(
+            session={
+                "type": "transcription",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcm", "rate": SAMPLE_RATE},
+                        "turn_detection": None,
+                    }
+                },
+            }
+        )
+        for audio in utterances:
+            data = (audio * 32768).astype("<i2").tobytes()
+            for at in range(0, len(data), 3200):
+                await conn.input_audio_buffer.append(
+                    audio=base64.b64encode(data[at : at + 3200]).decode()
+                )
+                await asyncio.sleep(0.01)
+            await conn.input_audio_buffer.commit()
+        done = 0
+        async for event in conn:
+            events.append(event.model_dump())
+            assert event.type != "error", event
+            done += event.type.endswith("transcription.completed")
+            if done == len(utterances):
+                return events
+    return events
 
 
 @pytest.mark.slow

@@ -608,3 +608,44 @@ def test_the_readme_realtime_example_runs_as_written(default_server: BentoServer
     )
     assert run.returncode == 0, run.stderr
     assert run.stdout.strip() == "eight three six"
+
+
+def test_a_streaming_model_gets_the_utterance_as_it_arrives_and_sends_deltas():
+    fake = FakeModelClient()
+    fake.streaming = True
+    appends = [RATE // 10] * 12 + [777]  # 100 ms appends, then a short one
+    with TestClient(app_with(fake)) as client, client.websocket_connect(ROUTE) as ws:
+        assert ws.receive_json()["type"] == "session.created"
+        manual_pcm16(ws)
+        for length in appends:
+            ws.send_json({"type": "input_audio_buffer.append", "audio": b64(b"\1\0" * length)})
+        ws.send_json({"type": "response.create"})  # a barrier: its error comes after
+        before_commit = events_until(ws, "error")
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        after = events_until(ws, "conversation.item.input_audio_transcription.completed")
+        # A new utterance, given up (cleared): its stream is closed on the model.
+        ws.send_json({"type": "input_audio_buffer.append", "audio": b64(b"\1\0" * RATE)})
+        ws.send_json({"type": "input_audio_buffer.clear"})
+        events_until(ws, "input_audio_buffer.cleared")
+    deltas = [e for e in before_commit if e["type"].endswith("transcription.delta")]
+    completed = after[-1]
+    # Deltas came while the audio was still arriving, before any commit, and they add up to
+    # the final transcript; one item throughout.
+    assert len(deltas) >= 3
+    assert (
+        "".join(e["delta"] for e in deltas + after if e["type"].endswith(".delta"))
+        == (completed["transcript"])
+    )
+    assert completed["transcript"] == "x" * (sum(appends) // 1600)
+    committed = next(e for e in after if e["type"] == "input_audio_buffer.committed")
+    assert {e["item_id"] for e in deltas} == {committed["item_id"], completed["item_id"]}
+    # The model heard every sample once, in chunks of at least 0.2 s but the final, which holds
+    # the last 0.1 s or more; nothing went through the segment path.
+    first = [c for c in fake.chunks if c.stream_id == fake.chunks[0].stream_id]
+    assert sum(len(c.samples) for c in first) == sum(appends)
+    assert [c.final for c in first] == [False] * (len(first) - 1) + [True]
+    assert all(len(c.samples) >= 0.2 * RATE for c in first[:-1])
+    assert len(first[-1].samples) >= 0.1 * RATE
+    assert fake.requests == []
+    later = {c.stream_id for c in fake.chunks} - {first[0].stream_id}
+    assert later and later <= set(fake.closed_streams)

@@ -172,6 +172,16 @@ class Segmenter:
             return None
         return round(self._region_start * self._window) / self.sample_rate
 
+    def open_region_samples(self) -> np.ndarray:
+        """The audio of the speech region still open, lead-in included, up to now."""
+        if self._region_start is None:
+            return np.zeros(0, np.float32)
+        start = round(self._region_start * self._window)
+        lead_in = max(
+            self._buffer_start, start - round(self.options.pad_before_seconds * self.sample_rate)
+        )
+        return self._buffer[lead_in - self._buffer_start :].copy()
+
     @property
     def _short(self) -> bool:
         """Whether the recording so far fits one segment."""

@@ -29,6 +29,9 @@ from espnet_serve.serving.rpc import (
     Readiness,
     SegmentRequest,
     SegmentResult,
+    StreamChunk,
+    StreamClose,
+    StreamText,
     SynthesisRequest,
     SynthesisResult,
 )
@@ -114,6 +117,12 @@ class ModelClient(Protocol):
     async def enhance(self, request: EnhanceRequest) -> EnhanceResult:
         """One recording enhanced (its tracks), or its error."""
 
+    async def stream(self, chunk: StreamChunk) -> StreamText:
+        """The next chunk of a realtime stream decoded: the text so far, or its error."""
+
+    async def close_stream(self, request: StreamClose) -> None:
+        """Give up a stream whose session ended first."""
+
 
 class BentoModelClient:
     """:class:`ModelClient` over a BentoML dependency (``bentoml.depends(ModelService)``).
@@ -182,6 +191,23 @@ class BentoModelClient:
             sent_at=request.sent_at,
             what="enhance",
             lost_what="enhancing a recording",
+        )
+
+    async def stream(self, chunk: StreamChunk) -> StreamText:
+        """See :class:`ModelClient`. Never sent twice: a chunk decoded twice changes the stream."""
+        return await call_model(
+            lambda: self._calls.stream(chunk),
+            what="stream",
+            retry_after_seconds=self._retry_after,
+            connection_retries=0,
+        )
+
+    async def close_stream(self, request: StreamClose) -> None:
+        """See :class:`ModelClient`."""
+        await call_model(
+            lambda: self._calls.close_stream(request),
+            what="close stream",
+            retry_after_seconds=self._retry_after,
         )
 
     async def _resent_if_lost(

@@ -28,6 +28,7 @@ from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 
 from espnet_serve.executors import UnsupportedFamilyError, executor_class
+from espnet_serve.executors.asr_streaming import AsrStreamingExecutor
 from espnet_serve.executors.enh import EnhExecutor
 from espnet_serve.executors.tts import SynthesisInputError, SynthesisOptions, TtsExecutor
 from espnet_serve.pipeline.decode import SegmentDecoder
@@ -49,10 +50,14 @@ from espnet_serve.serving.rpc import (
     SegmentFailure,
     SegmentRequest,
     SegmentResult,
+    StreamChunk,
+    StreamClose,
+    StreamText,
     SynthesisRequest,
     SynthesisResult,
 )
 from espnet_serve.serving.settings import get_settings
+from espnet_serve.serving.streams import OpenStreams
 
 logger = logging.getLogger(__name__)
 settings = get_settings()
@@ -61,6 +66,8 @@ settings = get_settings()
 # closes the old one with calls still in flight on it (``_bentoml_impl/client/proxy2.py``,
 # ``SessionManager.get_session``): those calls fail. Never recycle it.
 NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
+# Realtime streams one model worker decodes at once (each holds its own search state).
+MAX_OPEN_STREAMS = 256
 MODEL_IN_FLIGHT = InFlight()
 # Declared, the media type is not worked out again for every response: BentoML otherwise
 # builds the output's JSON schema per response to find it (IOMixin.mime_type), measured at
@@ -117,6 +124,7 @@ class ModelServiceBase:
         self.decoder: SegmentDecoder | None = None
         self.synthesizer: TtsExecutor | None = None
         self.enhancer: EnhExecutor | None = None
+        self.streams: OpenStreams | None = None
         self._loaded = threading.Event()
         self.unready_reason = "the model is loading"
         self.drain = SigtermDrain(
@@ -189,12 +197,19 @@ class ModelServiceBase:
         """Serve a speech-to-text model: complete its info, warm it up."""
         self.decoder = decoder
         executor = decoder.executor
+        if isinstance(executor, AsrStreamingExecutor):
+            self.streams = OpenStreams(
+                executor.open_stream,
+                limit=MAX_OPEN_STREAMS,
+                idle_seconds=2 * settings.realtime_idle_seconds,
+            )
         self.info = self.info.model_copy(
             update={
                 "min_samples": executor.min_samples(),
                 "languages": self.info.languages or list(executor.languages()),
                 "target_languages": self.info.target_languages or list(executor.target_languages()),
                 "word_timestamps": decoder.word_timestamps,
+                "streaming": self.streams is not None,
             }
         )
         if settings.warmup:
@@ -317,6 +332,28 @@ class ModelServiceBase:
         self.series.decode_seconds.observe(time.time() - started)
         self.series.audio_seconds.inc(len(request.samples) / self.info.sample_rate)
         return EnhanceResult.of(tracks)
+
+    @bentoml.api
+    def stream(self, chunk: StreamChunk) -> StreamText:
+        """Decode the next chunk of a realtime stream (a streaming model: :class:`OpenStreams`)."""
+        self._require_loaded()
+        if self.streams is None:
+            failure = SegmentFailure(
+                code="task_unsupported", message="This model does not decode streams."
+            )
+            return StreamText(failure=failure)
+        started = time.time()
+        text = self.streams.push(chunk)
+        self.series.decode_seconds.observe(time.time() - started)
+        self.series.audio_seconds.inc(len(chunk.samples) / self.info.sample_rate)
+        return text
+
+    @bentoml.api
+    def close_stream(self, request: StreamClose) -> Readiness:
+        """Forget a stream whose session ended before its utterance did."""
+        if self.streams is not None:
+            self.streams.close(request.stream_id)
+        return Readiness(ready=self._loaded.is_set())
 
 
 def model_service(tag: str, name: str) -> bentoml.Service:

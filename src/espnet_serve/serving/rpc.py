@@ -170,11 +170,37 @@ class ModelInfo(BaseModel):
     tracks: int = Field(
         default=0, description="Tracks an enhancement model returns (speakers separated)."
     )
+    streaming: bool = Field(
+        default=False,
+        description="Whether realtime sessions get hypotheses block by block (a streaming model).",
+    )
 
     @property
     def tag(self) -> str:
         """The model-store tag, the model's id on ``/v1/models``."""
         return f"{self.name}:{self.version}"
+
+
+class StreamChunk(BaseModel):
+    """The next chunk of a realtime stream (one utterance), at the model's rate."""
+
+    stream_id: str
+    samples: Annotated[np.ndarray, TensorSchema("numpy-array", "float32", None)]
+    final: bool = Field(default=False, description="The utterance's last chunk.")
+
+
+class StreamText(BaseModel):
+    """A stream's best hypothesis so far (its transcript once final), or why it failed."""
+
+    text: str = ""
+    final: bool = False
+    failure: SegmentFailure | None = None
+
+
+class StreamClose(BaseModel):
+    """A stream its session gives up (the session ended before the utterance did)."""
+
+    stream_id: str
 
 
 class Readiness(BaseModel):

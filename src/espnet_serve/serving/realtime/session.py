@@ -5,6 +5,10 @@ turns.AudioTurns`: server VAD, or the client's commits). Each utterance is sent 
 service as one segment, through the same client and batcher as an upload's segments, so many
 sessions share the model's batches; its transcript comes back as one
 ``conversation.item.input_audio_transcription.delta`` and a ``.completed``, in commit order.
+With a streaming model (``ModelInfo.streaming``: ``Speech2TextStreaming``) the utterance is
+instead streamed to the model as it arrives (:class:`~espnet_serve.serving.realtime.turns.
+StreamChunker`), and each chunk's best hypothesis that extends the text sent so far becomes a
+delta while the person is still speaking; the final chunk gives the ``.completed`` transcript.
 
 Every session runs its own receive loop and sender: a slow or stalled client holds only its
 own session (a send that takes longer than :data:`SEND_TIMEOUT_SECONDS` ends it). What a
@@ -22,9 +26,11 @@ import json
 import logging
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import anyio.to_thread
+import numpy as np
 from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 
 from espnet_serve.audio.segmenter import AudioSegment
@@ -41,8 +47,8 @@ from espnet_serve.serving.realtime.protocol import (
     ServerVad,
     server_event,
 )
-from espnet_serve.serving.realtime.turns import AudioTurns
-from espnet_serve.serving.rpc import SegmentRequest
+from espnet_serve.serving.realtime.turns import AudioTurns, StreamChunker
+from espnet_serve.serving.rpc import SegmentRequest, StreamChunk, StreamClose
 from espnet_serve.serving.served_model import ServedModel, ServedModels
 from espnet_serve.serving.settings import ServeSettings
 
@@ -50,6 +56,17 @@ logger = logging.getLogger(__name__)
 REALTIME_ROUTE = "/v1/realtime"
 TICK_SECONDS = 0.25  # how often an idle receive loop looks at the drain and the idle clock
 SEND_TIMEOUT_SECONDS = 10.0  # a client that takes longer to take one event is dropped
+
+
+@dataclass
+class _Streamed:
+    """An utterance being streamed to a streaming model."""
+
+    id: str  # the model's stream id
+    item: str
+    chunker: StreamChunker
+    sent: str = ""  # the text sent as deltas so far
+    failure: tuple[str, str] | None = None  # (code, message) of a chunk that failed
 
 
 class SessionSlots:
@@ -107,6 +124,8 @@ class RealtimeSession:
         self.language: str | None = None
         self.prompt: str | None = None
         self.audio: AudioTurns | None = None
+        self.streaming = False  # the model decodes streams (partial deltas)
+        self._streamed: _Streamed | None = None
         self.started = time.monotonic()
         self._open_item: str | None = None  # the item of the speech in progress (server VAD)
         self._last_item: str | None = None
@@ -152,6 +171,7 @@ class RealtimeSession:
                 )
             )
         finally:
+            await self._drop_stream()
             assert self._sender is not None
             self._sender.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -214,6 +234,7 @@ class RealtimeSession:
             assert self.audio is not None
             self.audio.clear()
             self._open_item = None
+            await self._drop_stream()
             await self._send(server_event("input_audio_buffer.cleared"))
         elif isinstance(event, protocol.SessionUpdate):
             await self._update(event)
@@ -245,18 +266,28 @@ class RealtimeSession:
                 event_id=event_id,
                 close_code=protocol.CLOSE_TOO_BIG,
             )
+        fresh = self.audio.take_fresh()
+        if self.streaming and self.vad is None and self._streamed is None and len(fresh):
+            self._open_stream(protocol.new_id("item"))
+        await self._stream_audio(fresh)
         for turn in turns:
             await self._close_turn(turn)
         started = self.audio.speech_started_at
         if started is not None and self._open_item is None:
             await self._start_item(started)
+            if self.streaming:
+                self._open_stream(self._open_item)
+                await self._stream_audio(self.audio.open_turn_samples())
 
     async def _commit(self, event_id: str | None) -> None:
         """The client closes the utterance (what is held; with VAD, the speech in progress)."""
         assert self.audio is not None
         turns = await anyio.to_thread.run_sync(self.audio.commit)
+        if self._streamed is not None:  # the resampler's last milliseconds: the final chunk's
+            self._streamed.chunker.add(self.audio.take_fresh())
         if not turns:
             self._open_item = None
+            await self._drop_stream()
             raise ProtocolError(
                 "input_audio_buffer_commit_empty",
                 "Nothing to commit: no audio (or, with server VAD, no speech) since the last "
@@ -280,7 +311,8 @@ class RealtimeSession:
         """Announce the end of an utterance, commit it, send it to the model."""
         if self._open_item is None and self.vad is not None:
             await self._start_item(turn.start)
-        item = self._open_item or protocol.new_id("item")
+        streamed, self._streamed = self._streamed, None
+        item = self._open_item or (streamed.item if streamed else None) or protocol.new_id("item")
         self._open_item = None
         if self.vad is not None and not by_client:
             await self._send(
@@ -310,7 +342,11 @@ class RealtimeSession:
             )
         )
         self._last_item = item
-        await self._transcripts.put(asyncio.create_task(self._transcribe(item, turn)))
+        if streamed is not None:
+            transcript = self._finish_stream(streamed, item, turn)
+        else:
+            transcript = self._transcribe(item, turn)
+        await self._transcripts.put(asyncio.create_task(transcript))
 
     # --- settings ----------------------------------------------------------------------------
 
@@ -406,7 +442,9 @@ class RealtimeSession:
         except ApiError as exc:
             raise ProtocolError(exc.code, exc.message, param="model", event_id=event_id) from None
         changed = self.audio is None or info.sample_rate != self.audio.model_rate
+        await self._drop_stream()
         self.model, self.model_name = model, info.tag
+        self.streaming = info.streaming
         if changed:
             await self._new_audio()
 
@@ -417,6 +455,7 @@ class RealtimeSession:
         self.audio = await anyio.to_thread.run_sync(
             lambda: AudioTurns(self.audio_format, rate, self.vad)
         )
+        await self._drop_stream()
         self._open_item = None
         self.started = time.monotonic()
 
@@ -461,6 +500,89 @@ class RealtimeSession:
 
     # --- transcripts out ---------------------------------------------------------------------
 
+    def _open_stream(self, item: str | None) -> None:
+        """Start streaming a new utterance (its item) to the model."""
+        assert self.audio is not None and item is not None
+        self._streamed = _Streamed(
+            protocol.new_id("stream"), item, StreamChunker(self.audio.model_rate)
+        )
+
+    async def _stream_audio(self, samples: np.ndarray) -> None:
+        """Send the utterance's next chunk once enough is held; a delta if its text grew."""
+        streamed = self._streamed
+        if streamed is None or streamed.failure is not None:
+            return
+        chunk = streamed.chunker.add(samples)
+        if chunk is None:
+            return
+        assert self.model is not None
+        try:
+            answer = await self.model.client.stream(
+                StreamChunk(stream_id=streamed.id, samples=chunk, final=False)
+            )
+        except ApiError as exc:
+            streamed.failure = (exc.code, exc.message)
+            return
+        if answer.failure is not None:
+            streamed.failure = (answer.failure.code, answer.failure.message)
+            return
+        delta = _extension(streamed.sent, answer.text)
+        if delta:
+            streamed.sent = answer.text
+            await self._send(self._delta(streamed.item, delta))
+
+    async def _finish_stream(
+        self, streamed: _Streamed, item: str, turn: AudioSegment
+    ) -> list[dict[str, Any]]:
+        """The utterance's final chunk: its last delta (if the text grew) and transcript."""
+        assert self.model is not None
+        if streamed.failure is None:
+            try:
+                answer = await self.model.client.stream(
+                    StreamChunk(stream_id=streamed.id, samples=streamed.chunker.final(), final=True)
+                )
+            except ApiError as exc:
+                streamed.failure = (exc.code, exc.message)
+            else:
+                if answer.failure is not None:
+                    streamed.failure = (answer.failure.code, answer.failure.message)
+        if streamed.failure is not None:
+            await self._close_model_stream(streamed.id)
+            return [self._failed(item, *streamed.failure)]
+        get_metrics().requests.labels(REALTIME_ROUTE, "ok").inc()
+        delta = _extension(streamed.sent, answer.text)
+        events = [self._delta(item, delta)] if delta else []
+        return [*events, self._completed(item, answer.text, turn)]
+
+    async def _drop_stream(self) -> None:
+        """Give up the utterance being streamed, if any (the model forgets its stream)."""
+        streamed, self._streamed = self._streamed, None
+        if streamed is not None:
+            await self._close_model_stream(streamed.id)
+
+    async def _close_model_stream(self, stream_id: str) -> None:
+        if self.model is not None:
+            with contextlib.suppress(ApiError):
+                await self.model.client.close_stream(StreamClose(stream_id=stream_id))
+
+    def _delta(self, item: str, text: str) -> dict[str, Any]:
+        return server_event(
+            "conversation.item.input_audio_transcription.delta",
+            item_id=item,
+            content_index=0,
+            delta=text,
+        )
+
+    def _completed(self, item: str, text: str, turn: AudioSegment) -> dict[str, Any]:
+        seconds = round(len(turn.samples) / self.audio.model_rate, 3) if self.audio else 0.0
+        return server_event(
+            "conversation.item.input_audio_transcription.completed",
+            item_id=item,
+            content_index=0,
+            transcript=text,
+            usage={"type": "duration", "seconds": seconds},
+        )
+
     async def _transcribe(self, item: str, turn: AudioSegment) -> list[dict[str, Any]]:
         """The events of one utterance's transcript (or of its failure)."""
         assert self.model is not None
@@ -473,24 +595,8 @@ class RealtimeSession:
             return [self._failed(item, exc.code, exc.message)]
         if isinstance(outcome, SegmentDecodeError):
             return [self._failed(item, outcome.code, str(outcome))]
-        text = outcome.text
-        seconds = round(len(turn.samples) / self.audio.model_rate, 3) if self.audio else 0.0
         get_metrics().requests.labels(REALTIME_ROUTE, "ok").inc()
-        return [
-            server_event(
-                "conversation.item.input_audio_transcription.delta",
-                item_id=item,
-                content_index=0,
-                delta=text,
-            ),
-            server_event(
-                "conversation.item.input_audio_transcription.completed",
-                item_id=item,
-                content_index=0,
-                transcript=text,
-                usage={"type": "duration", "seconds": seconds},
-            ),
-        ]
+        return [self._delta(item, outcome.text), self._completed(item, outcome.text, turn)]
 
     def _failed(self, item: str, code: str, message: str) -> dict[str, Any]:
         get_metrics().requests.labels(REALTIME_ROUTE, "error").inc()
@@ -538,3 +644,10 @@ class RealtimeSession:
         if self.websocket.application_state != WebSocketState.DISCONNECTED:
             with contextlib.suppress(Exception):
                 await self.websocket.close(code=code, reason=reason)
+
+
+def _extension(sent: str, text: str) -> str:
+    """What ``text`` adds to the text already sent as deltas ("" unless it extends it)."""
+    if len(text) > len(sent) and text.startswith(sent):
+        return text[len(sent) :]
+    return ""

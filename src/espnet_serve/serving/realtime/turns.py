@@ -27,6 +27,12 @@ SILENCE_MARGIN = 0.05
 # Audio kept after an utterance's speech (measured for uploads: more makes the model insert).
 PAD_AFTER_SECONDS = 0.03
 LONGEST_TURN_SECONDS = 10.0  # longer speech is cut, as uploads are (the models' clip length)
+# A streaming model hears an utterance in chunks of at least this (more often yields nothing
+# new: its encoder works in blocks of hundreds of milliseconds) ...
+STREAM_PUSH_SECONDS = 0.2
+# ... with this much kept back for the final chunk (a final chunk of a few frames is too short
+# for the encoder's convolutional subsampling).
+STREAM_HOLD_SECONDS = 0.1
 
 
 def segmentation_options(vad: ServerVad) -> SegmentationOptions:
@@ -67,6 +73,7 @@ class AudioTurns:
         self._held: list[np.ndarray] = []  # without VAD: the audio since the last commit
         self._segment_origin = 0  # model-rate samples before the current segmenter's start
         self.samples_in = 0  # model-rate samples appended since the session started
+        self._fresh: list[np.ndarray] = []  # model-rate samples not yet taken (take_fresh)
         self.turns_closed = 0
         self._reset()
 
@@ -119,9 +126,22 @@ class AudioTurns:
         self.turns_closed += 1
         return [segment]
 
+    def take_fresh(self) -> np.ndarray:
+        """The model-rate samples appended (and flushed by a commit) since the last call."""
+        fresh = np.concatenate(self._fresh) if self._fresh else np.zeros(0, np.float32)
+        self._fresh = []
+        return fresh
+
+    def open_turn_samples(self) -> np.ndarray:
+        """With server VAD, the audio of the speech in progress so far, lead-in included."""
+        if self._segmenter is None:
+            return np.zeros(0, np.float32)
+        return self._segmenter.open_region_samples()
+
     def _take(self, samples: np.ndarray) -> list[AudioSegment]:
         """Model-rate samples into the turn in progress; the turns they close."""
         self.samples_in += len(samples)
+        self._fresh.append(samples)
         if self._segmenter is None:
             self._held.append(samples)
             return []
@@ -178,3 +198,35 @@ class AudioTurns:
         whole = len(data) - len(data) % 2
         self._odd_byte = data[whole:]
         return np.frombuffer(data[:whole], dtype="<i2").astype(np.float32) / PCM16_SCALE
+
+
+class StreamChunker:
+    """Cuts one utterance's audio into the chunks a streaming model is sent.
+
+    Args:
+        model_rate: The model's sample rate.
+    """
+
+    def __init__(self, model_rate: int) -> None:
+        self._pending: list[np.ndarray] = []
+        self._count = 0
+        self._push = round(STREAM_PUSH_SECONDS * model_rate)
+        self._hold = round(STREAM_HOLD_SECONDS * model_rate)
+
+    def add(self, samples: np.ndarray) -> np.ndarray | None:
+        """Take ``samples``; the next chunk to send once enough is held (else None)."""
+        if len(samples):
+            self._pending.append(samples)
+            self._count += len(samples)
+        if self._count < self._push + self._hold:
+            return None
+        held = np.concatenate(self._pending)
+        cut = len(held) - self._hold
+        self._pending, self._count = [held[cut:]], self._hold
+        return held[:cut]
+
+    def final(self) -> np.ndarray:
+        """Everything not yet sent: the utterance's final chunk."""
+        rest = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
+        self._pending, self._count = [], 0
+        return rest
