@@ -76,7 +76,8 @@ class FakeModelClient:
 
     MIN_SAMPLES = 960
 
-    def __init__(self) -> None:
+    def __init__(self, name: str = "fake") -> None:
+        self.name = name
         self.ready = Readiness(ready=True)
         self.failure: SegmentFailure | None = None
         self.fail_from_segment: int | None = None
@@ -95,7 +96,7 @@ class FakeModelClient:
 
     async def model_info(self) -> ModelInfo:
         return ModelInfo(
-            name="fake",
+            name=self.name,
             version="v1",
             sha256="0" * 64,
             sample_rate=16000,

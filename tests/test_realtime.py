@@ -649,3 +649,16 @@ def test_a_streaming_model_gets_the_utterance_as_it_arrives_and_sends_deltas():
     assert fake.requests == []
     later = {c.stream_id for c in fake.chunks} - {first[0].stream_id}
     assert later and later <= set(fake.closed_streams)
+
+
+def test_a_session_takes_the_streaming_model_unless_it_names_another():
+    plain, streaming = FakeModelClient("plain"), FakeModelClient("streaming")
+    streaming.streaming = True
+    config = ServeSettings()
+    app = build_app(config, model_clients=[plain, streaming], in_flight=InFlight())
+    with TestClient(app) as client:
+        with client.websocket_connect(ROUTE) as ws:
+            created = ws.receive_json()["session"]["audio"]["input"]["transcription"]
+        with client.websocket_connect(ROUTE + "&model=plain") as ws:
+            named = ws.receive_json()["session"]["audio"]["input"]["transcription"]
+    assert (created["model"], named["model"]) == ("streaming:v1", "plain:v1")

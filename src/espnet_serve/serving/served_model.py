@@ -196,6 +196,16 @@ class ServedModels:
             f"(also accepted: {', '.join(names)}).",
         )
 
+    async def streaming(self) -> ServedModel | None:
+        """The first ready model that decodes streams (a realtime session's default), if any."""
+        for model in self.models:
+            try:
+                if (await model.info()).streaming:
+                    return model
+            except ApiError:
+                continue
+        return None
+
     async def for_task(self, task: str) -> ServedModel:
         """The first model that does ``task`` (else the first model: its task check refuses)."""
         for model in self.models:

@@ -430,13 +430,15 @@ class RealtimeSession:
             await self._new_audio()
 
     async def _use_model(self, requested: str | None, event_id: str | None = None) -> None:
-        """Transcribe with the model ``requested`` names (None: the first that transcribes)."""
+        """Transcribe with the model ``requested`` names.
+
+        None: the first streaming model, else the first that transcribes.
+        """
         try:
-            model = (
-                await self.models.for_task(TRANSCRIBE)
-                if requested is None
-                else await self.models.named(requested, TRANSCRIBE)
-            )
+            if requested is None:  # a streaming model first: it sends words as they come
+                model = await self.models.streaming() or await self.models.for_task(TRANSCRIBE)
+            else:
+                model = await self.models.named(requested, TRANSCRIBE)
             await model.check_task(TRANSCRIBE)
             info = await model.info()
         except ApiError as exc:
