@@ -662,3 +662,20 @@ def test_a_session_takes_the_streaming_model_unless_it_names_another():
         with client.websocket_connect(ROUTE + "&model=plain") as ws:
             named = ws.receive_json()["session"]["audio"]["input"]["transcription"]
     assert (created["model"], named["model"]) == ("streaming:v1", "plain:v1")
+
+
+def test_a_streamed_utterance_at_24khz_reaches_the_model_whole():
+    fake = FakeModelClient()
+    fake.streaming = True
+    appends = [2400] * 13  # 100 ms at 24 kHz
+    with TestClient(app_with(fake)) as client, client.websocket_connect(ROUTE) as ws:
+        assert ws.receive_json()["type"] == "session.created"
+        manual_pcm16(ws, rate=24000)
+        for length in appends:
+            ws.send_json({"type": "input_audio_buffer.append", "audio": b64(b"\1\0" * length)})
+        ws.send_json({"type": "input_audio_buffer.commit"})
+        events_until(ws, "conversation.item.input_audio_transcription.completed")
+    # Every sample the resampler gave, its delay flushed at the commit included.
+    expected = len(soxr.resample(np.zeros(sum(appends), np.float32), 24000, RATE, quality="HQ"))
+    assert sum(len(c.samples) for c in fake.chunks) == expected
+    assert fake.chunks[-1].final and not any(c.final for c in fake.chunks[:-1])

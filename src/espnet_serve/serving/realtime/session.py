@@ -281,10 +281,7 @@ class RealtimeSession:
 
     async def _commit(self, event_id: str | None) -> None:
         """The client closes the utterance (what is held; with VAD, the speech in progress)."""
-        assert self.audio is not None
-        turns = await anyio.to_thread.run_sync(self.audio.commit)
-        if self._streamed is not None:  # the resampler's last milliseconds: the final chunk's
-            self._streamed.chunker.add(self.audio.take_fresh())
+        turns = await self._commit_audio()
         if not turns:
             self._open_item = None
             await self._drop_stream()
@@ -296,6 +293,15 @@ class RealtimeSession:
             )
         for turn in turns:
             await self._close_turn(turn, by_client=True)
+
+    async def _commit_audio(self) -> list[AudioSegment]:
+        """Close the turn in progress; the resampler's last milliseconds go to its stream."""
+        assert self.audio is not None
+        turns = await anyio.to_thread.run_sync(self.audio.commit)
+        fresh = self.audio.take_fresh()
+        if self._streamed is not None:
+            self._streamed.chunker.keep(fresh)
+        return turns
 
     async def _start_item(self, start_seconds: float) -> None:
         self._open_item = protocol.new_id("item")
@@ -621,8 +627,7 @@ class RealtimeSession:
 
     async def _finish(self, code: int, reason: str) -> None:
         """Close the utterance in progress, send every transcript owed, then close."""
-        assert self.audio is not None
-        for turn in await anyio.to_thread.run_sync(self.audio.commit):
+        for turn in await self._commit_audio():
             await self._close_turn(turn)
         await self._transcripts.put(None)
         assert self._sender is not None

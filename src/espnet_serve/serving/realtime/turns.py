@@ -225,6 +225,12 @@ class StreamChunker:
         self._pending, self._count = [held[cut:]], self._hold
         return held[:cut]
 
+    def keep(self, samples: np.ndarray) -> None:
+        """Take ``samples`` for the final chunk (the utterance is ending: nothing is sent)."""
+        if len(samples):
+            self._pending.append(samples)
+            self._count += len(samples)
+
     def final(self) -> np.ndarray:
         """Everything not yet sent: the utterance's final chunk."""
         rest = np.concatenate(self._pending) if self._pending else np.zeros(0, np.float32)
