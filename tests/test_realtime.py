@@ -679,3 +679,14 @@ def test_a_streamed_utterance_at_24khz_reaches_the_model_whole():
     expected = len(soxr.resample(np.zeros(sum(appends), np.float32), 24000, RATE, quality="HQ"))
     assert sum(len(c.samples) for c in fake.chunks) == expected
     assert fake.chunks[-1].final and not any(c.final for c in fake.chunks[:-1])
+
+
+def test_a_model_not_yet_ready_says_come_back():
+    from espnet_serve.serving.rpc import Readiness
+
+    fake = FakeModelClient()
+    fake.ready = Readiness(ready=False, reason="the model is loading")
+    with TestClient(app_with(fake)) as client, client.websocket_connect(ROUTE) as ws:
+        error, closed = closed_after_error(ws)
+    assert (error["code"], closed) == ("model_unavailable", protocol.CLOSE_TRY_AGAIN_LATER)
+    assert "loading" in error["message"]

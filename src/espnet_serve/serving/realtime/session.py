@@ -148,7 +148,6 @@ class RealtimeSession:
                     close_code=protocol.CLOSE_TRY_AGAIN_LATER,
                 )
             )
-            get_metrics().errors.labels("session_refused").inc()
             return
         self.in_flight.enter()
         self._sender = asyncio.create_task(self._send_transcripts())
@@ -182,12 +181,15 @@ class RealtimeSession:
     # --- events in ---------------------------------------------------------------------------
 
     async def _open(self) -> None:
-        """Pick the model (query ``model``, else the first that transcribes); session.created."""
+        """Pick the model (the query's ``model``, see :meth:`_use_model`); session.created."""
         requested = self.websocket.query_params.get("model")
         try:
             await self._use_model(requested)
-        except ProtocolError as exc:
-            exc.close_code = protocol.CLOSE_POLICY  # nothing to transcribe with
+        except ProtocolError as exc:  # nothing to transcribe with
+            unavailable = exc.code == "model_unavailable"  # not ready yet: come back
+            exc.close_code = (
+                protocol.CLOSE_TRY_AGAIN_LATER if unavailable else protocol.CLOSE_POLICY
+            )
             raise
         await self._send(server_event("session.created", session=self._session_object()))
 
@@ -642,7 +644,8 @@ class RealtimeSession:
             )
 
     async def _fail(self, error: ProtocolError) -> None:
-        """Send the error event, then close with its code."""
+        """Send the error event (counted by its code), then close with its code."""
+        get_metrics().errors.labels(error.code).inc()
         with contextlib.suppress(Exception):
             await self._send(protocol.error_event(error))
         await self._close(error.close_code or protocol.CLOSE_POLICY, error.code)
