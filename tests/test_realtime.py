@@ -373,7 +373,7 @@ def test_an_idle_session_is_closed():
         started = time.monotonic()
         error, closed = closed_after_error(ws)
     assert (error["code"], closed) == ("session_idle", protocol.CLOSE_POLICY)
-    assert 0.4 < time.monotonic() - started < 5
+    assert time.monotonic() - started > 0.4  # not before the idle time
 
 
 def test_sessions_past_the_limit_are_refused_before_they_start():

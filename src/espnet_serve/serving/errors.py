@@ -190,21 +190,7 @@ async def send_error(
     send: Send, exc: BaseException, headers: list[tuple[bytes, bytes]] | None = None
 ) -> None:
     """Answer straight from ASGI middleware (before any app has run) with ``exc``'s response."""
-    status, body, error_headers = error_response(exc)
-    content = body.model_dump_json().encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(content)).encode()),
-                *((name.lower().encode(), value.encode()) for name, value in error_headers.items()),
-                *(headers or []),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": content})
+    await _send_json_error(send, "http.response", exc, headers)
 
 
 async def refuse_websocket(
@@ -218,11 +204,18 @@ async def refuse_websocket(
     if "websocket.http.response" not in scope.get("extensions", {}):
         await send({"type": "websocket.close", "code": 1008})
         return
+    await _send_json_error(send, "websocket.http.response", exc, headers)
+
+
+async def _send_json_error(
+    send: Send, kind: str, exc: BaseException, headers: list[tuple[bytes, bytes]] | None
+) -> None:
+    """Send ``exc``'s status and JSON body as ASGI ``<kind>.start`` and ``<kind>.body``."""
     status, body, error_headers = error_response(exc)
     content = body.model_dump_json().encode()
     await send(
         {
-            "type": "websocket.http.response.start",
+            "type": f"{kind}.start",
             "status": status,
             "headers": [
                 (b"content-type", b"application/json"),
@@ -232,7 +225,7 @@ async def refuse_websocket(
             ],
         }
     )
-    await send({"type": "websocket.http.response.body", "body": content})
+    await send({"type": f"{kind}.body", "body": content})
 
 
 def _invalid_parameters(exc: RequestValidationError) -> ApiError:
