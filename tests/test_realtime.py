@@ -690,3 +690,41 @@ def test_a_model_not_yet_ready_says_come_back():
         error, closed = closed_after_error(ws)
     assert (error["code"], closed) == ("model_unavailable", protocol.CLOSE_TRY_AGAIN_LATER)
     assert "loading" in error["message"]
+
+
+class CountingStream:
+    """A stream that answers with how many samples it has heard (control flow only)."""
+
+    opened = 0
+
+    def __init__(self) -> None:
+        CountingStream.opened += 1
+        self.heard = 0
+
+    def push(self, samples: np.ndarray, *, final: bool) -> Any:
+        from espnet_serve.executors.base import Hypothesis
+
+        self.heard += len(samples)
+        return Hypothesis(str(self.heard))
+
+
+def test_open_streams_are_bounded_and_forgotten_when_idle_or_final():
+    from espnet_serve.serving.rpc import StreamChunk
+    from espnet_serve.serving.streams import OpenStreams
+
+    streams = OpenStreams(CountingStream, limit=2, idle_seconds=0.2)
+    CountingStream.opened = 0
+
+    def push(stream_id: str, n: int, final: bool = False) -> Any:
+        chunk = StreamChunk(stream_id=stream_id, samples=np.zeros(n, np.float32), final=final)
+        return streams.push(chunk)
+
+    assert push("a", 10).text == "10" and push("a", 5).text == "15"  # one stream, its state
+    assert push("b", 1).text == "1"
+    refused = push("c", 1)  # past the limit
+    assert refused.failure is not None and refused.failure.code == "overloaded"
+    assert push("a", 1, final=True).text == "16"  # a final chunk ends the stream ...
+    assert push("c", 3).text == "3"  # ... and frees its place
+    time.sleep(0.3)
+    assert push("b", 2).text == "2"  # idle too long: forgotten, a new stream
+    assert CountingStream.opened == 4

@@ -46,9 +46,6 @@ class OpenStreams:
         self._entries: dict[str, _Entry] = {}
         self._lock = threading.Lock()
 
-    def __len__(self) -> int:
-        return len(self._entries)
-
     def push(self, chunk: StreamChunk) -> StreamText:
         """Decode ``chunk`` on its stream; the text so far (the transcript when final)."""
         entry = self._entry(chunk.stream_id)
