@@ -39,11 +39,12 @@ sysdeps:
 # it gets a reset. The container's CMD and the chart's `bento.keepAliveSeconds` use the same value.
 KEEP_ALIVE_SECONDS := 75
 
-# The embedded models `make serve` serves: the digits ASR model and the default voice, each with
-# its own model service (ESPNET_SERVE_MODEL_TAG in the environment wins).
-DEFAULT_MODELS := espnet-digits-asr:latest,espnet-digits-voice:latest
+# The embedded models `make serve` serves: the digits ASR model, its streaming variant (realtime
+# sessions) and the default voice, each with its own model service (ESPNET_SERVE_MODEL_TAG in the
+# environment wins).
+DEFAULT_MODELS := espnet-digits-asr:latest,espnet-digits-asr-streaming:latest,espnet-digits-voice:latest
 
-## serve: serve the embedded default models (ASR and voice) on $(HOST):$(PORT), offline
+## serve: serve the embedded default models (ASR, streaming ASR, voice) on $(HOST):$(PORT), offline
 serve: setup
 	$(BIN)/espnet-serve import-default
 	ESPNET_SERVE_MODEL_TAG=$${ESPNET_SERVE_MODEL_TAG:-$(DEFAULT_MODELS)} \

@@ -4,18 +4,28 @@ Each session is the openai SDK's realtime client (``client.realtime.connect``, i
 ``transcription``) with OpenAI's defaults: 24 kHz 16-bit PCM and server VAD. It appends the
 long file (digit strings with pauses, exact word times: ``digits_recipe.longfile``) 100 ms at
 a time, each chunk once it would have been recorded, and records when each server event
-arrives. At 1 and 16 concurrent sessions (all on the same file, started together):
+arrives. Two decoding modes, each a session's transcription model:
+
+- ``vad``: the embedded model (``Speech2Text``); each utterance the VAD closes is decoded whole,
+  so its deltas come at its end;
+- ``streaming``: the embedded streaming model (``Speech2TextStreaming``); the utterance's audio
+  reaches the model as it arrives, and its partial hypotheses are sent as deltas.
+
+At 1 and 16 concurrent sessions (all on the same file, started together):
 
 - **word latency**: for each word, from its end in the audio to the first transcription delta
-  of the utterance that holds it (the utterance whose speech_started / speech_stopped span
-  holds the word's middle); a word in no utterance is counted as missed;
+  that holds it: the k-th word of an utterance (the utterance whose speech_started /
+  speech_stopped span holds the word's middle) is held by the first delta after which the
+  utterance's text has k words (or, if it never has, by ``.completed``); a word in no
+  utterance is counted as missed;
 - **completion latency**: from the end of each digit string to its utterance's ``.completed``;
 - **WER** of the completed transcripts, joined, against the truth;
 - **keeping up**: how late the sender's appends ran behind their schedule, and how long after
   the last audio the last transcript came.
 
-Without ``--url`` it serves the embedded model (``bentoml serve``, a fresh model store) for the
-run. Writes ``<out>/realtime.json`` and ``<out>/realtime.png``. Traffic goes only to 127.0.0.1.
+Without ``--url`` it serves both embedded ASR models (``bentoml serve``, a fresh model store)
+for the run. Writes ``<out>/realtime.json`` and ``<out>/realtime.png``. Traffic goes only to
+127.0.0.1.
 
 Example:
     python bench/realtime.py --out bench/results/realtime
@@ -47,6 +57,7 @@ import soxr  # noqa: E402
 from digits_recipe.longfile import TimedString, write_long_file  # noqa: E402
 
 from bench.report import emit  # noqa: E402
+from espnet_serve.bundle.store import DEFAULT_MODEL_NAME, DEFAULT_STREAMING_NAME  # noqa: E402
 from tests.server import serve_default_model  # noqa: E402
 
 LEVELS = (1, 16)
@@ -54,6 +65,7 @@ CHUNK_SECONDS = 0.1
 STREAM_RATE = 24000  # OpenAI's PCM rate
 LONG_FILE_SEED = 5505
 DRAIN_SECONDS = 30.0  # longest wait for the last transcripts after the audio ends
+MODES = {"vad": DEFAULT_MODEL_NAME, "streaming": DEFAULT_STREAMING_NAME}  # mode: its model
 
 
 @dataclass
@@ -62,9 +74,20 @@ class Item:
 
     start: float = 0.0  # audio time
     end: float = 0.0  # audio time
-    first_delta: float | None = None  # wall time
+    text: str = ""  # the deltas so far
+    word_times: list[float] = field(default_factory=list)  # wall time the text got word k
     completed: float | None = None  # wall time
     transcript: str = ""
+
+    def add_delta(self, delta: str, now: float) -> None:
+        """Append a delta; note when the text first holds each new word."""
+        self.text += delta
+        count = len(self.text.split())
+        self.word_times += [now] * (count - len(self.word_times))
+
+    def word_time(self, index: int) -> float | None:
+        """When the ``index``-th word of the utterance was first in a delta (else completed)."""
+        return self.word_times[index] if index < len(self.word_times) else self.completed
 
 
 @dataclass
@@ -85,8 +108,8 @@ def pcm24k(path: Path) -> bytes:
     return (np.clip(resampled, -1, 32767 / 32768) * 32768).astype("<i2").tobytes()
 
 
-async def one_session(url: str, stream: bytes, api_key: str) -> SessionLog:
-    """Stream ``stream`` at real-time pace; log every utterance's events."""
+async def one_session(url: str, stream: bytes, api_key: str, model: str) -> SessionLog:
+    """Stream ``stream`` at real-time pace to ``model``; log every utterance's events."""
     log = SessionLog()
     client = openai.AsyncOpenAI(base_url=f"{url}/v1", api_key=api_key, max_retries=0)
     chunk = int(CHUNK_SECONDS * STREAM_RATE) * 2
@@ -94,6 +117,8 @@ async def one_session(url: str, stream: bytes, api_key: str) -> SessionLog:
     async with client.realtime.connect(extra_query={"intent": "transcription"}) as conn:
         created = await conn.recv()
         assert created.type == "session.created", created
+        transcription = {"input": {"transcription": {"model": model}}}
+        await conn.session.update(session={"type": "transcription", "audio": transcription})
         began = time.monotonic()
 
         async def receive() -> None:
@@ -106,8 +131,7 @@ async def one_session(url: str, stream: bytes, api_key: str) -> SessionLog:
                 elif kind == "input_audio_buffer.speech_stopped":
                     log.items[event.item_id].end = event.audio_end_ms / 1000
                 elif kind.endswith("transcription.delta"):
-                    item = log.items.setdefault(event.item_id, Item())
-                    item.first_delta = item.first_delta if item.first_delta else now
+                    log.items.setdefault(event.item_id, Item()).add_delta(event.delta, now)
                 elif kind.endswith("transcription.completed"):
                     item = log.items.setdefault(event.item_id, Item())
                     item.completed, item.transcript = now, event.transcript
@@ -137,14 +161,17 @@ def measure(logs: list[SessionLog], truth: list[TimedString]) -> dict[str, Any]:
     reference = " ".join(s.text for s in truth).split()
     for log in logs:
         spans = [(i, log.items[i]) for i in log.order]
+        held: dict[str, int] = {}  # utterance: its words seen so far
         for string in truth:
             for word in string.words:
                 middle = (word.start + word.end) / 2
-                holder = next((it for _, it in spans if it.start <= middle <= it.end), None)
-                if holder is None or holder.first_delta is None:
+                holder = next((i for i, it in spans if it.start <= middle <= it.end), None)
+                index = held[holder] = held.get(holder, -1) + 1
+                at = None if holder is None else log.items[holder].word_time(index)
+                if at is None:
                     missed += 1
                     continue
-                word_latency.append(holder.first_delta - word.end)
+                word_latency.append(at - word.end)
             holders = [it for _, it in spans if it.start < string.end and it.end > string.start]
             if holders and holders[-1].completed is not None:
                 completion_latency.append(holders[-1].completed - string.end)
@@ -184,8 +211,12 @@ def quantiles(values: list[float]) -> dict[str, float | int | None]:
     }
 
 
-async def level(url: str, stream: bytes, sessions: int, api_key: str) -> list[SessionLog]:
-    return list(await asyncio.gather(*(one_session(url, stream, api_key) for _ in range(sessions))))
+async def level(
+    url: str, stream: bytes, sessions: int, api_key: str, model: str
+) -> list[SessionLog]:
+    return list(
+        await asyncio.gather(*(one_session(url, stream, api_key, model) for _ in range(sessions)))
+    )
 
 
 def plot(document: dict[str, Any], path: Path) -> None:
@@ -199,12 +230,14 @@ def plot(document: dict[str, Any], path: Path) -> None:
         values = np.sort(row["word_latency_samples_s"])
         if len(values):
             axis.plot(
-                values, np.arange(1, len(values) + 1) / len(values), label=f"{row['sessions']}"
+                values,
+                np.arange(1, len(values) + 1) / len(values),
+                label=f"{row['mode']}, {row['sessions']}",
             )
     axis.set_xlabel("word end -> first delta holding it (s)")
     axis.set_ylabel("fraction of words")
-    axis.set_title("Realtime transcription, server VAD (per-utterance deltas)")
-    axis.legend(title="sessions")
+    axis.set_title("Realtime transcription, server VAD: word latency")
+    axis.legend(title="mode, sessions")
     axis.grid(alpha=0.3)
     figure.tight_layout()
     figure.savefig(path, dpi=120)
@@ -217,23 +250,26 @@ def main() -> None:
     parser.add_argument("--api-key", default="unused")
     parser.add_argument("--minutes", type=float, default=2.0, help="length of the long file")
     parser.add_argument("--levels", type=int, nargs="*", default=list(LEVELS))
+    parser.add_argument("--modes", nargs="*", choices=list(MODES), default=list(MODES))
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "long.flac"
         truth = write_long_file(path, minutes=args.minutes, seed=LONG_FILE_SEED)
         stream = pcm24k(path)
-        server = None if args.url else serve_default_model(Path(tmp) / "home")
+        models = ",".join(f"{name}:latest" for name in MODES.values())
+        server = None if args.url else serve_default_model(Path(tmp) / "home", model_tag=models)
         url = args.url or server.url
         try:
             rows = []
-            for sessions in args.levels:
-                logs = asyncio.run(level(url, stream, sessions, args.api_key))
-                rows.append(measure(logs, truth))
+            for mode in args.modes:
+                for sessions in args.levels:
+                    logs = asyncio.run(level(url, stream, sessions, args.api_key, MODES[mode]))
+                    rows.append({"mode": mode, "model": MODES[mode], **measure(logs, truth)})
         finally:
             if server is not None:
                 server.stop()
     document = {
-        "label": f"realtime transcription, embedded model, server VAD, {args.minutes:g}-minute "
+        "label": f"realtime transcription, embedded models, server VAD, {args.minutes:g}-minute "
         f"long file at real-time pace, {platform.processor() or 'cpu'}, {os.cpu_count()} cores",
         "levels": rows,
     }

@@ -182,6 +182,23 @@ def test_toy_recipe_end_to_end(tmp_path: Path) -> None:
     assert result["uttid"] == clip.uttid
     assert isinstance(result["text"], str)
 
+    # The streaming model: Speech2TextStreaming with the training set's feature statistics,
+    # which the bundle ships; it decodes a stream block by block.
+    streaming_session, streaming = load_local_session(
+        str(work / "digits_asr_streaming.tar.gz"),
+        Path(tempfile.mkdtemp(dir=tmp_path)),
+        trust_user_code=True,  # the recipe's own output_fn
+    )
+    assert streaming.family == "asr_streaming"
+    stats = np.load(work / "exp" / "asr_streaming_stats" / "train" / "feats_stats.npz")
+    normalize = streaming_session.model.asr_model.normalize
+    assert np.allclose(normalize.mean.numpy(), stats["sum"] / stats["count"], atol=1e-5)
+    audio = clip.read_audio(16000)
+    stream = executor_for(streaming_session, streaming.family).open_stream()
+    pieces = np.array_split(audio, 4)
+    final = [stream.push(piece, final=i == len(pieces) - 1) for i, piece in enumerate(pieces)][-1]
+    assert all(word in WORDS for word in final.text.split())
+
     # The default voice: a Text2Speech bundle (FastSpeech, Griffin-Lim) that speaks the words.
     voice_session, spec = load_local_session(
         str(work / "digits_voice.tar.gz"), Path(tempfile.mkdtemp(dir=tmp_path))

@@ -1,7 +1,8 @@
 """Package data: the embedded default models and the ASR model's held-out evaluation set.
 
 All are made by ``recipes/digits`` (synthetic spoken digit strings): the
-packed ASR bundle ``assets/digits_asr.tar.gz``, the default voice
+packed ASR bundle ``assets/digits_asr.tar.gz``, its streaming variant
+``assets/digits_asr_streaming.tar.gz`` (a contextual-block conformer), the default voice
 ``assets/digits_voice.tar.gz`` (a FastSpeech model), and ``assets/heldout/`` with
 ``<uttid>.flac`` clips (16 kHz, mono) and ``transcripts.tsv``
 (``uttid<TAB>text``), synthesised with voices unseen in training.
@@ -20,6 +21,7 @@ from espnet_serve.audio.ingest import IngestLimits, read_audio_file
 ASSETS_DIR = Path(__file__).absolute().parent / "assets"
 DEFAULT_MODEL_ARCHIVE: Path = ASSETS_DIR / "digits_asr.tar.gz"
 DEFAULT_VOICE_ARCHIVE: Path = ASSETS_DIR / "digits_voice.tar.gz"
+DEFAULT_STREAMING_ARCHIVE: Path = ASSETS_DIR / "digits_asr_streaming.tar.gz"
 HELDOUT_DIR: Path = ASSETS_DIR / "heldout"
 TRANSCRIPTS_FILENAME = "transcripts.tsv"
 AUDIO_SUFFIX = ".flac"

@@ -19,6 +19,9 @@ from devkit.publish import pack_bundle, write_bundle
 from digits_recipe.config import RECIPE_DIR
 
 VOCODER_CONFIG = "conf/vocoder.yaml"  # the voice bundle's Griffin-Lim settings
+# Where a bundle keeps its global_mvn statistics (the path ESPnet's packer gives them).
+STATS_FILE = "exp/asr_stats/train/feats_stats.npz"
+SPEECH2TEXT_STREAMING = "espnet2.bin.asr_inference_streaming.Speech2TextStreaming"
 # Fields of espnet2's config.yaml that name training-time files or directories.
 TRAINING_PATH_FIELDS: dict[str, Any] = {
     "config": None,
@@ -30,12 +33,14 @@ TRAINING_PATH_FIELDS: dict[str, Any] = {
 }
 
 
-def portable_train_config(config_file: Path, out_file: Path) -> Path:
+def portable_train_config(config_file: Path, out_file: Path, stats_file: str | None = None) -> Path:
     """Write a copy of espnet2's ``config.yaml`` that references no other file.
 
     Args:
         config_file: The training run's ``config.yaml``.
         out_file: Where to write the portable copy.
+        stats_file: The bundle-relative path of the ``global_mvn`` statistics, if the
+            model has them (the bundle ships the file there).
 
     Returns:
         Path: ``out_file``.
@@ -48,8 +53,13 @@ def portable_train_config(config_file: Path, out_file: Path) -> Path:
     config.update(TRAINING_PATH_FIELDS)
     if not isinstance(config.get("token_list"), list):
         raise ValueError(f"{config_file}: token_list is not inline.")
-    if config.get("normalize") == "global_mvn" or config.get("bpemodel"):
-        raise ValueError(f"{config_file}: needs a stats file or BPE model; not supported.")
+    if config.get("bpemodel") or (config.get("normalize") == "global_mvn") != bool(stats_file):
+        raise ValueError(f"{config_file}: needs a BPE model or its stats file; not supported.")
+    if stats_file:
+        config["normalize_conf"] = {
+            **(config.get("normalize_conf") or {}),
+            "stats_file": stats_file,
+        }
     out_file.parent.mkdir(parents=True, exist_ok=True)
     out_file.write_text(yaml.safe_dump(config, sort_keys=False), encoding="utf-8")
     return out_file
@@ -81,6 +91,46 @@ def pack(config: Mapping[str, Any], *, exp_dir: Path, bundle_dir: Path, archive:
         output_fn=packing["output_fn"],
         user_code_dir=RECIPE_DIR / "src",
     )
+    return pack_bundle(bundle_dir, archive)
+
+
+def pack_streaming(
+    config: Mapping[str, Any], *, exp_dir: Path, stats_file: Path, bundle_dir: Path, archive: Path
+) -> Path:
+    """Write the streaming model's bundle (``Speech2TextStreaming``) and pack it.
+
+    As :func:`pack`, with the ``streaming`` block's decoding options, and the training
+    set's feature statistics shipped at :data:`STATS_FILE`.
+
+    Args:
+        config: The loaded recipe config (``streaming``, ``packing.output_fn``).
+        exp_dir: The espnet2 experiment directory.
+        stats_file: The training run's ``feats_stats.npz``.
+        bundle_dir: Bundle directory to write (replaced if it exists).
+        archive: The ``.tar.gz`` archive to write.
+
+    Returns:
+        Path: ``archive``.
+    """
+    if bundle_dir.exists():
+        shutil.rmtree(bundle_dir)
+    streaming = config["streaming"]
+    train_config = portable_train_config(
+        exp_dir / "config.yaml",
+        bundle_dir.parent / "streaming_portable_config.yaml",
+        stats_file=STATS_FILE,
+    )
+    write_bundle(
+        bundle_dir,
+        asr_train_config=train_config,
+        asr_model_file=exp_dir / streaming["model_file"],
+        decoding=dict(streaming["decoding"]),
+        backend=SPEECH2TEXT_STREAMING,
+        output_fn=config["packing"]["output_fn"],
+        user_code_dir=RECIPE_DIR / "src",
+    )
+    (bundle_dir / STATS_FILE).parent.mkdir(parents=True)
+    shutil.copyfile(stats_file, bundle_dir / STATS_FILE)
     return pack_bundle(bundle_dir, archive)
 
 

@@ -22,14 +22,14 @@ import yaml
 
 from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
 from digits_recipe.data import prepare_data_dir, token_list
-from digits_recipe.pack import pack, pack_voice
+from digits_recipe.pack import pack, pack_streaming, pack_voice
 from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, SAYTIME, build_dev_set
 from digits_recipe.score import markdown_table, score
 from digits_recipe.synth import plan_set, synthesise_set
-from digits_recipe.train import train, train_voice
+from digits_recipe.train import collect_stats, train, train_voice
 from digits_recipe.voice import plan_voice_set, render_words, voice_token_list, write_voice_set
 
-STAGES = ("synth", "prepare", "train", "pack", "voice")
+STAGES = ("synth", "prepare", "train", "pack", "streaming", "voice")
 ROLES = ("train", "valid", "heldout")  # a set's ``role`` in the config
 INSTALLED_HELDOUT = "heldout"  # the held-out set shipped in the package (espeak-ng voices)
 REAL_DEV = "real_dev"  # the real-speech dev set's directory under work/data
@@ -38,6 +38,7 @@ REAL_DEV_SAYTIME = "real_dev_saytime"  # the same texts by a second speaker (say
 ASSETS_DIR = RECIPE_DIR.parent.parent / "src" / "espnet_serve" / "assets"
 ARCHIVE_NAME = "digits_asr.tar.gz"
 VOICE_ARCHIVE_NAME = "digits_voice.tar.gz"
+STREAMING_ARCHIVE_NAME = "digits_asr_streaming.tar.gz"
 
 logger = logging.getLogger("digits_recipe")
 
@@ -74,20 +75,24 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def install(
-    archive: Path, heldout_dir: Path, voice: Path | None, assets_dir: Path = ASSETS_DIR
+    archive: Path,
+    heldout_dir: Path,
+    extra: Sequence[Path] = (),
+    assets_dir: Path = ASSETS_DIR,
 ) -> None:
     """Copy the packed bundles and the held-out set into the package's assets.
 
     Args:
         archive: The packed ASR bundle.
         heldout_dir: The synthesised held-out set.
-        voice: The packed voice bundle (``None``: its stage did not run).
+        extra: The other packed bundles whose stages ran (streaming model, voice), each
+            installed under its own file name.
         assets_dir: The package's assets directory.
     """
     assets_dir.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(archive, assets_dir / ARCHIVE_NAME)
-    if voice is not None:
-        shutil.copyfile(voice, assets_dir / VOICE_ARCHIVE_NAME)
+    for bundle in extra:
+        shutil.copyfile(bundle, assets_dir / bundle.name)
     target = assets_dir / "heldout"
     if target.exists():
         shutil.rmtree(target)
@@ -140,13 +145,37 @@ def make_voice(config: dict, work: Path) -> Path:
     )
 
 
+def make_streaming(config: dict, work: Path, dump_dirs: dict[str, Path], token_file: Path) -> Path:
+    """The streaming model: feature statistics, train, pack (``work/<STREAMING_ARCHIVE_NAME>``)."""
+    data = {"train_dir": dump_dirs["train"], "valid_dir": dump_dirs["valid"]}
+    stats = collect_stats(
+        config, **data, token_file=token_file, stats_dir=work / "exp" / "asr_streaming_stats"
+    )
+    exp_dir = train(
+        config,
+        **data,
+        token_file=token_file,
+        exp_dir=work / "exp" / "asr_streaming",
+        block="streaming",
+        stats_file=stats,
+    )
+    return pack_streaming(
+        config,
+        exp_dir=exp_dir,
+        stats_file=stats,
+        bundle_dir=work / "streaming_bundle",
+        archive=work / STREAMING_ARCHIVE_NAME,
+    )
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the selected stages; returns the exit status."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     config = load_config(args.config)
     if args.threads is not None:
-        config["training"]["threads"] = config["voice"]["threads"] = args.threads
+        for block in ("training", "streaming", "voice"):
+            config[block]["threads"] = args.threads
     work = args.work_dir.absolute()
     synthesis = config["synthesis"]
     roles = {role: [n for n, e in config["sets"].items() if e["role"] == role] for role in ROLES}
@@ -185,12 +214,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             )
         elif stage == "pack":
             pack(config, exp_dir=exp_dir, bundle_dir=work / "bundle", archive=archive)
+        elif stage == "streaming":
+            make_streaming(config, work, dump_dirs, token_file)
         elif stage == "voice":
             make_voice(config, work)
         logger.info("stage %s done in %.1f s", stage, time.perf_counter() - start)
     if args.install:
-        voice = work / VOICE_ARCHIVE_NAME if "voice" in args.stages else None
-        install(archive, set_dirs[INSTALLED_HELDOUT], voice)
+        extra = {"streaming": STREAMING_ARCHIVE_NAME, "voice": VOICE_ARCHIVE_NAME}
+        install(
+            archive,
+            set_dirs[INSTALLED_HELDOUT],
+            [work / name for stage, name in extra.items() if stage in args.stages],
+        )
         logger.info("installed %s and the held-out set into %s", ARCHIVE_NAME, ASSETS_DIR)
     if args.score:
         scored = [set_dirs[name] for name in roles["heldout"]]
@@ -200,7 +235,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             logger.info("no %s: scoring without the wideband real-speech dev set", FFMPEG)
         scored.append(build_dev_set(work / "data" / REAL_DEV_SAYTIME, SAYTIME))
-        reports = score({"before": previous, "after": archive}, scored)
+        models = {"before": previous, "after": archive}
+        if (work / STREAMING_ARCHIVE_NAME).is_file():
+            models["streaming"] = work / STREAMING_ARCHIVE_NAME
+        reports = score(models, scored)
         print(markdown_table(scored, reports))
     return 0
 

@@ -51,6 +51,8 @@ def train(
     valid_dir: Path,
     token_file: Path,
     exp_dir: Path,
+    block: str = "training",
+    stats_file: Path | None = None,
 ) -> Path:
     """Train from scratch into ``exp_dir`` (removed first) and return it.
 
@@ -59,26 +61,72 @@ def train(
     (``valid.cer_ctc.ave.pth``: CTC token error on the validation set).
 
     Args:
-        config: The loaded recipe config (``training`` and ``seeds.training``).
+        config: The loaded recipe config (the ``block`` and ``seeds``).
         train_dir: espnet2 data directory of the training set.
         valid_dir: espnet2 data directory of the validation set.
         token_file: Token list, one token per line.
         exp_dir: The experiment directory.
+        block: The recipe block of the model: ``training`` (the default model) or
+            ``streaming`` (the streaming model); its seed is ``seeds.<block>``.
+        stats_file: Feature statistics (:func:`collect_stats`) for ``normalize: global_mvn``.
 
     Returns:
         Path: ``exp_dir``.
     """
     from espnet2.tasks.asr import ASRTask
 
+    stats = [] if stats_file is None else ["--normalize_conf", f"stats_file={stats_file}"]
     _run_task(
         ASRTask,
-        config["training"],
+        config[block],
         exp_dir=exp_dir,
-        seed=int(config["seeds"]["training"]),
+        seed=int(config["seeds"][block]),
         token_file=token_file,
-        data_args=[*_data_args("train", train_dir), *_data_args("valid", valid_dir)],
+        data_args=[*_data_args("train", train_dir), *_data_args("valid", valid_dir), *stats],
     )
     return exp_dir
+
+
+def collect_stats(
+    config: Mapping[str, Any],
+    *,
+    train_dir: Path,
+    valid_dir: Path,
+    token_file: Path,
+    stats_dir: Path,
+    block: str = "streaming",
+) -> Path:
+    """espnet2's ``collect_stats`` over the training set: the features' mean and variance.
+
+    As ESPnet's ``asr.sh`` does before training a model with ``normalize: global_mvn``
+    (the front end's features, not yet normalised).
+
+    Args:
+        config: The loaded recipe config.
+        train_dir: espnet2 data directory of the training set.
+        valid_dir: espnet2 data directory of the validation set.
+        token_file: Token list, one token per line.
+        stats_dir: Where espnet2 writes the statistics (removed first).
+        block: The recipe block whose espnet2 config gives the front end.
+
+    Returns:
+        Path: ``stats_dir/train/feats_stats.npz``.
+    """
+    from espnet2.tasks.asr import ASRTask
+
+    _run_task(
+        ASRTask,
+        config[block],
+        exp_dir=stats_dir,
+        seed=int(config["seeds"][block]),
+        token_file=token_file,
+        data_args=[
+            *_data_args("train", train_dir),
+            *_data_args("valid", valid_dir),
+            *("--collect_stats", "true", "--normalize", "none"),
+        ],
+    )
+    return stats_dir / "train" / "feats_stats.npz"
 
 
 def _run_task(

@@ -30,7 +30,11 @@ from typing import Any
 import bentoml
 from bentoml.exceptions import NotFound
 
-from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, DEFAULT_VOICE_ARCHIVE
+from espnet_serve.assets import (
+    DEFAULT_MODEL_ARCHIVE,
+    DEFAULT_STREAMING_ARCHIVE,
+    DEFAULT_VOICE_ARCHIVE,
+)
 from espnet_serve.bundle.errors import BundleIntegrityError, UntrustedUserCodeError
 from espnet_serve.bundle.plan import BundlePlan, plan_bundle
 from espnet_serve.bundle.relocate import materialize
@@ -44,6 +48,7 @@ logger = logging.getLogger(__name__)
 BUNDLE_DIRNAME = "bundle"
 DEFAULT_MODEL_NAME = "espnet-digits-asr"
 DEFAULT_VOICE_NAME = "espnet-digits-voice"
+DEFAULT_STREAMING_NAME = "espnet-digits-asr-streaming"
 DEFAULT_MODEL_LANGUAGES = ("en",)
 _INVALID_TAG_CHARS = re.compile(r"[^a-z0-9._-]+")
 _MAX_TAG_LENGTH = 63
@@ -412,9 +417,10 @@ def load_local_session(
 
 
 def is_default_archive(model: str | Path) -> bool:
-    """Whether ``model`` is the embedded default archive (whose code is ours)."""
+    """Whether ``model`` is an embedded ASR archive (whose code is ours)."""
     path = Path(model).expanduser()
-    return path.is_file() and path.resolve() == DEFAULT_MODEL_ARCHIVE.resolve()
+    embedded = (DEFAULT_MODEL_ARCHIVE.resolve(), DEFAULT_STREAMING_ARCHIVE.resolve())
+    return path.is_file() and path.resolve() in embedded
 
 
 def ensure_default_model(archive: Path = DEFAULT_MODEL_ARCHIVE) -> bentoml.Tag:
@@ -432,6 +438,19 @@ def ensure_default_model(archive: Path = DEFAULT_MODEL_ARCHIVE) -> bentoml.Tag:
     """
     return _ensure_embedded(
         archive, DEFAULT_MODEL_NAME, trust_user_code=True, languages=DEFAULT_MODEL_LANGUAGES
+    )
+
+
+def ensure_default_streaming_model(archive: Path = DEFAULT_STREAMING_ARCHIVE) -> bentoml.Tag:
+    """Make the embedded streaming model the latest ``espnet-digits-asr-streaming`` in the store.
+
+    As :func:`ensure_default_model` (the same recipe code, trusted).
+
+    Returns:
+        bentoml.Tag: The tag of the stored streaming model.
+    """
+    return _ensure_embedded(
+        archive, DEFAULT_STREAMING_NAME, trust_user_code=True, languages=DEFAULT_MODEL_LANGUAGES
     )
 
 

@@ -200,10 +200,15 @@ def main(args: argparse.Namespace) -> int:
 
 def import_default_main(args: argparse.Namespace) -> int:
     """Run ``espnet-serve import-default``; returns the exit status."""
-    from espnet_serve.bundle.store import ensure_default_model, ensure_default_voice
+    from espnet_serve.bundle.store import (
+        ensure_default_model,
+        ensure_default_streaming_model,
+        ensure_default_voice,
+    )
 
     try:
         print(f"Model: {ensure_default_model()}")
+        print(f"Streaming model: {ensure_default_streaming_model()}")
         print(f"Voice: {ensure_default_voice()}")
     except (OSError, ValueError, RuntimeError) as exc:
         logger.error("Importing the default model failed: %s", exc)

@@ -38,7 +38,7 @@ def _add_build(subparsers: argparse._SubParsersAction) -> None:
     parser.set_defaults(handler=build.main)
     default = subparsers.add_parser(
         "import-default",
-        help="Import the embedded default models (ASR and voice) into the BentoML store.",
+        help="Import the embedded models (ASR, streaming ASR, voice) into the BentoML store.",
     )
     default.set_defaults(handler=build.import_default_main)
 

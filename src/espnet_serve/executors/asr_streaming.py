@@ -92,15 +92,18 @@ class BlockStream:
     def push(self, samples: np.ndarray, *, final: bool) -> Hypothesis:
         """Decode the next chunk; the best hypothesis so far (``final``: the transcript).
 
-        A final chunk decodes what is left and ends the stream, as espnet2's
+        A non-final chunk's hypothesis is what espnet2 returns for it: the hypothesis that
+        ended (``<sos/eos>``) in the last block, whose search then stopped to wait for
+        more audio. Where no hypothesis ended, it is the search's best running one. A
+        final chunk decodes what is left and ends the stream, as espnet2's
         ``asr_inference_streaming`` ends an utterance.
         """
         output = self.backend(np.asarray(samples, dtype=np.float32), is_final=final)
-        hypothesis = self.executor.read(output) if final else self._best_running()
+        hypothesis = self.executor.read(output) if final or output else self._best_running()
         return self.executor.without_special_symbols(hypothesis)
 
     def _best_running(self) -> Hypothesis:
-        """The search's best running hypothesis (a non-final chunk returns none of its own)."""
+        """The search's best running hypothesis."""
         hyps = self.backend.beam_search.running_hyps
         if hyps is None or hyps.yseq.shape[0] == 0:
             return Hypothesis("", ())
