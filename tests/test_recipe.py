@@ -156,16 +156,19 @@ def test_toy_recipe_end_to_end(tmp_path: Path) -> None:
         "PYTHONPATH": str(RECIPE_DIR),
         "PYTHONDONTWRITEBYTECODE": "1",
     }
-    subprocess.run(
+    run = subprocess.run(
         [
             *(sys.executable, "-m", "digits_recipe.run"),
             *("--config", str(RECIPE_DIR / "conf" / "toy.yaml"), "--work-dir", str(work)),
         ],
         cwd=tmp_path,
         env=env,
-        check=True,
+        capture_output=True,
+        text=True,
         timeout=600,
     )
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert "nltk_data" not in run.stdout + run.stderr  # no download tried (espnet2's g2p_en)
     archive = work / "digits_asr.tar.gz"
     assert archive.is_file()
     assert (work / "bundle" / "src" / "output.py").is_file()

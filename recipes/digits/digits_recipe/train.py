@@ -1,7 +1,8 @@
-"""Train the digits ASR model with espnet2's own ``ASRTask``."""
+"""Train the digits models with espnet2's own tasks (``ASRTask``, ``TTSTask``)."""
 
 from __future__ import annotations
 
+import importlib
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -10,6 +11,10 @@ from typing import Any
 import yaml
 
 from digits_recipe.config import RECIPE_DIR, deep_merge
+
+# espnet2's task classes by the recipe's name for them (imported once downloads are blocked:
+# importing them loads g2p_en, which asks nltk to download its data).
+TASKS = {"asr": ("espnet2.tasks.asr", "ASRTask"), "tts": ("espnet2.tasks.tts", "TTSTask")}
 
 
 def write_train_config(config: Mapping[str, Any], path: Path) -> dict[str, Any]:
@@ -73,11 +78,9 @@ def train(
     Returns:
         Path: ``exp_dir``.
     """
-    from espnet2.tasks.asr import ASRTask
-
     stats = [] if stats_file is None else ["--normalize_conf", f"stats_file={stats_file}"]
     _run_task(
-        ASRTask,
+        "asr",
         config[block],
         exp_dir=exp_dir,
         seed=int(config["seeds"][block]),
@@ -112,10 +115,8 @@ def collect_stats(
     Returns:
         Path: ``stats_dir/train/feats_stats.npz``.
     """
-    from espnet2.tasks.asr import ASRTask
-
     _run_task(
-        ASRTask,
+        "asr",
         config[block],
         exp_dir=stats_dir,
         seed=int(config["seeds"][block]),
@@ -130,7 +131,7 @@ def collect_stats(
 
 
 def _run_task(
-    task: Any,
+    task: str,
     training: Mapping[str, Any],
     *,
     exp_dir: Path,
@@ -141,7 +142,7 @@ def _run_task(
     """Run an espnet2 task's training from scratch into ``exp_dir`` (removed first).
 
     Args:
-        task: ``ASRTask`` or ``TTSTask``.
+        task: ``asr`` or ``tts`` (:data:`TASKS`).
         training: A recipe block with ``config``, ``overrides`` and ``threads``.
         exp_dir: The experiment directory.
         seed: espnet2's ``--seed``.
@@ -153,12 +154,14 @@ def _run_task(
     from espnet_serve.backends.offline import block_runtime_downloads
 
     block_runtime_downloads()
+    module, name = TASKS[task]
+    task_class = getattr(importlib.import_module(module), name)
     if exp_dir.exists():
         shutil.rmtree(exp_dir)
     train_config = exp_dir.parent / f"{exp_dir.name}.train.yaml"
     espnet_config = write_train_config({"training": training}, train_config)
     torch.set_num_threads(int(training["threads"]))
-    task.main(
+    task_class.main(
         cmd=[
             *("--config", str(train_config), "--output_dir", str(exp_dir)),
             *("--seed", str(seed), "--token_list", str(token_file)),
@@ -194,10 +197,8 @@ def train_voice(
     Returns:
         Path: ``exp_dir``.
     """
-    from espnet2.tasks.tts import TTSTask
-
     _run_task(
-        TTSTask,
+        "tts",
         {**voice, "threads": threads},
         exp_dir=exp_dir,
         seed=int(voice["seed"]),
