@@ -7,12 +7,18 @@ One run measures, on the same utterances and in one process:
     ``prefer_model_batch=True`` (the reference fallback: the list call fails,
     then per-sample);
 (c) ``BatchedSpeech2Text`` called with batches of 1, 4, 16, 32 utterances;
-(d) the encoder-only floor: ``asr_model.encode`` on the same padded batches.
+(d) the encoder-only floor: ``asr_model.encode`` on the same padded batches;
+(e) at batch 16, the same backend without its early stop (the search runs
+    until ``end_detect`` or ``maxlen``, as ``Speech2Text``'s does), and greedy
+    CTC (``decoding: greedy_ctc``) where the model has a CTC head.
 
 Batches are consecutive utterances in held-out order, as a server's adaptive
 batcher would form them (no global length sort). For each: wall time,
 audio-seconds per second, real-time factor, peak RSS (and CUDA peak memory),
-and agreement of the best hypothesis with (a). Writes
+and agreement of the best hypothesis with (a). Each time is the median of
+``--repeats`` rounds, every configuration run once per round (one pass over
+128 short clips takes under a second, and a shared machine's speed drifts by a
+third within minutes: interleaved, the drift reaches every configuration alike). Writes
 ``<out>/<label>.json`` and ``<out>/<label>.png``; ``--profile`` also writes a
 cProfile listing of (c) at batch 16.
 
@@ -36,7 +42,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +57,7 @@ from devkit.recipes import LIBRISPEECH_100_TRAIN_ASR
 
 BATCH_SIZES = (1, 4, 16, 32)
 FALLBACK_BATCH = 16
+VARIANT_BATCH = 16  # batch size of the full-search and greedy-CTC rows
 SAMPLE_RATE = 16000
 # Random-init decoders never emit <eos>, so every hypothesis runs to maxlen =
 # maxlenratio x encoder frames. 0.13 x 25 frames/s (40 ms subsampling) = 3.25
@@ -132,39 +139,69 @@ def synchronize(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(
-    name: str,
-    kind: str,
-    batch_size: int,
-    fn: Callable[[], list[Any] | None],
-    audio_s: float,
-    device: str,
-) -> tuple[Run, list[Any] | None]:
-    """Time ``fn`` once (after the caller's warm-up) with memory tracking."""
-    if device.startswith("cuda"):
-        torch.cuda.reset_peak_memory_stats()
-    synchronize(device)
-    with PeakRss() as rss:
-        start = time.perf_counter()
-        outputs = fn()
-        synchronize(device)
-        wall = time.perf_counter() - start
-    cuda_peak = torch.cuda.max_memory_allocated() / 2**20 if device.startswith("cuda") else None
-    run = Run(
-        name=name,
-        kind=kind,
-        batch_size=batch_size,
-        wall_s=wall,
-        audio_s=audio_s,
-        peak_rss_mb=rss.peak / 2**20,
-        rss_growth_mb=(rss.peak - rss.start) / 2**20,
-        cuda_peak_mb=cuda_peak,
-    )
-    print(
-        f"  {name:<28} {wall:8.2f} s  {run.audio_s_per_s:8.1f} audio-s/s  RTF {run.rtf:.4f}",
-        flush=True,
-    )
-    return run, outputs
+@dataclass
+class Config:
+    """One configuration to time: ``fn`` decodes (or encodes) every clip once."""
+
+    name: str
+    kind: str
+    batch_size: int
+    fn: Callable[[], list[Any] | None]
+    warmup: Callable[[], Any]
+    checked: bool = True  # compare its best hypotheses with the reference
+
+
+def measure_all(
+    configs: list[Config], audio_s: float, device: str, repeats: int
+) -> tuple[list[Run], dict[str, list[Any] | None]]:
+    """Time every configuration ``repeats`` times, interleaved, and keep each one's median.
+
+    Each round runs every configuration once, so a change of the machine's speed
+    during the run (a shared 2-core VM drifts by a third within minutes) reaches
+    them alike and the ratios between them hold. Memory is tracked per run.
+    """
+    for config in configs:
+        config.warmup()
+    walls: dict[str, list[float]] = {c.name: [] for c in configs}
+    start_rss: dict[str, int] = {}
+    peak_rss: dict[str, int] = {}
+    cuda_peak: dict[str, float] = {}
+    outputs: dict[str, list[Any] | None] = {}
+    for _ in range(repeats):
+        for config in configs:
+            if device.startswith("cuda"):
+                torch.cuda.reset_peak_memory_stats()
+            synchronize(device)
+            with PeakRss() as rss:
+                start = time.perf_counter()
+                outputs[config.name] = config.fn()
+                synchronize(device)
+                walls[config.name].append(time.perf_counter() - start)
+            start_rss[config.name] = min(start_rss.get(config.name, rss.start), rss.start)
+            peak_rss[config.name] = max(peak_rss.get(config.name, 0), rss.peak)
+            if device.startswith("cuda"):
+                peak = torch.cuda.max_memory_allocated() / 2**20
+                cuda_peak[config.name] = max(cuda_peak.get(config.name, 0.0), peak)
+    runs = []
+    for config in configs:
+        wall = float(np.median(walls[config.name]))
+        run = Run(
+            name=config.name,
+            kind=config.kind,
+            batch_size=config.batch_size,
+            wall_s=wall,
+            audio_s=audio_s,
+            peak_rss_mb=peak_rss[config.name] / 2**20,
+            rss_growth_mb=(peak_rss[config.name] - start_rss[config.name]) / 2**20,
+            cuda_peak_mb=cuda_peak.get(config.name),
+        )
+        print(
+            f"  {config.name:<28} {wall:8.2f} s  {run.audio_s_per_s:8.1f} audio-s/s  "
+            f"RTF {run.rtf:.4f}",
+            flush=True,
+        )
+        runs.append(run)
+    return runs, outputs
 
 
 def best_tokens(nbest: Any) -> list[int] | None:
@@ -278,77 +315,122 @@ def model_facts(asr_model: Any) -> dict[str, Any]:
 
 
 def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace) -> dict:
-    """Measure (a)-(d) for one model; return the results document."""
+    """Measure (a)-(e) for one model; return the results document."""
     from espnet2.bin.asr_inference import Speech2Text
 
     from espnet_serve import InferenceSession
     from espnet_serve.backends import BatchedSpeech2Text
+    from espnet_serve.backends.beam_search import BatchJointSearch
 
     device = args.device
     audio_s = sum(len(c) for c in clips) / SAMPLE_RATE
     decoding = {**model.decoding, "device": device}
     s2t = Speech2Text(model.asr_train_config, model.asr_model_file, **decoding)
-    runs: list[Run] = []
+    asr_model = s2t.asr_model
     print(f"{model.name}: {len(clips)} utterances, {audio_s:.1f} s of audio", flush=True)
 
-    s2t(clips[0])  # warm-up
-    run, reference = measure(
-        "speech2text per-sample", "speech2text", 1, lambda: [s2t(c) for c in clips], audio_s, device
-    )
-    assert reference is not None
-    runs.append(run)
-
     session = InferenceSession(s2t, prefer_model_batch=True)
-    with contextlib.redirect_stderr(io.StringIO()):
-        session.forward_batch(clips[:2])
 
-        def fallback() -> list[Any]:
+    def fallback() -> list[Any]:
+        with contextlib.redirect_stderr(io.StringIO()):
             return [o for c in chunks(clips, FALLBACK_BATCH) for o in session.forward_batch(c)]
-
-        run, outputs = measure(
-            f"session fallback b{FALLBACK_BATCH}",
-            "fallback",
-            FALLBACK_BATCH,
-            fallback,
-            audio_s,
-            device,
-        )
-    run.agreement = agreement(outputs or [], reference)
-    runs.append(run)
 
     # One backend (one copy of the model) for every batch size: calls of `size`
     # utterances, each one bucket.
     backend = BatchedSpeech2Text(
         model.asr_train_config, model.asr_model_file, dtype=args.dtype, **decoding
     )
+    early_stop = backend.search
+    full_search = BatchJointSearch(
+        asr_model, replace(backend.options, stop_when_settled=False), backend.lm
+    )
+
+    def batched(size: int, search: Any = early_stop, part: list[Any] = clips) -> list[Any]:
+        backend.max_bucket_size, backend.search = size, search
+        try:
+            return [o for c in chunks(part, size) for o in backend(c)]
+        finally:
+            backend.search = early_stop
+
+    def encode_only(size: int, part: list[Any] = clips) -> None:
+        with torch.inference_mode():
+            for chunk in chunks(part, size):
+                waves = [torch.from_numpy(c) for c in chunk]
+                lengths = torch.tensor([len(w) for w in waves])
+                padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
+                asr_model.encode(padded.to(device), lengths.to(device))
+
+    configs = [
+        Config(
+            "speech2text per-sample",
+            "speech2text",
+            1,
+            lambda: [s2t(c) for c in clips],
+            lambda: s2t(clips[0]),
+        ),
+        Config(
+            f"session fallback b{FALLBACK_BATCH}",
+            "fallback",
+            FALLBACK_BATCH,
+            fallback,
+            lambda: session.forward_batch(clips[:2]),
+        ),
+    ]
     for size in args.batch_sizes:
-        backend.max_bucket_size = size
-        backend(clips[:size])  # warm-up
-        run, outputs = measure(
-            f"batched b{size}",
-            "batched",
-            size,
-            lambda s=size: [o for c in chunks(clips, s) for o in backend(c)],
-            audio_s,
-            device,
+        configs.append(
+            Config(
+                f"batched b{size}",
+                "batched",
+                size,
+                lambda s=size: batched(s),
+                lambda s=size: batched(s, part=clips[:s]),
+            )
         )
-        run.agreement = agreement(outputs or [], reference)
-        runs.append(run)
-
-    asr_model = s2t.asr_model
+    variant = VARIANT_BATCH  # not `size`: the lambdas below read it when called
+    configs.append(
+        Config(
+            f"batched b{variant} full search",
+            "batched",
+            variant,
+            lambda: batched(variant, full_search),
+            lambda: batched(variant, full_search, clips[:variant]),
+        )
+    )
+    if asr_model.ctc is not None:
+        greedy = BatchedSpeech2Text(
+            model.asr_train_config,
+            model.asr_model_file,
+            dtype=args.dtype,
+            decoding="greedy_ctc",
+            max_bucket_size=variant,
+            **decoding,
+        )
+        configs.append(
+            Config(
+                f"greedy-ctc b{variant}",
+                "greedy",
+                variant,
+                lambda: [o for c in chunks(clips, variant) for o in greedy(c)],
+                lambda: greedy(clips[:variant]),
+            )
+        )
     for size in args.batch_sizes:
-
-        def encode_only(size: int = size) -> None:
-            with torch.inference_mode():
-                for chunk in chunks(clips, size):
-                    waves = [torch.from_numpy(c) for c in chunk]
-                    lengths = torch.tensor([len(w) for w in waves])
-                    padded = torch.nn.utils.rnn.pad_sequence(waves, batch_first=True)
-                    asr_model.encode(padded.to(device), lengths.to(device))
-
-        encode_only()  # warm-up
-        run, _ = measure(f"encoder-only b{size}", "encoder", size, encode_only, audio_s, device)
-        runs.append(run)
+        configs.append(
+            Config(
+                f"encoder-only b{size}",
+                "encoder",
+                size,
+                lambda s=size: encode_only(s),
+                lambda s=size: encode_only(s, clips[:s]),
+                checked=False,
+            )
+        )
+    runs, outputs = measure_all(configs, audio_s, device, args.repeats)
+    reference = outputs["speech2text per-sample"]
+    assert reference is not None
+    for config, run in zip(configs, runs, strict=True):
+        if config.checked and config.kind != "speech2text":
+            run.agreement = agreement(outputs[config.name] or [], reference)
 
     by_name = {r.name: r for r in runs}
     per_sample = by_name["speech2text per-sample"]
@@ -363,6 +445,11 @@ def bench_model(model: Model, clips: list[np.ndarray], args: argparse.Namespace)
         - 1.0
         for s in args.batch_sizes
     }
+    floor = by_name.get(f"encoder-only b{VARIANT_BATCH}")
+    for name in (f"batched b{VARIANT_BATCH} full search", f"greedy-ctc b{VARIANT_BATCH}"):
+        if floor is not None and name in by_name:
+            key = name.replace(" ", "_").replace("-", "_")
+            ratios[f"{key}_overhead_above_encoder_floor"] = by_name[name].wall_s / floor.wall_s - 1
     document: dict[str, Any] = {
         "label": args.label,
         "model": model.name,
@@ -422,6 +509,7 @@ def plot(document: dict, path: Path) -> None:
         "fallback": "#bbbbbb",
         "batched": "#1f77b4",
         "encoder": "#2ca02c",
+        "greedy": "#ff7f0e",
     }
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(13, 0.45 * len(runs) + 1.8), sharey=True)
     ax1.barh(names, [r["audio_s_per_s"] for r in runs], color=[colors[r["kind"]] for r in runs])
@@ -475,6 +563,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--utterances", type=int, default=128, help="number of clips")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=list(BATCH_SIZES))
     parser.add_argument("--device", default="cpu")
+    parser.add_argument(
+        "--repeats", type=int, default=5, help="runs per configuration (the median is kept)"
+    )
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument(
         "--threads", type=int, default=None, help="torch threads (default: all cores)"

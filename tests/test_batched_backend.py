@@ -6,6 +6,7 @@ building blocks, error handling and session tests use random-init models.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 from unittest import mock
 
@@ -26,7 +27,12 @@ from devkit.recipes import LIBRISPEECH_100_E_BRANCHFORMER, LIBRISPEECH_100_TRANS
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, load_heldout
 from espnet_serve.backends import BatchedSpeech2Text, SampleError
-from espnet_serve.backends.beam_search import check_lm_supported
+from espnet_serve.backends.beam_search import (
+    BatchJointSearch,
+    SearchOptions,
+    check_lm_supported,
+    settled,
+)
 from espnet_serve.backends.bucketing import length_buckets
 from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer
 from espnet_serve.backends.encoding import encode_padded, extract_features
@@ -296,6 +302,78 @@ def test_beam_search_matches_speech2text(batch_size, real_model, heldout, speech
             assert float(hyp.score) == pytest.approx(float(ref_hyp.score), abs=1e-4)
             assert hyp.scores.keys() == ref_hyp.scores.keys()
             assert torch.equal(hyp.yseq.cpu(), ref_hyp.yseq.cpu())
+
+
+def test_the_search_stops_once_its_n_best_is_settled_with_the_same_answer(
+    real_model, heldout, monkeypatch
+):
+    """An utterance whose n-best no running hypothesis can change stops early, same n-best."""
+    experiment, decoding = real_model
+    steps: list[int] = []
+    select = BatchJointSearch._select
+
+    def counted(self, *args, **kwargs):
+        steps[-1] += 1
+        return select(self, *args, **kwargs)
+
+    search = BatchJointSearch._search
+
+    def one_search(self, *args, **kwargs):
+        steps.append(0)
+        return search(self, *args, **kwargs)
+
+    monkeypatch.setattr(BatchJointSearch, "_select", counted)
+    monkeypatch.setattr(BatchJointSearch, "_search", one_search)
+    backend = build(experiment, max_bucket_size=16, **decoding)
+    early = in_calls(backend, heldout, 16)
+    early_steps, steps[:] = list(steps), []
+    full_options = replace(backend.options, stop_when_settled=False)
+    backend.search = BatchJointSearch(backend.asr_model, full_options, backend.lm)
+    full = in_calls(backend, heldout, 16)
+
+    assert [[entry[:3] for entry in nbest] for nbest in early] == [
+        [entry[:3] for entry in nbest] for nbest in full
+    ]
+    # Scores agree to float32 rounding: the decoder's matrices have fewer rows once
+    # utterances leave the batch early.
+    for nbest, full_nbest in zip(early, full, strict=True):
+        for entry, full_entry in zip(nbest, full_nbest, strict=True):
+            assert float(entry[3].score) == pytest.approx(float(full_entry[3].score), abs=1e-4)
+    assert sum(early_steps) < sum(steps)
+
+
+def test_settled_needs_the_nth_best_ended_above_every_running_hypothesis():
+    assert settled([-1.0], -3.0, nbest=1)
+    assert not settled([-1.0], -1.005, nbest=1)  # within float32 rounding: keep searching
+    assert not settled([-1.0, -4.0], -3.0, nbest=2)  # the 2nd best can still be beaten
+    assert settled([-1.0, -2.0], -3.0, nbest=2)
+    assert not settled([], -3.0, nbest=1)
+
+
+@pytest.mark.parametrize(
+    ("change", "falls"),
+    [
+        ({}, True),
+        ({"penalty": -0.5}, True),
+        ({"penalty": 0.5}, False),  # a length bonus can raise a longer hypothesis
+        ({"normalize_length": True}, False),  # ranks by score per token
+    ],
+)
+def test_the_early_stop_is_only_used_where_scores_only_fall(change, falls):
+    options = SearchOptions(
+        beam_size=4,
+        ctc_weight=0.3,
+        penalty=0.0,
+        lm_weight=0.5,
+        maxlenratio=0.0,
+        minlenratio=0.0,
+        normalize_length=False,
+        nbest=1,
+        sos=9,
+        eos=9,
+        vocab_size=10,
+    )
+    assert replace(options, **change).scores_only_fall is falls
 
 
 def test_beam_search_length_limits_penalty_and_normalisation(hybrid, heldout):

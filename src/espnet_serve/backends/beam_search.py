@@ -25,6 +25,15 @@ utterance's beam. Per utterance and step, as in ``BatchBeamSearch``:
   it also stops when none of its hypotheses runs. Finished utterances leave
   the batch.
 
+One stop is this module's own, and it never changes the answer: an utterance
+also stops once its ``nbest``-th best ended hypothesis scores above every
+running one (:func:`settled`). Every scorer here adds a log probability (at
+most 0) or a non-positive length bonus per token, so no hypothesis that ends
+later can score above the running one it extends; ``BatchBeamSearch`` would
+only add hypotheses below the n-best list it already has. For a confident CTC
+model this ends the search one step after its best hypothesis ends, instead
+of the several more that ``end_detect`` waits for (issue 29).
+
 Hypotheses come back as espnet ``Hypothesis`` objects sorted by score (or by
 length-normalised score), like ``BeamSearch.forward``'s n-best list.
 """
@@ -42,6 +51,10 @@ from espnet_serve.backends.ctc_prefix import BatchCTCPrefixScorer, CTCScores, CT
 from espnet_serve.backends.decoder_step import BatchDecoderStep, KVCache
 
 PRE_BEAM_RATIO = 1.5
+# Float32 rounding allowance of :func:`settled`: a later hypothesis must be beaten by this
+# much, relative to the scores' magnitude, plus an absolute floor (in nats).
+SETTLED_RELATIVE_MARGIN = 1e-3
+SETTLED_ABSOLUTE_MARGIN = 1e-2
 
 
 @dataclass(frozen=True)
@@ -61,6 +74,9 @@ class SearchOptions:
         sos: Start-of-sentence id.
         eos: End-of-sentence id.
         vocab_size: Output vocabulary size.
+        stop_when_settled: Stop an utterance once its n-best list cannot change
+            (:func:`settled`; the answer is the same either way, off only to
+            measure what it saves).
     """
 
     beam_size: int
@@ -74,6 +90,7 @@ class SearchOptions:
     sos: int
     eos: int
     vocab_size: int
+    stop_when_settled: bool = True
 
     @property
     def decoder_weight(self) -> float:
@@ -87,6 +104,21 @@ class SearchOptions:
         if self.ctc_weight == 1.0 or self.ctc_weight == 0.0 or size >= self.vocab_size:
             return None
         return size
+
+    @property
+    def scores_only_fall(self) -> bool:
+        """Whether extending a hypothesis can never raise its score (so :func:`settled` holds).
+
+        Log probabilities of the decoder, CTC prefixes and language model are at
+        most 0; so the score only falls with non-negative weights, a
+        non-positive length bonus and ranking by the raw score.
+        """
+        return (
+            not self.normalize_length
+            and self.penalty <= 0.0
+            and self.lm_weight >= 0.0
+            and 0.0 <= self.ctc_weight <= 1.0
+        )
 
     def length_bounds(self, frames: int) -> tuple[int, int]:
         """``(maxlen, minlen)`` for an utterance of ``frames`` encoder frames."""
@@ -179,6 +211,26 @@ class _EndDetector:
             and self.best_by_length[step - m] - self.best < self.D_END
             for m in range(self.M)
         )
+
+
+def settled(ended_scores: list[float], best_running: float, nbest: int) -> bool:
+    """Whether no hypothesis that ends later can enter an utterance's n-best list.
+
+    True when the ``nbest``-th best ended score is above the best running score
+    by more than float32 rounding could account for. Only valid when
+    :attr:`SearchOptions.scores_only_fall`: every later ended hypothesis then
+    scores at most the running hypothesis it extends.
+
+    Args:
+        ended_scores: Scores of the utterance's ended hypotheses.
+        best_running: Best score among its running hypotheses.
+        nbest: Hypotheses returned per utterance.
+    """
+    if len(ended_scores) < nbest:
+        return False
+    kth = sorted(ended_scores, reverse=True)[nbest - 1]
+    margin = SETTLED_ABSOLUTE_MARGIN + SETTLED_RELATIVE_MARGIN * abs(best_running)
+    return kth > best_running + margin
 
 
 def check_lm_supported(lm: Any) -> None:
@@ -424,6 +476,13 @@ class BatchJointSearch:
         if options.maxlenratio == 0.0:
             for position, original in enumerate(utt.tolist()):
                 if not done[position] and detectors[original](step):
+                    done[position] = True
+        if options.stop_when_settled and options.scores_only_fall:
+            running = selection.score.view(-1, slots).cpu().masked_fill(is_eos, float("-inf"))
+            best_running = running.max(dim=1).values.tolist()
+            for position, original in enumerate(utt.tolist()):
+                scores = [hyp.score for hyp in ended[original]]
+                if not done[position] and settled(scores, best_running[position], options.nbest):
                     done[position] = True
         survivors = torch.nonzero((~is_eos & ~done[:, None]).view(-1)).view(-1)
         return done, survivors
