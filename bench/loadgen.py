@@ -50,6 +50,11 @@ class Outcome:
         """200 with the transcript this clip gets alone."""
         return self.status == 200 and self.text == self.clip.expected
 
+    @property
+    def refused_at_connect(self) -> bool:
+        """Whether the connection was refused (nothing sent: safe to send elsewhere)."""
+        return self.status is None and (self.error or "").startswith("ClientConnectorError")
+
 
 async def send(session: aiohttp.ClientSession, url: str, clip: Clip) -> Outcome:
     """POST one clip to ``url`` (the OpenAI route's form) and record the answer."""

@@ -146,11 +146,6 @@ def assert_drained(seen: dict, clips: list[Clip]) -> None:
     assert late.status == 503 and late.error_code == "draining", late.error
 
 
-def refused_at_connect(outcome: Outcome) -> bool:
-    """Whether the request failed to connect (nothing sent: safe to send elsewhere)."""
-    return outcome.status is None and (outcome.error or "").startswith("ClientConnectorError")
-
-
 async def loop_through_sigterm(url: str, clips: list[Clip], processes: list) -> list[Outcome]:
     """``DRAIN_CLIENTS`` clients that keep sending until every process in ``processes`` exited.
 
@@ -176,7 +171,7 @@ async def loop_through_sigterm(url: str, clips: list[Clip], processes: list) -> 
 
 def assert_answered_or_refused_at_connect(outcomes: list[Outcome]) -> None:
     statuses = Counter(
-        "refused at connect" if refused_at_connect(o) else o.status or o.error for o in outcomes
+        "refused at connect" if o.refused_at_connect else o.status or o.error for o in outcomes
     )
     assert set(statuses) == {200, 503, "refused at connect"}, statuses
     assert_all_ok([o for o in outcomes if o.status == 200])

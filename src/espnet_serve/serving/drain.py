@@ -8,10 +8,12 @@ the API service may still be sending what it accepted), bounded by a drain
 timeout. Then it closes the door: the listening socket stops completing new
 connections (:mod:`~espnet_serve.serving.listener`), the connections already queued
 on it are accepted and answered, and only then is the signal handed to uvicorn,
-which shuts down as usual. A client that connects later is refused at connect once
-the server has gone, never reset after its request was sent. While draining, every
-response closes its connection (:class:`CloseWhileDraining`), so that no idle
-keep-alive connection is left for uvicorn to close under a client's next request.
+which shuts down as usual (whatever closing the door met: an error there is logged,
+never a reason to keep serving until the kill). A client that connects later is
+refused at connect once the server has gone, never reset after its request was sent.
+While draining, every response closes its connection (:class:`CloseWhileDraining`), so
+that no idle keep-alive connection is left for uvicorn to close under a client's next
+request.
 """
 
 from __future__ import annotations
@@ -100,19 +102,38 @@ class SigtermDrain:
             await asyncio.sleep(POLL_SECONDS)
         else:
             logger.info("%s: drained; shutting down.", self.name)
-        await self._close_the_door()
+        try:
+            await self._close_the_door()
+        except Exception:
+            logger.exception("%s: closing the listening sockets failed; stopping.", self.name)
         self._hand_on(signum, None)
 
     async def _close_the_door(self) -> None:
-        """Complete no new connection; accept and answer the ones already queued."""
+        """Complete no new connection; accept and answer the ones already queued.
+
+        Where the kernel refuses the socket filter, a socket is shut down instead as soon
+        as its queue is seen empty (:func:`~espnet_serve.serving.listener.refuse_connections`).
+        """
         sockets = listener.listening_sockets()
-        for sock in sockets:
-            listener.stop_accepting(sock)
+        unfiltered = [sock for sock in sockets if not listener.stop_accepting(sock)]
+        if unfiltered:
+            logger.warning(
+                "%s: the kernel refuses this process a socket filter; refusing new "
+                "connections once the accept queue is empty.",
+                self.name,
+            )
         deadline = time.monotonic() + QUEUE_WAIT_SECONDS
-        while any(listener.queued_connections(sock) for sock in sockets):
+        while True:
+            for sock in [s for s in unfiltered if not listener.queued_connections(s)]:
+                listener.refuse_connections(sock)
+                unfiltered.remove(sock)
+            if not any(listener.queued_connections(sock) for sock in sockets):
+                break
             if time.monotonic() >= deadline:
                 break
             await asyncio.sleep(POLL_SECONDS)
+        for sock in unfiltered:  # the queue never emptied: refuse anyway
+            listener.refuse_connections(sock)
         await asyncio.sleep(SETTLE_SECONDS)
         while not self.in_flight.idle_for(0) and time.monotonic() < deadline + SETTLE_SECONDS:
             await asyncio.sleep(POLL_SECONDS)
