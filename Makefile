@@ -106,7 +106,7 @@ bench-serve: setup
 image: setup
 	docker/build-image.sh
 
-## image-check: run the image as the chart does; cold start, transcripts vs make serve, SIGTERM
+## image-check: run the image as the chart does; cold start, transcripts vs make serve, SIGTERM under 16 clients
 image-check: setup
 	$(BIN)/python -m e2e.check_image
 
