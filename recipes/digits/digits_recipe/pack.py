@@ -17,6 +17,7 @@ import yaml
 
 from devkit.publish import pack_bundle, write_bundle
 from digits_recipe.config import RECIPE_DIR
+from espnet_serve.executors.asr import SPEECH2TEXT
 
 VOCODER_CONFIG = "conf/vocoder.yaml"  # the voice bundle's Griffin-Lim settings
 # Where a bundle keeps its global_mvn statistics (the path ESPnet's packer gives them).
@@ -77,21 +78,15 @@ def pack(config: Mapping[str, Any], *, exp_dir: Path, bundle_dir: Path, archive:
     Returns:
         Path: ``archive``.
     """
-    if bundle_dir.exists():
-        shutil.rmtree(bundle_dir)
-    packing = config["packing"]
-    train_config = portable_train_config(
-        exp_dir / "config.yaml", bundle_dir.parent / "portable_config.yaml"
+    return _pack_asr(
+        config,
+        exp_dir=exp_dir,
+        bundle_dir=bundle_dir,
+        archive=archive,
+        model_file=config["training"]["model_file"],
+        decoding=config["packing"]["decoding"],
+        portable_config=bundle_dir.parent / "portable_config.yaml",
     )
-    write_bundle(
-        bundle_dir,
-        asr_train_config=train_config,
-        asr_model_file=exp_dir / config["training"]["model_file"],
-        decoding=dict(packing["decoding"]),
-        output_fn=packing["output_fn"],
-        user_code_dir=RECIPE_DIR / "src",
-    )
-    return pack_bundle(bundle_dir, archive)
 
 
 def pack_streaming(
@@ -112,25 +107,66 @@ def pack_streaming(
     Returns:
         Path: ``archive``.
     """
+    return _pack_asr(
+        config,
+        exp_dir=exp_dir,
+        bundle_dir=bundle_dir,
+        archive=archive,
+        model_file=config["streaming"]["model_file"],
+        decoding=config["streaming"]["decoding"],
+        portable_config=bundle_dir.parent / "streaming_portable_config.yaml",
+        stats_file=stats_file,
+        backend=SPEECH2TEXT_STREAMING,
+    )
+
+
+def _pack_asr(
+    config: Mapping[str, Any],
+    *,
+    exp_dir: Path,
+    bundle_dir: Path,
+    archive: Path,
+    model_file: str,
+    decoding: Mapping[str, Any],
+    portable_config: Path,
+    stats_file: Path | None = None,
+    backend: str = SPEECH2TEXT,
+) -> Path:
+    """One ASR model's bundle: its portable config, weights, decoding and the recipe's output_fn.
+
+    Args:
+        config: The loaded recipe config (``packing.output_fn``).
+        exp_dir: The espnet2 experiment directory.
+        bundle_dir: Bundle directory to write (replaced if it exists).
+        archive: The ``.tar.gz`` archive to write.
+        model_file: The weights, relative to ``exp_dir``.
+        decoding: The bundle's decoding options.
+        portable_config: Where the portable training config is written.
+        stats_file: Feature statistics shipped at :data:`STATS_FILE` (``global_mvn``), if any.
+        backend: The bundle's backend class.
+
+    Returns:
+        Path: ``archive``.
+    """
     if bundle_dir.exists():
         shutil.rmtree(bundle_dir)
-    streaming = config["streaming"]
     train_config = portable_train_config(
         exp_dir / "config.yaml",
-        bundle_dir.parent / "streaming_portable_config.yaml",
-        stats_file=STATS_FILE,
+        portable_config,
+        stats_file=None if stats_file is None else STATS_FILE,
     )
     write_bundle(
         bundle_dir,
         asr_train_config=train_config,
-        asr_model_file=exp_dir / streaming["model_file"],
-        decoding=dict(streaming["decoding"]),
-        backend=SPEECH2TEXT_STREAMING,
+        asr_model_file=exp_dir / model_file,
+        decoding=dict(decoding),
         output_fn=config["packing"]["output_fn"],
         user_code_dir=RECIPE_DIR / "src",
+        backend=backend,
     )
-    (bundle_dir / STATS_FILE).parent.mkdir(parents=True)
-    shutil.copyfile(stats_file, bundle_dir / STATS_FILE)
+    if stats_file is not None:
+        (bundle_dir / STATS_FILE).parent.mkdir(parents=True)
+        shutil.copyfile(stats_file, bundle_dir / STATS_FILE)
     return pack_bundle(bundle_dir, archive)
 
 
