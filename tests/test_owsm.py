@@ -10,6 +10,7 @@ nearly the same for every clip.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,6 +19,7 @@ import httpx
 import numpy as np
 import openai
 import pytest
+import soundfile
 import torch
 
 from devkit.publish import write_bundle
@@ -30,10 +32,18 @@ from devkit.random_init import (
 from devkit.recipes import OWSM_CTC_V31_MEDIUM, OWSM_V31_BASE, reduced
 from espnet_serve import InferenceSession
 from espnet_serve.assets import load_heldout
+from espnet_serve.audio.ingest import IngestLimits, open_audio_stream
+from espnet_serve.audio.segmenter import AudioSegment, segment_stream
 from espnet_serve.backends import InvalidSampleError
 from espnet_serve.backends.owsm import BatchedOwsmSpeech2Text
 from espnet_serve.executors import DecodeOptions
-from espnet_serve.executors.s2t import S2T_CTC_GREEDY, S2T_CTC_SPEECH2TEXT, S2T_SPEECH2TEXT
+from espnet_serve.executors.base import Utterance
+from espnet_serve.executors.s2t import (
+    S2T_CTC_GREEDY,
+    S2T_CTC_SPEECH2TEXT,
+    S2T_SPEECH2TEXT,
+    TimeTokens,
+)
 from espnet_serve.languages import language_name, two_letter_code
 from espnet_serve.pipeline.align import CtcAligner
 from espnet_serve.pipeline.decode import SegmentDecoder
@@ -50,12 +60,16 @@ PROMPT = "the previous sentence"
 S2T_DECODING = {"beam_size": 2, "ctc_weight": 0.3, "maxlenratio": 0.02}
 
 
-def owsm_bundle(root: Path, recipe: Any, target: str, decoding: dict[str, Any]) -> Path:
+def owsm_bundle(
+    root: Path, recipe: Any, target: str, decoding: dict[str, Any], *, timed: bool = False
+) -> Path:
+    """A reduced random OWSM bundle; ``timed``: its decoder drawn to write timed utterances."""
     options = reduced(recipe).options
-    experiment = write_random_s2t_experiment(
-        root / "exp", token_list=owsm_token_list(TEXT_TOKENS), **options
-    )
+    token_list = owsm_token_list(TEXT_TOKENS)
+    experiment = write_random_s2t_experiment(root / "exp", token_list=token_list, **options)
     sharpen(experiment.asr_model_file, ["decoder.output_layer.weight", "ctc.ctc_lo.weight"], 8.0)
+    if timed:
+        favour_text_and_early_times(experiment.asr_model_file, token_list)
     # The speech's weight in the decoder: a clip padded to 30 s is mostly padding.
     blocks = range(options.get("decoder_conf", {}).get("num_blocks", 0))
     cross = [f"decoder.decoders.{block}.src_attn.linear_out.weight" for block in blocks]
@@ -74,6 +88,41 @@ def owsm_bundle(root: Path, recipe: Any, target: str, decoding: dict[str, Any]) 
 def s2t_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("s2t")
     return owsm_bundle(root, OWSM_V31_BASE, S2T_SPEECH2TEXT, S2T_DECODING)
+
+
+def favour_text_and_early_times(model_file: Path, token_list: list[str]) -> None:
+    """Raise the decoder's output bias of the text tokens and of the times up to 3 s.
+
+    A random decoder otherwise answers with special tokens and times past the clip's end.
+    """
+    state = torch.load(model_file, map_location="cpu")
+    bias = state["decoder.output_layer.bias"]
+    generator = torch.Generator().manual_seed(0)
+    text = [token_list.index(token) for token in TEXT_TOKENS]
+    bias[text] += 10.0 + 3.0 * torch.randn(len(text), generator=generator)
+    first_time = token_list.index("<0.00>")
+    bias[first_time : first_time + 150] += 15.0
+    torch.save(state, model_file)
+
+
+@pytest.fixture(scope="module")
+def timed_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OWSM decoding with its time tokens (``predict_time``; espnet2 needs ctc_weight 0 then)."""
+    root = tmp_path_factory.mktemp("s2t_timed")
+    decoding = {**S2T_DECODING, "ctc_weight": 0.0, "maxlenratio": 0.04, "predict_time": True}
+    return owsm_bundle(root, OWSM_V31_BASE, S2T_SPEECH2TEXT, decoding, timed=True)
+
+
+@pytest.fixture(scope="module")
+def long_recording(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The held-out clips one after another, 1 s of faint noise between them (FLAC)."""
+    rng = np.random.default_rng(7)
+    parts = []
+    for clip in load_heldout(CLIPS):
+        parts += [clip.read_audio(SAMPLE_RATE), 0.001 * rng.standard_normal(SAMPLE_RATE)]
+    path = tmp_path_factory.mktemp("long") / "long.flac"
+    soundfile.write(path, np.concatenate(parts).astype(np.float32), SAMPLE_RATE)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -353,3 +402,123 @@ def test_owsm_over_http_selects_the_language_identifies_it_and_translates(
     assert (model["family"], model["tasks"]) == ("s2t", ["transcribe", "translate"])
     assert {"de", "en", "ja"} <= set(model["languages"]) and "aa" not in model["languages"]
     assert {"en", "de"} <= set(model["target_languages"]) and "ko" not in model["target_languages"]
+
+
+def vad_segments(path: Path) -> list[AudioSegment]:
+    """The recording's segments as every transcription cuts it (the default options)."""
+    with open_audio_stream(path, target_rate=SAMPLE_RATE, limits=IngestLimits()) as audio:
+        return list(segment_stream(audio, SAMPLE_RATE))
+
+
+def timed_by_espnet2(reference: Any, segment: AudioSegment) -> list[tuple[float, float, tuple]]:
+    """The utterances espnet2's time tokens give a segment: (start, end, token ids), read from
+    the tokens' own names (``<0.48>``) and moved to recording time; one left open ends with the
+    segment's audio, and none ends past it."""
+    _, tokens, token_ids, *_ = reference(segment.samples, lang_sym="<eng>")[0]
+    audio_end = segment.offset + segment.samples.size / SAMPLE_RATE
+    utterances, ids, start = [], [], None
+    for token, token_id in zip(tokens, token_ids, strict=True):
+        ids.append(int(token_id))
+        time = re.fullmatch(r"<(\d+\.\d\d)>", token)
+        if time is None:
+            continue
+        at = round(min(segment.offset + float(time[1]), audio_end), 3)
+        if start is None:
+            start = at
+            continue
+        utterances.append((start, at, tuple(ids)))
+        ids, start = [], None
+    if start is not None:
+        utterances.append((start, round(audio_end, 3), tuple(ids)))
+    return utterances
+
+
+@pytest.mark.parametrize("batched", [False, True], ids=["espnet2", "batched"])
+def test_owsm_time_tokens_cut_a_recording_into_the_utterances_the_model_timed(
+    batched: bool, timed_bundle: Path, long_recording: Path
+):
+    session = InferenceSession.from_pretrained(
+        str(timed_bundle), prefer_model_batch=True, batched_backend=batched
+    )
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    audio = vad_segments(long_recording)
+    assert len(audio) >= CLIPS // 2  # the recording was cut by its pauses
+    english = DecodeOptions(language="en")
+    decoded = decoder.decode(audio, words=True, options=[english] * len(audio))
+    reference = espnet2_class(timed_bundle)
+
+    shown: list[Segment] = []
+    for segment, outcome in zip(audio, decoded, strict=True):
+        assert isinstance(outcome, Segment), outcome
+        expected = timed_by_espnet2(reference, segment)
+        assert [(u.start, u.end, u.tokens) for u in outcome.utterances] == expected
+        # The utterances hold the segment's text and words, in order.
+        assert "".join(u.text for u in outcome.utterances).replace(" ", "") == (
+            outcome.text.replace(" ", "")
+        )
+        assert [w for u in outcome.utterances for w in u.words] == list(outcome.words)
+        assert all(u.language == "en" for u in outcome.utterances)
+        shown += outcome.shown(len(shown))
+    assert [s.id for s in shown] == list(range(len(shown)))
+    assert len(shown) > len(audio)  # the model timed several utterances in some segments
+    assert sum(bool(s.text) for s in shown) >= CLIPS // 2
+
+
+@pytest.mark.slow
+def test_owsm_time_tokens_over_http_give_the_segments_and_subtitles(
+    tmp_path: Path, timed_bundle: Path, long_recording: Path
+):
+    session = InferenceSession.from_pretrained(
+        str(timed_bundle), prefer_model_batch=True, batched_backend=True
+    )
+    decoder = SegmentDecoder(session, SAMPLE_RATE)
+    audio = vad_segments(long_recording)
+    english = [DecodeOptions(language="en")] * len(audio)
+    expected: list[Segment] = []
+    for outcome in decoder.decode(audio, words=True, options=english):
+        expected += outcome.shown(len(expected))
+
+    _, server = build_and_serve(tmp_path, timed_bundle, "owsm-timed")
+    try:
+        sdk = openai.OpenAI(base_url=f"{server.url}/v1", api_key="unused", max_retries=0)
+        with long_recording.open("rb") as file:
+            verbose = sdk.audio.transcriptions.create(
+                model="owsm-timed",
+                file=file,
+                language="en",
+                response_format="verbose_json",
+                timestamp_granularities=["word", "segment"],
+            )
+        with long_recording.open("rb") as file:
+            srt = sdk.audio.transcriptions.create(
+                model="owsm-timed", file=file, language="en", response_format="srt"
+            )
+    finally:
+        server.stop()
+
+    # verbose_json lists the segments with text (their ids count the others too).
+    assert [(s.id, s.start, s.end, s.text, tuple(s.tokens)) for s in verbose.segments] == [
+        (s.id, s.start, s.end, s.text, s.tokens) for s in expected if s.text
+    ]
+    assert [(w.word, w.start, w.end) for w in verbose.words] == [
+        (w.word, w.start, w.end) for s in expected for w in s.words
+    ]
+    assert len(expected) > len(audio)
+    cues = [cue for cue in srt.strip().split("\n\n") if cue]
+    assert len(cues) == sum(bool(s.text) for s in expected)
+
+
+def test_time_tokens_are_read_in_pairs_the_prompt_first_an_open_one_to_the_end():
+    times = TimeTokens(first=100, last=1600, resolution=0.02)
+
+    def text_of(ids: list[int]) -> str:
+        return "".join(chr(ord("a") + i) for i in ids if i < 26)
+
+    # <eng> <asr> <0.40> a b <1.00> <1.20> c <2.00> <2.10> d (the search stopped there)
+    ids = [30, 31, 120, 0, 1, 150, 160, 2, 200, 205, 3]
+    assert times.utterances(ids, text_of) == (
+        Utterance(0.4, 1.0, "ab", (30, 31, 120, 0, 1, 150)),
+        Utterance(1.2, 2.0, "c", (160, 2, 200)),
+        Utterance(2.1, None, "d", (205, 3)),
+    )
+    assert times.utterances([30, 31, 0, 1], text_of) == ()  # decoded without times

@@ -53,6 +53,23 @@ class DecodeOptions:
 
 
 @dataclass(frozen=True)
+class Utterance:
+    """One utterance a model timed itself (OWSM's time tokens: ``<0.48> text <1.62>``).
+
+    Attributes:
+        start: Its start, in seconds from the start of the sample.
+        end: Its end, likewise (``None``: the model did not end it, so the sample's end).
+        text: Its transcript.
+        token_ids: Its token ids, its time tokens included.
+    """
+
+    start: float
+    end: float | None
+    text: str
+    token_ids: tuple[int, ...]
+
+
+@dataclass(frozen=True)
 class Hypothesis:
     """The best hypothesis of one sample.
 
@@ -61,11 +78,13 @@ class Hypothesis:
         token_ids: Its token ids in the model's vocabulary, where the output holds them.
         language: ISO-639-1 code of the language the model decoded the speech as, where
             the output shows it (OWSM's language token).
+        utterances: The transcript as the model timed it, where it did (empty: not timed).
     """
 
     text: str
     token_ids: tuple[int, ...] | None = None
     language: str | None = None
+    utterances: tuple[Utterance, ...] = ()
 
 
 class FamilyExecutor(ABC):
@@ -154,13 +173,20 @@ class Executor(FamilyExecutor):
         emit ``<sos/eos>`` or ``<unk>`` as a token, and a client must never read one as a
         word. The token ids are kept as the model gave them.
         """
-        found = [s for s in SPECIAL_SYMBOL.findall(hypothesis.text) if s in self.special_symbols]
+        utterances = tuple(
+            replace(utterance, text=self._plain(utterance.text))
+            for utterance in hypothesis.utterances
+        )
+        return replace(hypothesis, text=self._plain(hypothesis.text), utterances=utterances)
+
+    def _plain(self, text: str) -> str:
+        """``text`` without the model's special symbols."""
+        found = [s for s in SPECIAL_SYMBOL.findall(text) if s in self.special_symbols]
         if not found:
-            return hypothesis
-        text = hypothesis.text
+            return text
         for symbol in set(found):
             text = text.replace(symbol, "")  # a symbol inside a word joins its halves
-        return replace(hypothesis, text=EXTRA_SPACES.sub(" ", text).strip())
+        return EXTRA_SPACES.sub(" ", text).strip()
 
     def min_samples(self) -> int:
         """The fewest samples the model decodes (0: no known limit)."""

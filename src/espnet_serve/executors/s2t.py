@@ -11,7 +11,9 @@ decodes with its default (``<nolang>``). Clips go through the bundle's session (
 ``output_fn`` sees what the espnet2 class returns), in batches with the batched classes
 (:mod:`espnet_serve.backends.owsm`: one encoder pass, the language identified on it;
 :mod:`espnet_serve.backends.owsm_ctc`: one padded pass per bucket), else one at a time.
-Words are timed by the CTC head of either.
+Words are timed by the CTC head of either. A bundle that decodes with OWSM's time tokens
+(``predict_time: true``, espnet2's own option) has its transcripts cut into the utterances
+the model timed (:class:`TimeTokens`).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from espnet_serve.executors.base import (
     DecodeOptions,
     Executor,
     Hypothesis,
+    Utterance,
     read_common,
 )
 from espnet_serve.languages import (
@@ -121,6 +124,68 @@ class OwsmVocabulary:
     def language_of(self, token_ids: Sequence[int] | None) -> str | None:
         """The language of a hypothesis that starts with a language token, as OWSM's do."""
         return self.language_ids.get(token_ids[0]) if token_ids else None
+
+
+@dataclass(frozen=True)
+class TimeTokens:
+    """OWSM's time tokens ``<0.00>`` ... ``<30.00>``: ids ``first`` to ``last``, evenly spaced.
+
+    A hypothesis decoded with them (``predict_time``) times each utterance:
+    ``<0.48> text <1.62><1.90> text <3.04>``; espnet2's ``ScoreFilter`` keeps them in pairs,
+    rising, the first one first.
+    """
+
+    first: int
+    last: int
+    resolution: float
+
+    @classmethod
+    def of(cls, backend: Any) -> TimeTokens | None:
+        """The time tokens of an OWSM class's model (``None`` if it has none)."""
+        conf = getattr(backend, "preprocessor_conf", None) or {}
+        token2id = backend.converter.token2id
+        first, last = conf.get("first_time_symbol"), conf.get("last_time_symbol")
+        if first not in token2id or last not in token2id or "speech_resolution" not in conf:
+            return None
+        return cls(token2id[first], token2id[last], float(conf["speech_resolution"]))
+
+    def is_time(self, token_id: int) -> bool:
+        """Whether ``token_id`` is a time token."""
+        return self.first <= token_id <= self.last
+
+    def utterances(self, token_ids: Sequence[int], text_of: Any) -> tuple[Utterance, ...]:
+        """The utterances of a hypothesis' token ids, each with the text ``text_of`` its ids gives.
+
+        Tokens before the first time (the language and the task) go with the first
+        utterance; an utterance the search left open (at its length limit) ends with the
+        sample. Empty if no token is a time.
+        """
+        if not any(self.is_time(token) for token in token_ids):
+            return ()
+        utterances: list[Utterance] = []
+        pending: list[int] = []  # tokens of the utterance being read
+        start: float | None = None
+        for token in token_ids:
+            pending.append(token)
+            if not self.is_time(token):
+                continue
+            time = round((token - self.first) * self.resolution, 3)
+            if start is None:
+                start = time
+                continue
+            utterances.append(self._utterance(start, time, pending, text_of))
+            pending, start = [], None
+        if start is not None or text_of([t for t in pending if not self.is_time(t)]).strip():
+            last_end = utterances[-1].end if utterances else 0.0
+            begin = start if start is not None else last_end
+            utterances.append(self._utterance(begin, None, pending, text_of))
+        return tuple(utterances)
+
+    def _utterance(
+        self, start: float, end: float | None, token_ids: list[int], text_of: Any
+    ) -> Utterance:
+        text = text_of([token for token in token_ids if not self.is_time(token)])
+        return Utterance(start=start, end=end, text=text, token_ids=tuple(token_ids))
 
 
 class _OwsmExecutor(Executor):
@@ -303,10 +368,27 @@ class S2tExecutor(_OwsmExecutor):
         identifier.last_lang_id = token_list.index(LAST_LANGUAGE_SYMBOL)
         return identifier
 
+    @cached_property
+    def time_tokens(self) -> TimeTokens | None:
+        """The model's time tokens, if it has them."""
+        return TimeTokens.of(self.backend)
+
     def read(self, output: Any) -> Hypothesis:
-        """The best hypothesis, its language read from its first token (``<eng>``, ...)."""
+        """The best hypothesis, its language read from its first token (``<eng>``, ...).
+
+        Decoded with time tokens, its utterances as the model timed them.
+        """
         hypothesis = super().read(output)
-        return replace(hypothesis, language=self.vocabulary.language_of(hypothesis.token_ids))
+        language = self.vocabulary.language_of(hypothesis.token_ids)
+        utterances: tuple[Utterance, ...] = ()
+        if self.time_tokens is not None and hypothesis.token_ids:
+            utterances = self.time_tokens.utterances(hypothesis.token_ids, self._text_of)
+        return replace(hypothesis, language=language, utterances=utterances)
+
+    def _text_of(self, token_ids: Sequence[int]) -> str:
+        """The text of ``token_ids``, as espnet2's class writes a hypothesis'."""
+        backend = self.backend
+        return str(backend.tokenizer.tokens2text(backend.converter.ids2tokens(list(token_ids))))
 
     def identify(self, wave: Any) -> str:
         """The language token the model gives ``wave`` (``<eng>``, ...)."""

@@ -137,7 +137,9 @@ class SegmentDecoder:
                 for index, alignment in zip(wanted, aligned, strict=True):
                     alignments[index] = alignment
         return [
-            found if isinstance(found, SegmentDecodeError) else _segment(segment, found, alignment)
+            found
+            if isinstance(found, SegmentDecodeError)
+            else _segment(segment, found, alignment, self.sample_rate)
             for segment, found, alignment in zip(segments, hypotheses, alignments, strict=True)
         ]
 
@@ -170,39 +172,79 @@ def _read(
     return hypothesis
 
 
-def _segment(audio: AudioSegment, hypothesis: Hypothesis, alignment: Alignment | None) -> Segment:
+def _segment(
+    audio: AudioSegment, hypothesis: Hypothesis, alignment: Alignment | None, sample_rate: int
+) -> Segment:
     """The :class:`Segment` of a decoded audio segment, its words moved to recording time.
 
     ``tokens`` are the hypothesis' own token ids where the output holds them, else
     the aligned transcript's. Without an alignment (not asked for, or the transcript
-    could not be aligned), ``words`` is empty.
+    could not be aligned), ``words`` is empty. Utterances the model timed become the
+    segment's :attr:`Segment.utterances`, each with the words whose middle falls in it.
     """
-    text = hypothesis.text
-    if alignment is None:
-        return Segment(
-            id=audio.index,
-            start=audio.start,
-            end=audio.end,
-            text=text.strip(),
-            tokens=hypothesis.token_ids or (),
-            no_speech_prob=audio.no_speech_prob,
-            language=hypothesis.language,
-        )
-    return Segment(
-        id=audio.index,
-        start=round(audio.start, 3),
-        end=round(audio.end, 3),
-        text=text.strip(),
-        words=tuple(
+    words = ()
+    if alignment is not None:
+        words = tuple(
             Word(
                 word=w.word,
                 start=round(audio.offset + w.start, 3),
                 end=round(audio.offset + w.end, 3),
             )
             for w in alignment.words
-        ),
-        tokens=hypothesis.token_ids if hypothesis.token_ids is not None else alignment.tokens,
-        avg_logprob=alignment.avg_logprob,
+        )
+    tokens = hypothesis.token_ids
+    if tokens is None:
+        tokens = alignment.tokens if alignment is not None else ()
+    segment = Segment(
+        id=audio.index,
+        start=round(audio.start, 3),
+        end=round(audio.end, 3),
+        text=hypothesis.text.strip(),
+        words=words,
+        tokens=tokens,
+        avg_logprob=alignment.avg_logprob if alignment is not None else 0.0,
         no_speech_prob=audio.no_speech_prob,
         language=hypothesis.language,
+    )
+    if not hypothesis.utterances:
+        return segment
+    utterances = _utterances(audio, segment, hypothesis, sample_rate)
+    return segment.model_copy(update={"utterances": utterances})
+
+
+def _utterances(
+    audio: AudioSegment, segment: Segment, hypothesis: Hypothesis, sample_rate: int
+) -> tuple[Segment, ...]:
+    """The utterances of ``hypothesis`` as segments in recording time, within the audio.
+
+    The segment's words go to the utterances in order, as many to each as its text has
+    (the last one takes any left).
+    """
+    clip_end = audio.offset + audio.samples.size / sample_rate
+    spans = [
+        (
+            round(min(audio.offset + u.start, clip_end), 3),
+            round(clip_end if u.end is None else min(audio.offset + u.end, clip_end), 3),
+        )
+        for u in hypothesis.utterances
+    ]
+    words: list[tuple[Word, ...]] = []
+    left = segment.words
+    for n, utterance in enumerate(hypothesis.utterances):
+        count = len(left) if n == len(spans) - 1 else len(utterance.text.split())
+        words.append(left[:count])
+        left = left[count:]
+    return tuple(
+        segment.model_copy(
+            update={
+                "start": start,
+                "end": end,
+                "text": utterance.text.strip(),
+                "tokens": utterance.token_ids,
+                "words": words[n],
+            }
+        )
+        for n, (utterance, (start, end)) in enumerate(
+            zip(hypothesis.utterances, spans, strict=True)
+        )
     )

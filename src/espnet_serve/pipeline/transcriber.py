@@ -18,7 +18,7 @@ Example::
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -71,6 +71,9 @@ class Transcriber:
     ) -> Iterator[Segment]:
         """Decoded segments of ``source``, in order, batch by batch.
 
+        A segment the model cut into timed utterances (OWSM's time tokens) gives them in
+        its place, numbered in order.
+
         Raises:
             AudioInputError: If the audio is refused.
             SegmentDecodeError: If a segment cannot be decoded.
@@ -78,17 +81,17 @@ class Transcriber:
         """
         if word_timestamps and not self.decoder.word_timestamps:
             raise ValueError("Word timestamps need a model with a CTC head and a tokenizer.")
+        shown = 0
         with open_audio_stream(source, target_rate=self.sample_rate, limits=self.limits) as audio:
             declared = audio.info.declared_seconds
-            batch: list[AudioSegment] = []
-            for segment in segment_stream(audio, self.sample_rate, self.options, declared):
-                batch.append(segment)
-                if len(batch) == self.batch_size:
-                    yield from self.decode(batch, word_timestamps=word_timestamps)
-                    batch = []
-                    if progress is not None:
-                        progress(audio.samples_read / self.sample_rate, declared)
-            yield from self.decode(batch, word_timestamps=word_timestamps)
+            found = segment_stream(audio, self.sample_rate, self.options, declared)
+            for batch in _batches(found, self.batch_size):
+                for decoded in self.decode(batch, word_timestamps=word_timestamps):
+                    parts = decoded.shown(shown)
+                    shown += len(parts)
+                    yield from parts
+                if progress is not None:
+                    progress(audio.samples_read / self.sample_rate, declared)
             if progress is not None:
                 progress(audio.samples_read / self.sample_rate, declared)
 
@@ -125,3 +128,15 @@ class Transcriber:
                 raise outcome
             segments.append(outcome)
         return segments
+
+
+def _batches(segments: Iterable[AudioSegment], size: int) -> Iterator[list[AudioSegment]]:
+    """``segments`` in lists of ``size`` (the last one shorter), as they come."""
+    batch: list[AudioSegment] = []
+    for segment in segments:
+        batch.append(segment)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -38,6 +38,8 @@ class Segment(BaseModel):
         no_speech_prob: One minus the segment's mean voice-activity probability.
         language: ISO-639-1 code of the language the model decoded the speech as (the
             requested one, or the one a multilingual model identified), if known.
+        utterances: The utterances the model timed itself in this segment (OWSM's time
+            tokens), each a segment in recording time; empty if it did not.
     """
 
     model_config = ConfigDict(frozen=True)
@@ -51,6 +53,15 @@ class Segment(BaseModel):
     avg_logprob: float = 0.0
     no_speech_prob: float = 0.0
     language: str | None = None
+    utterances: tuple[Segment, ...] = ()
+
+    def shown(self, first_id: int) -> tuple[Segment, ...]:
+        """What a transcript shows of this segment, numbered from ``first_id``.
+
+        Its utterances where the model timed them, else the segment itself.
+        """
+        parts = self.utterances or (self,)
+        return tuple(part.model_copy(update={"id": first_id + n}) for n, part in enumerate(parts))
 
     @property
     def compression_ratio(self) -> float:

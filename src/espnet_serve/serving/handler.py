@@ -218,9 +218,14 @@ class TranscriptionHandler:
     async def _decoded(
         self, client: ModelClient, opened: OpenedUpload, words: bool, options: DecodeOptions
     ) -> AsyncIterator[Segment]:
-        """Segment off the event loop, decode concurrently, yield in order."""
+        """Segment off the event loop, decode concurrently, yield in order.
+
+        A segment the model cut into timed utterances yields them in its place; the
+        segments are numbered in the order they are yielded.
+        """
         window = self.settings.max_segments_in_flight
         pending: deque[asyncio.Task[SegmentResult]] = deque()
+        shown = 0
         try:
             while True:
                 while not opened.finished and len(pending) < window:
@@ -234,7 +239,9 @@ class TranscriptionHandler:
                 outcome = (await pending.popleft()).outcome()
                 if isinstance(outcome, SegmentDecodeError):
                     raise as_api_error(outcome)
-                yield outcome
+                for segment in outcome.shown(shown):
+                    shown += 1
+                    yield segment
         finally:
             for task in pending:
                 task.cancel()
