@@ -47,6 +47,7 @@ from espnet_serve.executors.s2t import (
 from espnet_serve.languages import language_name, two_letter_code
 from espnet_serve.pipeline.align import CtcAligner
 from espnet_serve.pipeline.decode import SegmentDecoder
+from espnet_serve.pipeline.transcriber import Transcriber
 from espnet_serve.pipeline.types import Segment
 from tests.answers import served_text
 from tests.test_executors import build_and_serve, espnet2_class, segments_of
@@ -462,6 +463,10 @@ def test_owsm_time_tokens_cut_a_recording_into_the_utterances_the_model_timed(
     assert [s.id for s in shown] == list(range(len(shown)))
     assert len(shown) > len(audio)  # the model timed several utterances in some segments
     assert sum(bool(s.text) for s in shown) >= CLIPS // 2
+    # The library's transcriber shows them likewise (here with the language identified).
+    transcribed = Transcriber(session).transcribe(long_recording).segments
+    assert [s.id for s in transcribed] == list(range(len(transcribed)))
+    assert len(transcribed) > len(audio)
 
 
 @pytest.mark.slow

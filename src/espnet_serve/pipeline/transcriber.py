@@ -55,7 +55,7 @@ class Transcriber:
         options: SegmentationOptions | None = None,
         limits: IngestLimits | None = None,
     ) -> None:
-        rate = sample_rate or train_config_sample_rate(vars(session.model.asr_train_args))
+        rate = sample_rate or train_config_sample_rate(_train_config(session.model))
         self.decoder = SegmentDecoder(session, rate)
         self.sample_rate = rate
         self.batch_size = batch_size
@@ -140,3 +140,11 @@ def _batches(segments: Iterable[AudioSegment], size: int) -> Iterator[list[Audio
             batch = []
     if batch:
         yield batch
+
+
+def _train_config(backend: Any) -> dict[str, Any]:
+    """The training config of an espnet2 class's model (``asr_train_args``, ``s2t_train_args``)."""
+    for name, value in vars(backend).items():
+        if name.endswith("_train_args") and value is not None:
+            return vars(value)
+    return {}
