@@ -185,6 +185,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     exp_dir = work / "exp" / "asr"
     archive = work / ARCHIVE_NAME
     previous = work / f"previous_{ARCHIVE_NAME}"
+    work.mkdir(parents=True, exist_ok=True)
     if args.score:
         shutil.copyfile(ASSETS_DIR / ARCHIVE_NAME, previous)
 
