@@ -24,6 +24,7 @@ RECIPE_DIR = Path(__file__).absolute().parent.parent / "recipes" / "digits"
 sys.path.insert(0, str(RECIPE_DIR))
 
 from digits_recipe.config import SetSpec, load_config  # noqa: E402
+from digits_recipe.errors import DEL, INS_EDGE, INS_PAUSE, SUB, alignment_errors  # noqa: E402
 from digits_recipe.realdev import read_clip  # noqa: E402
 from digits_recipe.synth import CHANNELS, WIDEBAND, Utterance, plan_set, render  # noqa: E402
 
@@ -214,3 +215,16 @@ def test_toy_recipe_end_to_end(tmp_path: Path) -> None:
     for line, shape in zip(durations, shapes, strict=True):
         frames = [int(d) for d in line.split()[1:]]
         assert sum(frames) == int(shape.split()[1]) // 256 + 1  # every frame has its token
+
+
+@pytest.mark.parametrize(
+    ("ref", "hyp", "expected"),
+    [
+        ("one two three", "oh one two six three", [(INS_EDGE, "oh"), (INS_PAUSE, "six")]),
+        ("one two three", "one eight three six", [(SUB, "eight"), (INS_EDGE, "six")]),
+        ("one two three", "one three", [(DEL, "two")]),
+        ("one two", "one two", []),
+    ],
+)
+def test_errors_are_told_apart_and_insertions_placed(ref: str, hyp: str, expected: list) -> None:
+    assert alignment_errors(ref.split(), hyp.split()) == expected
