@@ -434,18 +434,25 @@ def timed_by_espnet2(reference: Any, segment: AudioSegment) -> list[tuple[float,
     return utterances
 
 
+def decoded_in_english(
+    bundle: Path, recording: Path, batched: bool
+) -> tuple[InferenceSession, list[AudioSegment], list]:
+    """The recording's VAD segments decoded in English, words timed, by the library."""
+    session = InferenceSession.from_pretrained(
+        str(bundle), prefer_model_batch=True, batched_backend=batched
+    )
+    audio = vad_segments(recording)
+    english = [DecodeOptions(language="en")] * len(audio)
+    decoded = SegmentDecoder(session, SAMPLE_RATE).decode(audio, words=True, options=english)
+    return session, audio, decoded
+
+
 @pytest.mark.parametrize("batched", [False, True], ids=["espnet2", "batched"])
 def test_owsm_time_tokens_cut_a_recording_into_the_utterances_the_model_timed(
     batched: bool, timed_bundle: Path, long_recording: Path
 ):
-    session = InferenceSession.from_pretrained(
-        str(timed_bundle), prefer_model_batch=True, batched_backend=batched
-    )
-    decoder = SegmentDecoder(session, SAMPLE_RATE)
-    audio = vad_segments(long_recording)
+    session, audio, decoded = decoded_in_english(timed_bundle, long_recording, batched)
     assert len(audio) >= CLIPS // 2  # the recording was cut by its pauses
-    english = DecodeOptions(language="en")
-    decoded = decoder.decode(audio, words=True, options=[english] * len(audio))
     reference = espnet2_class(timed_bundle)
 
     shown: list[Segment] = []
@@ -473,14 +480,9 @@ def test_owsm_time_tokens_cut_a_recording_into_the_utterances_the_model_timed(
 def test_owsm_time_tokens_over_http_give_the_segments_and_subtitles(
     tmp_path: Path, timed_bundle: Path, long_recording: Path
 ):
-    session = InferenceSession.from_pretrained(
-        str(timed_bundle), prefer_model_batch=True, batched_backend=True
-    )
-    decoder = SegmentDecoder(session, SAMPLE_RATE)
-    audio = vad_segments(long_recording)
-    english = [DecodeOptions(language="en")] * len(audio)
+    _, audio, decoded = decoded_in_english(timed_bundle, long_recording, batched=True)
     expected: list[Segment] = []
-    for outcome in decoder.decode(audio, words=True, options=english):
+    for outcome in decoded:
         expected += outcome.shown(len(expected))
 
     _, server = build_and_serve(tmp_path, timed_bundle, "owsm-timed")
