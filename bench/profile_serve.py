@@ -38,8 +38,8 @@ sys.path.insert(0, str(REPO_ROOT))
 import psutil  # noqa: E402
 
 from bench.loadgen import OPENAI_ROUTE, closed_loop  # noqa: E402
-from bench.serve import load_clips, metric_sum_count, with_alone_transcripts  # noqa: E402
-from tests.server import serve_default_model, service_worker  # noqa: E402
+from bench.serve import MODES, load_clips, metric_sum_count, with_alone_transcripts  # noqa: E402
+from tests.server import serve_default_model, service_worker, service_workers  # noqa: E402
 
 PY_SPY = str(Path(sys.executable).with_name("py-spy"))
 SAMPLE_RATE_HZ = 100
@@ -135,6 +135,12 @@ def main() -> int:
         "--no-sampling", action="store_true", help="CPU seconds and series only (no py-spy)"
     )
     parser.add_argument(
+        "--mode",
+        choices=("services", "in-process"),
+        default="services",
+        help="bench/serve.py's MODES (in-process: the first API worker, holding its model)",
+    )
+    parser.add_argument(
         "--stacks", type=Path, default=None, help="keep the sampled stacks here (folded text)"
     )
     args = parser.parse_args()
@@ -142,12 +148,18 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="bench-profile-") as tmp:
         home = Path(tmp) / "home"
         home.mkdir()
-        server = serve_default_model(home)
+        server = serve_default_model(home, **MODES[args.mode])
         try:
             clips = with_alone_transcripts(server.url, clips)
+            api = service_workers(server, "ApiService")
+            workers = {
+                "api worker" + (f" {index + 1}" if len(api) > 1 else ""): process
+                for index, process in enumerate(api)
+            }
+            if args.mode == "services":
+                workers["model worker"] = service_worker(server, "ModelService")
             processes = {
-                "api worker": service_worker(server, "ApiService"),
-                "model worker": service_worker(server, "ModelService"),
+                **workers,
                 "bentoml arbiter": psutil.Process(server.process.pid),
                 "load generator": psutil.Process(),
             }
@@ -155,7 +167,7 @@ def main() -> int:
             stacks.mkdir(parents=True, exist_ok=True)
             spies = {
                 name: spy(processes[name].pid, folded_path(stacks, args.label, name))
-                for name in ("api worker", "model worker")
+                for name in workers
                 if not args.no_sampling
             }
             metrics_before = {name: metric_sum_count(server.url, name) for name in SERIES}

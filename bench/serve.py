@@ -2,14 +2,15 @@
 
 One run, on the same held-out clips, in this order (one heavy process at a time):
 
-1. ``bentoml serve`` of the embedded model (CPU, the default settings), driven by
-   ``bench/loadgen.py`` at 1, 8, 32 and 128 concurrent clients; every transcript
-   is checked against the one the clip gets alone. Per level: requests, failures
-   by status, p50/p95/p99 latency, served audio-s/s and the mean adaptive batch
-   size (from the server's ``espnet_serve_batch_size`` series).
+1. ``bentoml serve`` of the embedded model (CPU), driven by ``bench/loadgen.py`` at
+   1, 8, 32 and 128 concurrent clients; every transcript is checked against the one
+   the clip gets alone. Per level: requests, failures by status, p50/p95/p99 latency,
+   served audio-s/s and the mean adaptive batch size (from the server's
+   ``espnet_serve_batch_size`` series). Each of ``--modes`` in turn (:data:`MODES`).
 2. In-process ``BatchedSpeech2Text`` (same model, same load path and options as
    the server) on consecutive batches of each level's mean batch size, and one
-   clip at a time (the latency floor).
+   clip at a time (the latency floor), with torch's default threads and with one
+   thread: the faster of the two is the reference.
 3. The naive peer (``bench/naive_peer.py``: FastAPI + ``Speech2Text``, one decode
    per request behind a lock), driven the same way.
 
@@ -17,7 +18,7 @@ Writes ``results/<label>.json`` and ``results/<label>.png`` (throughput and p95
 latency against concurrency, the three side by side).
 
     python bench/serve.py --label cpu-serve
-    python bench/serve.py --label cpu-serve-split --split   # the chart's split mode
+    python bench/serve.py --label cpu-serve-modes --modes services in-process split
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import httpx  # noqa: E402
 import numpy as np  # noqa: E402
+import torch  # noqa: E402
 
 from bench.loadgen import (  # noqa: E402
     OPENAI_ROUTE,
@@ -138,18 +140,28 @@ def drive(
     return result
 
 
-def served(clips: list[Clip], home: Path, durations: dict[str, float], *, split: bool) -> dict:
-    """The levels against ``bentoml serve``, or (``split``) the chart's split mode.
+# How the server runs, and its settings: the default (API and model services, two workers
+# of one server); the model inside each API worker, one worker and one torch thread per
+# core; the chart's split mode (two servers, the API reaching the model over loopback HTTP,
+# ``tests.server.serve_split``; batch sizes read from the model server's metrics).
+MODES: dict[str, dict[str, str]] = {
+    "services": {},
+    "in-process": {
+        "model_in_process": "1",
+        "api_workers": str(os.cpu_count() or 1),
+        "model_threads": "1",
+    },
+    "split": {},
+}
 
-    Split mode runs the model service and the API service as two servers, the API reaching
-    the model over loopback HTTP (``tests.server.serve_split``); batch sizes are read from the
-    model server's metrics.
-    """
-    if split:
+
+def served(clips: list[Clip], home: Path, durations: dict[str, float], *, mode: str) -> dict:
+    """The levels against ``bentoml serve`` in one of :data:`MODES`."""
+    if mode == "split":
         model, api = serve_split(home)
         servers, metrics_url = [api, model], model.url
     else:
-        api = serve_default_model(home)
+        api = serve_default_model(home, **MODES[mode])
         servers, metrics_url = [api], api.url
     try:
         clips = with_alone_transcripts(api.url, clips)
@@ -159,7 +171,7 @@ def served(clips: list[Clip], home: Path, durations: dict[str, float], *, split:
     finally:
         for server in servers:
             server.stop()
-    return {"levels": levels, "clips": clips, "split": split}
+    return {"levels": levels, "clips": clips, "mode": mode, "settings": MODES[mode]}
 
 
 def in_process(home: Path, waves: list[np.ndarray], batch_sizes: list[int]) -> dict:
@@ -167,7 +179,10 @@ def in_process(home: Path, waves: list[np.ndarray], batch_sizes: list[int]) -> d
 
     Each batch size's throughput is the median of ``IN_PROCESS_ROUNDS`` passes over the
     clips, every size once per round (one pass was the earlier figure: it moved by up to 18 %
-    between runs, the whole of the margin the served/in-process target is judged by).
+    between runs, the whole of the margin the served/in-process target is judged by), with
+    torch's default thread count and with one thread; each figure is the faster of the two
+    (on two cores one thread was faster at every batch size: 1.2-2x with
+    ``OMP_WAIT_POLICY=PASSIVE``).
     """
     os.environ["BENTOML_HOME"] = str(home)
     from espnet_serve.bundle.store import load_session
@@ -182,23 +197,34 @@ def in_process(home: Path, waves: list[np.ndarray], batch_sizes: list[int]) -> d
     )
     session.forward_batch(waves[:2])
     audio = sum(len(w) for w in waves) / SAMPLE_RATE
-    walls: dict[int, list[float]] = {size: [] for size in batch_sizes}
+    threads = {"default": torch.get_num_threads(), "one": 1}
+    walls = {(name, size): [] for name in threads for size in batch_sizes}
+    one_clip: dict[str, list[float]] = {name: [] for name in threads}
     for _ in range(IN_PROCESS_ROUNDS):  # interleaved: the machine's drift reaches every size
-        for size in batch_sizes:
-            started = time.perf_counter()
-            for start in range(0, len(waves), size):
-                session.forward_batch(waves[start : start + size], return_exceptions=True)
-            walls[size].append(time.perf_counter() - started)
-    by_size = {str(size): audio / float(np.median(walls[size])) for size in batch_sizes}
-    one_clip = []
-    for wave in waves[:48]:
-        started = time.perf_counter()
-        session.forward_batch([wave])
-        one_clip.append(time.perf_counter() - started)
+        for name, count in threads.items():
+            torch.set_num_threads(count)
+            for size in batch_sizes:
+                started = time.perf_counter()
+                for start in range(0, len(waves), size):
+                    session.forward_batch(waves[start : start + size], return_exceptions=True)
+                walls[name, size].append(time.perf_counter() - started)
+            for wave in waves[:12]:
+                started = time.perf_counter()
+                session.forward_batch([wave])
+                one_clip[name].append(time.perf_counter() - started)
+    by_threads = {
+        name: {str(size): audio / float(np.median(walls[name, size])) for size in batch_sizes}
+        for name in threads
+    }
+    fastest = min(threads, key=lambda name: percentile(one_clip[name], 0.95))
     return {
-        "audio_seconds_per_second": by_size,
-        "one_clip_p50_seconds": percentile(one_clip, 0.5),
-        "one_clip_p95_seconds": percentile(one_clip, 0.95),
+        "audio_seconds_per_second": {
+            str(size): max(by_threads[name][str(size)] for name in threads) for size in batch_sizes
+        },
+        "by_torch_threads": {"threads": threads, "audio_seconds_per_second": by_threads},
+        "one_clip_threads": fastest,
+        "one_clip_p50_seconds": percentile(one_clip[fastest], 0.5),
+        "one_clip_p95_seconds": percentile(one_clip[fastest], 0.95),
     }
 
 
@@ -232,19 +258,20 @@ def plot(document: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     figure, (left, right) = plt.subplots(1, 2, figsize=(11, 4.2))
-    serve_levels = document["served"]["levels"]
     peer_levels = document["naive_peer"]["levels"]
-    x = [level["concurrency"] for level in serve_levels]
-    left.plot(x, [lv["audio_seconds_per_second"] for lv in serve_levels], "o-", label="served")
+    x = [level["concurrency"] for level in peer_levels]
+    for mode, run in document["served_modes"].items():
+        levels = run["levels"]
+        left.plot(x, [lv["audio_seconds_per_second"] for lv in levels], "o-", label=mode)
+        left.plot(
+            x,
+            [lv["in_process_same_batch_audio_seconds_per_second"] for lv in levels],
+            "^--",
+            label=f"in-process, {mode}'s mean batch",
+        )
+        right.plot(x, [lv["p95_seconds"] for lv in levels], "o-", label=mode)
     left.plot(x, [lv["audio_seconds_per_second"] for lv in peer_levels], "s-", label="naive peer")
-    left.plot(
-        x,
-        [lv["in_process_same_batch_audio_seconds_per_second"] for lv in serve_levels],
-        "^--",
-        label="in-process batched (same mean batch)",
-    )
     left.set(xscale="log", xlabel="concurrent clients", ylabel="audio-s/s", title="Throughput")
-    right.plot(x, [lv["p95_seconds"] for lv in serve_levels], "o-", label="served")
     right.plot(x, [lv["p95_seconds"] for lv in peer_levels], "s-", label="naive peer")
     right.axhline(
         document["in_process"]["one_clip_p95_seconds"],
@@ -268,7 +295,7 @@ def main() -> int:
     parser.add_argument("--label", default="cpu-serve")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument(
-        "--split", action="store_true", help="serve as the chart's split mode (two servers)"
+        "--modes", nargs="+", choices=list(MODES), default=["services"], help="served in turn"
     )
     args = parser.parse_args()
     clips = load_clips()
@@ -281,20 +308,22 @@ def main() -> int:
         heldout = {c.path.name: c.path for c in load_heldout(limit=CLIPS)}
         waves = [read_audio_file(heldout[c.name], target_rate=SAMPLE_RATE) for c in clips]
         durations = {c.name: len(w) / SAMPLE_RATE for c, w in zip(clips, waves, strict=True)}
-        serve_run = served(clips, home, durations, split=args.split)
-        alone = serve_run.pop("clips")
-        sizes = sorted(
-            {1, 8, 16, 32} | {max(1, round(lv["mean_batch_size"])) for lv in serve_run["levels"]}
-        )
+        runs = {mode: served(clips, home, durations, mode=mode) for mode in args.modes}
+        alone = [run.pop("clips") for run in runs.values()]
+        batches = {round(lv["mean_batch_size"]) for run in runs.values() for lv in run["levels"]}
+        sizes = sorted({1, 8, 16, 32} | {max(1, size) for size in batches})
         local = in_process(home, waves, sizes)
-        peer = naive_peer(alone, durations, Path(tmp))
-    for level, peer_level in zip(serve_run["levels"], peer["levels"], strict=True):
-        same = local["audio_seconds_per_second"][str(max(1, round(level["mean_batch_size"])))]
-        level["in_process_same_batch_audio_seconds_per_second"] = same
-        level["served_over_in_process"] = level["audio_seconds_per_second"] / same
-        level["served_over_naive_peer"] = (
-            level["audio_seconds_per_second"] / peer_level["audio_seconds_per_second"]
-        )
+        peer = naive_peer(alone[0], durations, Path(tmp))
+    best = max(local["audio_seconds_per_second"].values())
+    for run in runs.values():
+        for level, peer_level in zip(run["levels"], peer["levels"], strict=True):
+            same = local["audio_seconds_per_second"][str(max(1, round(level["mean_batch_size"])))]
+            level["in_process_same_batch_audio_seconds_per_second"] = same
+            level["served_over_in_process"] = level["audio_seconds_per_second"] / same
+            level["served_over_best_in_process"] = level["audio_seconds_per_second"] / best
+            level["served_over_naive_peer"] = (
+                level["audio_seconds_per_second"] / peer_level["audio_seconds_per_second"]
+            )
     document: dict[str, Any] = {
         "label": args.label,
         "machine": {
@@ -304,7 +333,8 @@ def main() -> int:
             "python": platform.python_version(),
         },
         "clips": len(clips),
-        "served": serve_run,
+        "served": runs[args.modes[0]],
+        "served_modes": runs,
         "in_process": local,
         "naive_peer": peer,
     }

@@ -3,9 +3,9 @@
 Every transcript is checked against the one the same clip gets when sent alone.
 Requests within capacity never fail; a burst past the admission limit gets only
 200s and 503s with ``Retry-After`` and JSON; SIGTERM with clients mid-request
-finishes every accepted request, under ``bentoml serve`` and in split mode; clients
-that keep sending until the server has gone get an answer or are refused at connect,
-never a reset.
+finishes every accepted request, under ``bentoml serve``, in split mode and with the
+models in the API workers; clients that keep sending until the server has gone get an
+answer or are refused at connect, never a reset.
 """
 
 from __future__ import annotations
@@ -22,7 +22,13 @@ import pytest
 
 from bench.loadgen import OPENAI_ROUTE, Clip, Outcome, burst, closed_loop, send, session
 from espnet_serve.assets import load_heldout
-from tests.server import BentoServer, import_default_model, serve_default_model, serve_split
+from tests.server import (
+    BentoServer,
+    import_default_model,
+    serve_default_model,
+    serve_split,
+    service_workers,
+)
 
 pytestmark = pytest.mark.slow
 
@@ -278,4 +284,63 @@ def test_sigterm_drains_in_split_mode(drain_home, alone):
         api.stop()
         model.stop()
     assert_drained(seen, alone)
+    assert exit_seconds < DRAIN_TIMEOUT_SECONDS, exit_seconds  # the drain bound, not a speed
+
+
+# The models inside the API workers (ESPNET_SERVE_MODEL_IN_PROCESS), as bench/serve.py's
+# "in-process" mode serves them: one worker and one torch thread per core of this machine.
+IN_PROCESS = {"model_in_process": "1", "api_workers": "2", "model_threads": "1"}
+
+
+def batches_of(url: str) -> tuple[float, float]:
+    """The ``espnet_serve_batch_size`` series' sum and count of the embedded model."""
+    metrics = httpx.get(f"{url}/metrics").text
+    found = {
+        part: re.search(
+            rf"^espnet_serve_batch_size_{part}\{{model=\"espnet-digits-asr\"\}} (\S+)$",
+            metrics,
+            re.M,
+        )
+        for part in ("sum", "count")
+    }
+    assert all(found.values()), metrics[-2000:]
+    return float(found["sum"].group(1)), float(found["count"].group(1))
+
+
+def test_models_in_the_api_workers_answer_as_the_model_service_does(drain_home, alone):
+    # Each API worker loads the model and batches with BentoML's batcher: no model service
+    # process runs, and under load every clip gets the transcript the default server (its
+    # own model service) gave it alone.
+    server = serve_default_model(drain_home, **IN_PROCESS)
+    try:
+        assert len(service_workers(server, "ApiService")) == 2
+        assert service_workers(server, "ModelService") == []
+        assert httpx.get(f"{server.url}/readyz").status_code == 200
+        models = httpx.get(f"{server.url}/v1/models").json()["data"]
+        assert [m["id"].split(":")[0] for m in models] == ["espnet-digits-asr"]
+        route = server.url + OPENAI_ROUTE
+        outcomes = asyncio.run(closed_loop(route, alone, concurrency=32, requests=192))
+        assert len(outcomes) == 192
+        assert_all_ok(outcomes)
+        total, batches = batches_of(server.url)
+        assert total >= 192 and total > batches  # segments were decoded together
+    finally:
+        server.stop()
+    assert "ModelService" not in server.log()
+
+
+def test_sigterm_drains_with_the_models_in_the_api_workers(drain_home, alone):
+    server = serve_default_model(
+        drain_home,
+        drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS),
+        drain_quiet_seconds="1",
+        **IN_PROCESS,
+    )
+    try:
+        seen = asyncio.run(load_then_sigterm(server.url, alone, [server.process.pid]))
+        exit_seconds = wait_exit([server.process], seen["signalled"])
+    finally:
+        server.stop()
+    assert_drained(seen, alone)
+    assert server.process.returncode == 0, server.log()
     assert exit_seconds < DRAIN_TIMEOUT_SECONDS, exit_seconds  # the drain bound, not a speed

@@ -648,6 +648,19 @@ def test_settings_map_takes_new_keys_and_drops_nulls(chart: helm_python.Chart) -
     assert "ESPNET_SERVE_MAX_BATCH_SIZE" not in data
 
 
+@pytest.mark.parametrize(
+    ("mode", "value", "rendered"),
+    [("combined", True, "true"), ("combined", "1", "1"), ("split", False, "false")],
+)
+def test_model_in_process_is_a_combined_mode_setting(
+    chart: helm_python.Chart, mode: str, value: object, rendered: str
+) -> None:
+    # Split mode refuses it when true (TEMPLATE_REJECTS): its API pods would load the model.
+    objects = render(chart, {"mode": mode, "settings": {"ESPNET_SERVE_MODEL_IN_PROCESS": value}})
+    data = of_kind(objects, "ConfigMap")[f"{FULLNAME}-env"]["data"]
+    assert data["ESPNET_SERVE_MODEL_IN_PROCESS"] == rendered
+
+
 def test_bentoml_configuration_is_accepted_by_bentoml(case: Case, tmp_path: Path) -> None:
     from bentoml._internal.configuration.containers import BentoMLConfiguration
 
@@ -1186,6 +1199,14 @@ TEMPLATE_REJECTS = [
     (
         {"settings": {"ESPNET_SERVE_API_KEYS": "plain-key"}},
         r"settings.ESPNET_SERVE_API_KEYS would put plain API keys into a ConfigMap",
+    ),
+    (
+        {"mode": "split", "settings": {"ESPNET_SERVE_MODEL_IN_PROCESS": True}},
+        r"settings.ESPNET_SERVE_MODEL_IN_PROCESS loads the model into the API pods",
+    ),
+    (
+        {"mode": "split", "settings": {"ESPNET_SERVE_MODEL_IN_PROCESS": "1"}},
+        r"settings.ESPNET_SERVE_MODEL_IN_PROCESS loads the model into the API pods",
     ),
     (
         {"settings": {"ESPNET_SERVE_API_KEY_HASHES_FILE": "/keys"}},

@@ -13,8 +13,9 @@ from fastapi import HTTPException
 
 from espnet_serve.serving.app import build_app, connect, edge_middlewares
 from espnet_serve.serving.drain import SigtermDrain
+from espnet_serve.serving.local_model import InProcessModelClient
 from espnet_serve.serving.middleware.inflight import InFlight
-from espnet_serve.serving.model_client import BentoModelClient
+from espnet_serve.serving.model_client import BentoModelClient, ModelClient
 from espnet_serve.serving.model_service import MODEL_SERVICES
 from espnet_serve.serving.settings import get_settings
 
@@ -35,20 +36,29 @@ app = build_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAIN
 class _ApiService:
     """Front door: audio in, transcript out; text in, speech out.
 
-    One dependency per served model (``model``, ``model2``, ...: :data:`MODEL_SERVICES`).
+    One dependency per served model (``model``, ``model2``, ...: :data:`MODEL_SERVICES`),
+    or, with ``model_in_process``, the models loaded in this worker.
     """
 
     def __init__(self) -> None:
-        self.clients = [
-            BentoModelClient(
-                getattr(self, dependency_name(index)),
-                retry_after_seconds=settings.retry_after_seconds,
-                request_timeout_seconds=settings.request_timeout_seconds,
-            )
-            for index in range(len(MODEL_SERVICES))
-        ]
+        self.clients = [self._client(index) for index in range(len(MODEL_SERVICES))]
         connect(app, self.clients)
         API_DRAIN.install()
+
+    def _client(self, index: int) -> ModelClient:
+        """The ``index``-th model: its service's dependency, or loaded here."""
+        if settings.model_in_process:
+            return InProcessModelClient(
+                MODEL_SERVICES[index].inner(install_drain=False),
+                max_batch_size=settings.max_batch_size,
+                max_latency_ms=int(settings.request_timeout_seconds * 1000),
+                retry_after_seconds=settings.retry_after_seconds,
+            )
+        return BentoModelClient(
+            getattr(self, dependency_name(index)),
+            retry_after_seconds=settings.retry_after_seconds,
+            request_timeout_seconds=settings.request_timeout_seconds,
+        )
 
     async def __is_ready__(self) -> bool:
         """Ready while not draining and every model is ready (else 503 with the reason)."""
@@ -62,16 +72,23 @@ class _ApiService:
         return True
 
 
+def in_process_gpu() -> bool:
+    """Whether the API worker asks for the models' GPUs (they run inside it)."""
+    return settings.model_in_process and settings.gpu_count > 0
+
+
 def dependency_name(index: int) -> str:
     """The API service's attribute for the ``index``-th model service."""
     return "model" if index == 0 else f"model{index + 1}"
 
 
-for _index, _service in enumerate(MODEL_SERVICES):
-    setattr(_ApiService, dependency_name(_index), bentoml.depends(_service))
+if not settings.model_in_process:
+    for _index, _service in enumerate(MODEL_SERVICES):
+        setattr(_ApiService, dependency_name(_index), bentoml.depends(_service))
 ApiService = bentoml.service(
     name="ApiService",
     workers=settings.api_workers,
+    **({"resources": {"gpu": settings.gpu_count}} if in_process_gpu() else {}),
     traffic={"timeout": settings.api_timeout_seconds},
 )(bentoml.asgi_app(app)(_ApiService))
 

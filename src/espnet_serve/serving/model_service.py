@@ -24,6 +24,7 @@ import time
 from typing import Annotated
 
 import bentoml
+import torch
 from bentoml.exceptions import ServiceUnavailable
 from bentoml.validators import ContentType
 
@@ -66,6 +67,10 @@ settings = get_settings()
 # closes the old one with calls still in flight on it (``_bentoml_impl/client/proxy2.py``,
 # ``SessionManager.get_session``): those calls fail. Never recycle it.
 NEVER_RECYCLE = {"max_requests": 2**62, "max_age": 1e12}
+# Held while a model loads: where several load in one process (the models in the API worker),
+# espnet2's builders running in parallel threads failed in CPython 3.11's compiler
+# ("SystemError: AST constructor recursion depth mismatch").
+LOADING = threading.Lock()
 # Realtime streams one model worker decodes at once (each holds its own search state).
 MAX_OPEN_STREAMS = 256
 MODEL_IN_FLIGHT = InFlight()
@@ -117,7 +122,13 @@ class ModelServiceBase:
 
     bento_model: bentoml.models.BentoModel
 
-    def __init__(self) -> None:
+    def __init__(self, *, install_drain: bool = True) -> None:
+        """Start loading the model in the background.
+
+        Args:
+            install_drain: Take SIGTERM over for this worker (its own BentoML service); off
+                where the model runs inside the API worker, whose drain covers it.
+        """
         self.metrics = get_metrics()
         self.series = model_series(self.bento_model.tag.name)
         self.series.ready.set(0)
@@ -133,15 +144,24 @@ class ModelServiceBase:
             timeout_seconds=settings.drain_timeout_seconds,
             quiet_seconds=settings.drain_quiet_seconds,
         )
-        self.drain.install()
+        if install_drain:
+            self.drain.install()
         import_batch_types()  # before another thread imports them
         # Load in the background so /readyz answers 503 (not nothing) while it runs.
         threading.Thread(target=self._load, name="model-loader", daemon=True).start()
 
     def _load(self) -> None:
+        """Load the model, one at a time in a process (:data:`LOADING`)."""
+        with LOADING:
+            self._load_model()
+
+    def _load_model(self) -> None:
         """Load and verify the bundle as its spec says, warm it up, then report ready."""
         from espnet_serve.bundle.store import load_session, stored_model, stored_spec
 
+        threads = settings.model_threads_per_worker()
+        if threads is not None:
+            torch.set_num_threads(threads)
         backend_options = {"max_bucket_size": settings.max_batch_size}
         try:
             spec = stored_spec(stored_model(self.bento_model))

@@ -5,6 +5,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
+from bentoml._internal.resource import CpuResource
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
@@ -73,6 +74,15 @@ class ServeSettings(BaseSettings):
             one per line; ``#`` comments), e.g. a mounted Kubernetes Secret.
         protect_metrics: Whether ``/metrics`` needs a key too (when keys are on).
         api_workers: Worker processes of the HTTP API service.
+        model_in_process: Each API worker loads and batches the models itself
+            (:mod:`~espnet_serve.serving.local_model`) and no model service runs: no HTTP
+            hop and no pickling between the two. For CPU pods, with ``api_workers`` at the
+            pod's cores; each worker holds its own copy of every model. Off (the default),
+            one model service worker batches every API worker's segments (a GPU pod, the
+            chart's split mode, a model too large to copy).
+        model_threads: Torch threads of each model worker (the intra-op pool). Unset:
+            torch's default where the model has its worker of its own; where the models run
+            in the API workers, the pod's CPUs shared out among them (at least one each).
         gpu_count: GPUs the model service asks for (0 runs it on CPU).
         warmup: Decode two speech-like clips (and require transcripts) before reporting ready.
         max_realtime_sessions: Most ``/v1/realtime`` sessions one API worker holds at once;
@@ -113,6 +123,8 @@ class ServeSettings(BaseSettings):
     api_key_hashes_file: Path | None = None
     protect_metrics: bool = False
     api_workers: int = Field(default=1, ge=1)
+    model_in_process: bool = False
+    model_threads: int | None = Field(default=None, ge=1)
     gpu_count: int = Field(default=1, ge=0)
     warmup: bool = True
     max_realtime_sessions: int = Field(default=64, ge=1)
@@ -128,6 +140,12 @@ class ServeSettings(BaseSettings):
                 f"max_audio_bytes ({self.max_audio_bytes}): the largest upload could never fit"
             )
         return self
+
+    def model_threads_per_worker(self) -> int | None:
+        """Torch threads a worker's models use: ``model_threads``, or the rule above."""
+        if self.model_threads is not None or not self.model_in_process:
+            return self.model_threads
+        return max(1, int(CpuResource.from_system()) // self.api_workers)
 
     def aliases(self, *, speech: bool = False) -> frozenset[str]:
         """The model names accepted besides its own by a speech-to-text (or synthesis) model."""

@@ -318,6 +318,9 @@ Cross-field checks the JSON schema cannot express; fail with a message naming th
 {{- fail (printf "settings.%s is set by the chart from %s; set that instead" $key $from) }}
 {{- end }}
 {{- end }}
+{{- if and (eq .Values.mode "split") (hasKey .Values.settings "ESPNET_SERVE_MODEL_IN_PROCESS") (include "espnet-serve.truthy" (get .Values.settings "ESPNET_SERVE_MODEL_IN_PROCESS")) }}
+{{- fail "settings.ESPNET_SERVE_MODEL_IN_PROCESS loads the model into the API pods: split mode serves it from the model pods (use it in combined mode)" }}
+{{- end }}
 {{- if hasKey .Values.settings "ESPNET_SERVE_API_KEYS" }}
 {{- fail "settings.ESPNET_SERVE_API_KEYS would put plain API keys into a ConfigMap: use auth.enabled with auth.existingSecret or auth.keyHashes (sha256 digests)" }}
 {{- end }}
@@ -410,4 +413,11 @@ gpu.enabled. Call with (dict "root" $ "w" $workload).
 {{- $_ := set $res "requests" $requests -}}
 {{- end }}
 {{- toYaml $res }}
+{{- end }}
+
+{{/*
+Whether a setting's value reads as true to the service (pydantic: true, 1, yes, on).
+*/}}
+{{- define "espnet-serve.truthy" -}}
+{{- if has (lower (toString .)) (list "true" "1" "yes" "on" "t" "y") }}true{{- end }}
 {{- end }}

@@ -1,0 +1,116 @@
+"""The model inside the API worker: batching and errors of ``InProcessModelClient``.
+
+Control flow over a stand-in model (the batcher, the model thread, the error mapping); the
+real model served this way, under load and SIGTERM, is in ``tests/test_service_load.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+
+import numpy as np
+import pytest
+from bentoml.exceptions import ServiceUnavailable
+
+from espnet_serve.pipeline.types import Segment
+from espnet_serve.serving.errors import ApiError
+from espnet_serve.serving.local_model import InProcessModelClient
+from espnet_serve.serving.rpc import Readiness, SegmentRequest, SegmentResult
+from espnet_serve.serving.settings import ServeSettings
+
+REQUESTS = 48
+
+
+class RecordingModel:
+    """Answers each segment with its own index; records batches, threads and overlap."""
+
+    def __init__(self, *, fail: bool = False) -> None:
+        self.fail = fail
+        self.batches: list[int] = []
+        self.threads: set[str] = set()
+        self.running = 0
+        self.most_running = 0
+        self._lock = threading.Lock()
+
+    def decode(self, requests: list[SegmentRequest]) -> list[SegmentResult]:
+        if self.fail:
+            raise ServiceUnavailable("The model is not ready: the model is loading.")
+        with self._lock:
+            self.running += 1
+            self.most_running = max(self.most_running, self.running)
+        self.threads.add(threading.current_thread().name)
+        time.sleep(0.01)  # a batch takes a while: the next segments queue up meanwhile
+        self.batches.append(len(requests))
+        with self._lock:
+            self.running -= 1
+        return [
+            SegmentResult(segment=Segment(id=r.index, start=0.0, end=1.0, text=f"clip {r.index}"))
+            for r in requests
+        ]
+
+    def readiness(self) -> Readiness:
+        return Readiness(ready=not self.fail, reason="the model is loading" if self.fail else None)
+
+
+def client_of(model: RecordingModel) -> InProcessModelClient:
+    return InProcessModelClient(
+        model,  # type: ignore[arg-type]
+        max_batch_size=8,
+        max_latency_ms=60_000,
+        retry_after_seconds=3,
+    )
+
+
+def request(index: int) -> SegmentRequest:
+    return SegmentRequest(samples=np.zeros(1600, dtype=np.float32), index=index)
+
+
+def test_segments_waiting_together_are_decoded_in_batches_one_at_a_time():
+    model = RecordingModel()
+
+    async def run() -> list[SegmentResult]:
+        client = client_of(model)
+        return await asyncio.gather(*(client.decode(request(i)) for i in range(REQUESTS)))
+
+    results = asyncio.run(run())
+    assert [r.segment.text for r in results] == [f"clip {i}" for i in range(REQUESTS)]
+    assert sum(model.batches) == REQUESTS
+    assert max(model.batches) > 1  # BentoML's batcher merged waiting segments
+    assert max(model.batches) <= 8
+    assert model.most_running == 1  # one batch at a time
+    assert len(model.threads) == 1 and next(iter(model.threads)).startswith("model")
+
+
+def test_a_model_that_is_not_ready_is_a_503_with_retry_after():
+    model = RecordingModel(fail=True)
+
+    async def run() -> None:
+        client = client_of(model)
+        assert not (await client.readiness()).ready
+        await client.decode(request(0))
+
+    with pytest.raises(ApiError) as caught:
+        asyncio.run(run())
+    assert caught.value.code == "model_unavailable"
+    assert caught.value.status == 503
+    assert caught.value.headers == {"Retry-After": "3"}
+
+
+@pytest.mark.parametrize(
+    ("settings", "threads"),
+    [
+        ({}, None),  # its own model worker: torch's default
+        ({"model_threads": 3}, 3),
+        ({"model_in_process": True, "api_workers": 2}, 2),  # 4 CPUs shared by 2 workers
+        ({"model_in_process": True, "api_workers": 4}, 1),
+        ({"model_in_process": True, "api_workers": 8}, 1),  # at least one
+        ({"model_in_process": True, "api_workers": 2, "model_threads": 1}, 1),
+    ],
+)
+def test_model_threads_per_worker(monkeypatch, settings, threads):
+    from bentoml._internal.resource import CpuResource
+
+    monkeypatch.setattr(CpuResource, "from_system", classmethod(lambda cls: 4.0))
+    assert ServeSettings(**settings).model_threads_per_worker() == threads
