@@ -1,6 +1,7 @@
-"""The model inside the API worker: batching and errors of ``InProcessModelClient``.
+"""The models inside the API workers: ``InProcessModelClient`` and the connection spread.
 
-Control flow over a stand-in model (the batcher, the model thread, the error mapping); the
+Control flow over a stand-in model (the batcher, the model thread, the error mapping) and
+over a stand-in app (the workers' shared counts, which answers close their connection); the
 real model served this way, under load and SIGTERM, is in ``tests/test_service_load.py``.
 """
 
@@ -10,13 +11,18 @@ import asyncio
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
 from bentoml.exceptions import ServiceUnavailable
+from starlette.applications import Starlette
+from starlette.responses import PlainTextResponse
+from starlette.routing import Route
 
 from espnet_serve.pipeline.types import Segment
 from espnet_serve.serving.errors import ApiError
 from espnet_serve.serving.local_model import InProcessModelClient
+from espnet_serve.serving.middleware.spread import SpreadConnections, WorkerLoads
 from espnet_serve.serving.rpc import Readiness, SegmentRequest, SegmentResult
 from espnet_serve.serving.settings import ServeSettings
 
@@ -114,3 +120,41 @@ def test_model_threads_per_worker(monkeypatch, settings, threads):
 
     monkeypatch.setattr(CpuResource, "from_system", classmethod(lambda cls: 4.0))
     assert ServeSettings(**settings).model_threads_per_worker() == threads
+
+
+def test_worker_loads_are_shared_through_their_file(tmp_path):
+    path = tmp_path / "loads.bin"
+    first = WorkerLoads(path, workers=2, index=0)
+    second = WorkerLoads(path, workers=2, index=1)
+    first.add(3)
+    second.add(1)
+    assert first.over_share() and not second.over_share()  # 3 > 1 + SLACK
+    second.add(1)
+    assert not first.over_share()  # 3 is within SLACK of 2
+    restarted = WorkerLoads(path, workers=2, index=0)  # the first worker again, empty
+    assert not restarted.over_share() and second.over_share()  # 2 > 0 + SLACK
+
+
+@pytest.mark.parametrize(("own", "other", "closes"), [(2, 0, True), (0, 0, False), (2, 5, False)])
+def test_a_worker_over_its_share_closes_the_connections_it_answers(tmp_path, own, other, closes):
+    path = tmp_path / "loads.bin"
+    mine = WorkerLoads(path, workers=2, index=0)
+    WorkerLoads(path, workers=2, index=1).add(other)
+    mine.add(own)  # requests already in flight here
+
+    async def answer(request):
+        return PlainTextResponse("ok")
+
+    app = SpreadConnections(
+        Starlette(routes=[Route("/", answer, methods=["GET", "POST"])]), loads=mine
+    )
+
+    async def run() -> tuple[httpx.Response, httpx.Response]:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            return await client.post("/"), await client.get("/")
+
+    posted, probed = asyncio.run(run())
+    assert (posted.headers.get("connection") == "close") is closes
+    assert "connection" not in probed.headers  # probes and metrics are neither counted nor closed
+    assert mine.over_share() is (own > other + 1)  # the request's count was given back

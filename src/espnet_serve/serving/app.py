@@ -29,6 +29,7 @@ from espnet_serve.serving.middleware.admission import AdmissionMiddleware
 from espnet_serve.serving.middleware.auth import ApiKeyMiddleware, configured_key_hashes
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
+from espnet_serve.serving.middleware.spread import SpreadConnections, worker_loads
 from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.realtime.session import SessionSlots
@@ -53,14 +54,19 @@ def edge_middlewares(
 ) -> list[Middleware]:
     """The middlewares around the whole service (BentoML's routes too), outermost first.
 
-    Request ids on everything; every response closes its connection while the worker drains;
-    API keys, when configured, on all but the probes (and ``/metrics`` unless
-    ``protect_metrics``).
+    Request ids on everything; every response closes its connection while the worker drains,
+    and while it serves more than its share where several API workers each hold their models
+    (:class:`SpreadConnections`); API keys, when configured, on all but the probes (and
+    ``/metrics`` unless ``protect_metrics``).
     """
     middlewares = [
         Middleware(RequestIdMiddleware),
         Middleware(CloseWhileDraining, is_draining=is_draining),
     ]
+    if settings.model_in_process and settings.api_workers > 1:
+        loads = worker_loads(settings.api_workers)
+        if loads is not None:  # in a bentoml serve worker
+            middlewares.append(Middleware(SpreadConnections, loads=loads))
     key_hashes = configured_key_hashes(settings)
     if key_hashes:
         middlewares.append(
