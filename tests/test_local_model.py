@@ -107,8 +107,7 @@ def test_a_model_that_is_not_ready_is_a_503_with_retry_after():
 @pytest.mark.parametrize(
     ("settings", "threads"),
     [
-        ({}, 3),  # its own model worker: the 4 CPUs less the one API worker
-        ({"api_workers": 4}, 1),  # at least one
+        ({}, None),  # its own model worker: torch's default
         ({"model_threads": 3}, 3),
         ({"model_in_process": True, "api_workers": 2}, 2),  # 4 CPUs shared by 2 workers
         ({"model_in_process": True, "api_workers": 4}, 1),

@@ -159,7 +159,9 @@ class ModelServiceBase:
         """Load and verify the bundle as its spec says, warm it up, then report ready."""
         from espnet_serve.bundle.store import load_session, stored_model, stored_spec
 
-        torch.set_num_threads(settings.model_threads_per_worker())
+        threads = settings.model_threads_per_worker()
+        if threads is not None:
+            torch.set_num_threads(threads)
         backend_options = {"max_bucket_size": settings.max_batch_size}
         try:
             spec = stored_spec(stored_model(self.bento_model))

@@ -80,9 +80,11 @@ class ServeSettings(BaseSettings):
             pod's cores; each worker holds its own copy of every model. Off (the default),
             one model service worker batches every API worker's segments (a GPU pod, the
             chart's split mode, a model too large to copy).
-        model_threads: Torch threads of each model worker (the intra-op pool). Unset: the
-            CPUs the API workers leave (the pod's CPUs less ``api_workers``), or, where the
-            models run in the API workers, the CPUs shared out among them; at least one.
+        model_threads: Torch threads of each model worker (the intra-op pool). Unset:
+            torch's default where the model has its worker of its own; where the models run
+            in the API workers, the pod's CPUs shared out among them (at least one each).
+            A synthesised or enhanced waveform equals espnet2's run with the same count
+            (float sums are ordered by the threads; transcripts were equal either way).
         gpu_count: GPUs the model service asks for (0 runs it on CPU).
         warmup: Decode two speech-like clips (and require transcripts) before reporting ready.
         max_realtime_sessions: Most ``/v1/realtime`` sessions one API worker holds at once;
@@ -141,19 +143,17 @@ class ServeSettings(BaseSettings):
             )
         return self
 
-    def model_threads_per_worker(self) -> int:
+    def model_threads_per_worker(self) -> int | None:
         """Torch threads a worker's models use: ``model_threads``, or the rule above.
 
-        Torch's default (every CPU) made the model worker compete with the API worker on
-        2 cores: one thread gave one client's p95 10.4-10.9 ms instead of 16.3-16.4 and as
-        much or more throughput at 8-128 clients (``bench/README.md``).
+        One thread rather than torch's two on 2 cores gave the default shape one client's p95
+        10.4-10.9 ms instead of 16.3-16.4 (``bench/README.md``), but it is not the default:
+        synthesised and enhanced waveforms then differ from espnet2's at torch's default
+        count in their last bits.
         """
-        if self.model_threads is not None:
+        if self.model_threads is not None or not self.model_in_process:
             return self.model_threads
-        cpus = int(CpuResource.from_system())
-        if self.model_in_process:
-            return max(1, cpus // self.api_workers)
-        return max(1, cpus - self.api_workers)
+        return max(1, int(CpuResource.from_system()) // self.api_workers)
 
     def aliases(self, *, speech: bool = False) -> frozenset[str]:
         """The model names accepted besides its own by a speech-to-text (or synthesis) model."""
