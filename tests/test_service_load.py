@@ -39,6 +39,9 @@ ADMISSION_LIMIT = 128
 DRAIN_CLIENTS = 16
 DRAIN_TIMEOUT_SECONDS = 20.0
 SIGTERM_BURST = 60
+# The models inside the API workers (ESPNET_SERVE_MODEL_IN_PROCESS), as bench/serve.py's
+# "in-process" mode serves them: one worker and one torch thread per core of this machine.
+IN_PROCESS = {"model_in_process": "1", "api_workers": "2", "model_threads": "1"}
 
 
 @pytest.fixture(scope="module")
@@ -216,9 +219,13 @@ def drain_home(tmp_path_factory: pytest.TempPathFactory):
     return home
 
 
-def test_sigterm_drains_every_accepted_request(drain_home, alone):
+@pytest.mark.parametrize("settings", [{}, IN_PROCESS], ids=["services", "models-in-api"])
+def test_sigterm_drains_every_accepted_request(drain_home, alone, settings):
     server = serve_default_model(
-        drain_home, drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS), drain_quiet_seconds="1"
+        drain_home,
+        drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS),
+        drain_quiet_seconds="1",
+        **settings,
     )
     try:
         seen = asyncio.run(load_then_sigterm(server.url, alone, [server.process.pid]))
@@ -287,11 +294,6 @@ def test_sigterm_drains_in_split_mode(drain_home, alone):
     assert exit_seconds < DRAIN_TIMEOUT_SECONDS, exit_seconds  # the drain bound, not a speed
 
 
-# The models inside the API workers (ESPNET_SERVE_MODEL_IN_PROCESS), as bench/serve.py's
-# "in-process" mode serves them: one worker and one torch thread per core of this machine.
-IN_PROCESS = {"model_in_process": "1", "api_workers": "2", "model_threads": "1"}
-
-
 def batches_of(url: str) -> tuple[float, float]:
     """The ``espnet_serve_batch_size`` series' sum and count of the embedded model."""
     metrics = httpx.get(f"{url}/metrics").text
@@ -333,20 +335,3 @@ def test_models_in_the_api_workers_answer_as_the_model_service_does(drain_home, 
     answered = Counter(re.findall(r"ApiService:(\d+)\] POST /v1/audio/transcriptions 200", log))
     assert sum(answered.values()) >= 192
     assert len(answered) == 2 and min(answered.values()) >= 0.2 * 192, answered
-
-
-def test_sigterm_drains_with_the_models_in_the_api_workers(drain_home, alone):
-    server = serve_default_model(
-        drain_home,
-        drain_timeout_seconds=str(DRAIN_TIMEOUT_SECONDS),
-        drain_quiet_seconds="1",
-        **IN_PROCESS,
-    )
-    try:
-        seen = asyncio.run(load_then_sigterm(server.url, alone, [server.process.pid]))
-        exit_seconds = wait_exit([server.process], seen["signalled"])
-    finally:
-        server.stop()
-    assert_drained(seen, alone)
-    assert server.process.returncode == 0, server.log()
-    assert exit_seconds < DRAIN_TIMEOUT_SECONDS, exit_seconds  # the drain bound, not a speed

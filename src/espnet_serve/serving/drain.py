@@ -172,10 +172,13 @@ class CloseWhileDraining:
 
         async def closing_send(message: Message) -> None:
             if message["type"] == "http.response.start" and self.is_draining():
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
-                ]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                message = closing_connection(message)
             await send(message)
 
         await self.app(scope, receive, closing_send)
+
+
+def closing_connection(start: Message) -> Message:
+    """A response start (``http.response.start``) that closes its connection after it."""
+    headers = [(k, v) for k, v in start.get("headers", []) if k.lower() != b"connection"]
+    return {**start, "headers": [*headers, (b"connection", b"close")]}

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from espnet_serve.serving.drain import closing_connection
+
 # How many more requests than the mean of the other workers one worker may serve before it
 # closes connections (the counts move by one as each request starts and ends).
 SLACK = 1
@@ -78,10 +80,7 @@ class SpreadConnections:
 
         async def spreading_send(message: Message) -> None:
             if message["type"] == "http.response.start" and self.loads.over_share():
-                headers = [
-                    (k, v) for k, v in message.get("headers", []) if k.lower() != b"connection"
-                ]
-                message = {**message, "headers": [*headers, (b"connection", b"close")]}
+                message = closing_connection(message)
             await send(message)
 
         self.loads.add(1)
