@@ -98,7 +98,7 @@ recipe: setup sysdeps
 bench: setup
 	$(BIN)/python bench/run.py
 
-## bench-serve: the served path under load vs in-process batching and a naive peer (JSON + PNG)
+## bench-serve: the served path (default, models in the API workers, split) under load vs in-process batching and a naive peer (JSON + PNG)
 bench-serve: setup
 	$(BIN)/python bench/serve.py
 

@@ -6,7 +6,8 @@ One run, on the same held-out clips, in this order (one heavy process at a time)
    1, 8, 32 and 128 concurrent clients; every transcript is checked against the one
    the clip gets alone. Per level: requests, failures by status, p50/p95/p99 latency,
    served audio-s/s and the mean adaptive batch size (from the server's
-   ``espnet_serve_batch_size`` series). Each of ``--modes`` in turn (:data:`MODES`).
+   ``espnet_serve_batch_size`` series). Each of ``--modes`` in turn (:data:`MODES`;
+   all three unless told).
 2. In-process ``BatchedSpeech2Text`` (same model, same load path and options as
    the server) on consecutive batches of each level's mean batch size, and one
    clip at a time (the latency floor), with torch's default threads and with one
@@ -18,7 +19,7 @@ Writes ``results/<label>.json`` and ``results/<label>.png`` (throughput and p95
 latency against concurrency, the three side by side).
 
     python bench/serve.py --label cpu-serve
-    python bench/serve.py --label cpu-serve-modes --modes services in-process split
+    python bench/serve.py --label cpu-serve-default --modes services
 """
 
 from __future__ import annotations
@@ -295,7 +296,7 @@ def main() -> int:
     parser.add_argument("--label", default="cpu-serve")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "bench" / "results")
     parser.add_argument(
-        "--modes", nargs="+", choices=list(MODES), default=["services"], help="served in turn"
+        "--modes", nargs="+", choices=list(MODES), default=list(MODES), help="served in turn"
     )
     args = parser.parse_args()
     clips = load_clips()
