@@ -20,6 +20,7 @@ import soundfile as sf
 
 from espnet_serve import InferenceSession
 from espnet_serve.assets import DEFAULT_MODEL_ARCHIVE, HeldoutClip, load_heldout
+from tests.answers import SPECIAL_SYMBOLS, served_text
 from tests.crafted import CRAFTED_UPLOADS
 from tests.server import REPO_ROOT, BentoServer, service_worker
 
@@ -30,17 +31,22 @@ MODEL = "espnet-digits-asr"
 
 
 @pytest.fixture(scope="module")
-def clips(tmp_path_factory: pytest.TempPathFactory) -> list[HeldoutClip]:
+def session(tmp_path_factory: pytest.TempPathFactory) -> InferenceSession:
+    """The embedded model through the library, in this process."""
+    return InferenceSession.from_pretrained(
+        str(DEFAULT_MODEL_ARCHIVE),
+        trust_user_code=True,
+        downloader_kwargs={"cachedir": tmp_path_factory.mktemp("model_cache")},
+    )
+
+
+@pytest.fixture(scope="module")
+def clips(session: InferenceSession) -> list[HeldoutClip]:
     """Held-out clips with distinct transcripts that the model itself gets right.
 
     The server must give each request exactly what in-process decoding gives
     (a mix-up between requests of a batch would show as a wrong transcript).
     """
-    session = InferenceSession.from_pretrained(
-        str(DEFAULT_MODEL_ARCHIVE),
-        trust_user_code=True,
-        downloader_kwargs={"cachedir": tmp_path_factory.mktemp("model_cache")},
-    )
     chosen: dict[str, HeldoutClip] = {}
     for clip in load_heldout(limit=60):
         audio = clip.read_audio(SAMPLE_RATE)
@@ -71,6 +77,13 @@ def post_clip(server: BentoServer, clip: HeldoutClip) -> httpx.Response:
     )
 
 
+def float_wav(audio: np.ndarray) -> bytes:
+    """``audio`` as a 32-bit float WAV file (the samples exactly)."""
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, SAMPLE_RATE, format="WAV", subtype="FLOAT")
+    return buffer.getvalue()
+
+
 def encoded(clip: HeldoutClip, fmt: str, *, rate: int | None = None, stereo: bool = False) -> bytes:
     rate = rate or SAMPLE_RATE
     audio = clip.read_audio(rate)
@@ -99,6 +112,39 @@ def test_transcribe_flac_clips(server: BentoServer, clips: list[HeldoutClip]):
         assert body["text"] == clip.text
         assert body["model"] == "espnet-digits-asr"
         assert body["duration_seconds"] == pytest.approx(sf.info(clip.path).duration, abs=0.01)
+
+
+def test_no_transcript_holds_a_special_symbol(server: BentoServer, session: InferenceSession):
+    """Issue 27: the held-out set through the library and the server; and cut to 0.15 s,
+    where espnet2's search ends on ``<sos/eos>`` (one encoder frame), the server strips it."""
+    heldout = load_heldout()
+    cut = SAMPLE_RATE * 15 // 100
+    short = [clip.read_audio(SAMPLE_RATE)[:cut] for clip in heldout[:8]]
+    library = [session(clip.read_audio(SAMPLE_RATE))["text"] for clip in heldout]
+    assert not [text for text in library if SPECIAL_SYMBOLS.search(text)]
+    assert {session(audio)["text"] for audio in short} == {"<sos/eos>"}
+
+    def served(data: bytes, name: str, content_type: str) -> str:
+        response = post_file(
+            f"{server.url}/v1/audio/transcriptions",
+            data,
+            name=name,
+            content_type=content_type,
+            model=MODEL,
+        )
+        assert response.status_code == 200, response.text
+        return response.json()["text"]
+
+    with ThreadPoolExecutor(8) as pool:
+        answers = list(
+            pool.map(lambda c: served(c.path.read_bytes(), c.path.name, "audio/flac"), heldout)
+        )
+        short_answers = list(
+            pool.map(lambda a: served(float_wav(a), "short.wav", "audio/wav"), short)
+        )
+    assert answers == [served_text(text) for text in library]
+    assert not [text for text in answers if SPECIAL_SYMBOLS.search(text)]
+    assert short_answers == [""] * len(short)
 
 
 @pytest.mark.parametrize(
