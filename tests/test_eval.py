@@ -106,10 +106,13 @@ def test_resampled_copies_get_the_transcripts_of_the_originals(
         return [result["text"] for result in results]
 
     assert transcripts(copy) == transcripts(HELDOUT_DIR)
-    clips = load_heldout(NUM_CLIPS, directory=copy)
     decoder = SegmentDecoder(session, 16000)
-    report = evaluate(decoder, clips, model="default", load_seconds=0)
-    assert (report.wer, report.errors, report.mode) == (0.0, [], "batched")
+    report = evaluate(
+        decoder, load_heldout(NUM_CLIPS, directory=copy), model="default", load_seconds=0
+    )
+    original = evaluate(decoder, load_heldout(NUM_CLIPS), model="default", load_seconds=0)
+    assert (report.wer, report.errors, report.mode) == (original.wer, original.errors, "batched")
+    assert report.wer <= 0.1
     assert report.audio_seconds == pytest.approx(
         sum(sf.info(str(clip.path)).duration for clip in load_heldout(NUM_CLIPS)), abs=1e-3
     )
