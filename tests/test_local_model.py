@@ -22,9 +22,10 @@ from starlette.routing import Route
 from espnet_serve.pipeline.types import Segment
 from espnet_serve.serving.errors import ApiError
 from espnet_serve.serving.local_model import InProcessModelClient
-from espnet_serve.serving.middleware.spread import SpreadConnections, WorkerLoads
+from espnet_serve.serving.middleware.spread import SLACK, SpreadConnections
 from espnet_serve.serving.rpc import Readiness, SegmentRequest, SegmentResult
 from espnet_serve.serving.settings import ServeSettings
+from espnet_serve.serving.workers import WorkerBoard
 
 REQUESTS = 48
 
@@ -123,30 +124,47 @@ def test_model_threads_per_worker(monkeypatch, settings, threads):
 
 
 def test_worker_loads_are_shared_through_their_file(tmp_path):
-    path = tmp_path / "loads.bin"
-    first = WorkerLoads(path, workers=2, index=0)
-    second = WorkerLoads(path, workers=2, index=1)
+    path = tmp_path / "workers.bin"
+    first = WorkerBoard(path, workers=2, index=0)
+    second = WorkerBoard(path, workers=2, index=1)
     first.add(3)
     second.add(1)
-    assert first.over_share() and not second.over_share()  # 3 > 1 + SLACK
+    assert first.over_share(SLACK) and not second.over_share(SLACK)  # 3 > 1 + SLACK
     second.add(1)
-    assert not first.over_share()  # 3 is within SLACK of 2
-    restarted = WorkerLoads(path, workers=2, index=0)  # the first worker again, empty
-    assert not restarted.over_share() and second.over_share()  # 2 > 0 + SLACK
+    assert not first.over_share(SLACK)  # 3 is within SLACK of 2
+    restarted = WorkerBoard(path, workers=2, index=0)  # the first worker again, empty
+    assert not restarted.over_share(SLACK) and second.over_share(SLACK)  # 2 > 0 + SLACK
+
+
+def test_the_server_is_ready_once_every_worker_has_loaded_its_models(tmp_path):
+    path = tmp_path / "workers.bin"
+    first = WorkerBoard(path, workers=3, index=0)
+    second = WorkerBoard(path, workers=3, index=1)
+    assert first.unready() == [1, 2, 3]  # the third worker has not even started
+    first.set_ready()
+    third = WorkerBoard(path, workers=3, index=2)
+    third.set_ready()
+    assert second.unready() == [2] == third.unready()
+    second.add(4)  # requests in flight are not readiness
+    assert first.unready() == [2]
+    second.set_ready()
+    assert first.unready() == []
+    WorkerBoard(path, workers=3, index=2)  # the third worker restarted: loading again
+    assert first.unready() == [3]
 
 
 @pytest.mark.parametrize(("own", "other", "closes"), [(2, 0, True), (0, 0, False), (2, 5, False)])
 def test_a_worker_over_its_share_closes_the_connections_it_answers(tmp_path, own, other, closes):
-    path = tmp_path / "loads.bin"
-    mine = WorkerLoads(path, workers=2, index=0)
-    WorkerLoads(path, workers=2, index=1).add(other)
+    path = tmp_path / "workers.bin"
+    mine = WorkerBoard(path, workers=2, index=0)
+    WorkerBoard(path, workers=2, index=1).add(other)
     mine.add(own)  # requests already in flight here
 
     async def answer(request):
         return PlainTextResponse("ok")
 
     app = SpreadConnections(
-        Starlette(routes=[Route("/", answer, methods=["GET", "POST"])]), loads=mine
+        Starlette(routes=[Route("/", answer, methods=["GET", "POST"])]), board=mine
     )
 
     async def run() -> tuple[httpx.Response, httpx.Response]:
@@ -157,4 +175,4 @@ def test_a_worker_over_its_share_closes_the_connections_it_answers(tmp_path, own
     posted, probed = asyncio.run(run())
     assert (posted.headers.get("connection") == "close") is closes
     assert "connection" not in probed.headers  # probes and metrics are neither counted nor closed
-    assert mine.over_share() is (own > other + 1)  # the request's count was given back
+    assert mine.over_share(SLACK) is (own > other + SLACK)  # the request's count was given back

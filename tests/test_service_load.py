@@ -335,3 +335,40 @@ def test_models_in_the_api_workers_answer_as_the_model_service_does(drain_home, 
     answered = Counter(re.findall(r"ApiService:(\d+)\] POST /v1/audio/transcriptions 200", log))
     assert sum(answered.values()) >= 192
     assert len(answered) == 2 and min(answered.values()) >= 0.2 * 192, answered
+
+
+def readyz_until(url: str, done, timeout: float = 60.0) -> httpx.Response:
+    """Poll ``/readyz`` on a new connection each time (any worker may answer) until ``done``."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        response = httpx.get(f"{url}/readyz", headers={"Connection": "close"})
+        if done(response):
+            return response
+        time.sleep(0.05)
+    raise AssertionError(f"/readyz never got there: {response.status_code} {response.text}")
+
+
+def test_a_restarted_api_worker_holding_the_models_keeps_the_server_unready_until_loaded(
+    drain_home, alone
+):
+    # With the models in the API workers, each worker loads them itself: /readyz, whichever
+    # worker answers it, is 200 only while every worker has its models, so a probe never lets
+    # traffic in that would reach a worker still loading (503 model_unavailable).
+    server = serve_default_model(drain_home, **IN_PROCESS)
+    try:
+        workers = service_workers(server, "ApiService")
+        assert len(workers) == 2
+        workers[1].kill()  # SIGKILL: the arbiter starts another, which loads the models again
+        loading = readyz_until(server.url, lambda r: "still loading" in r.text)
+        assert loading.status_code == 503
+        assert re.fullmatch(r".*API worker\(s\) [12] still loading their models\..*", loading.text)
+        readyz_until(server.url, lambda r: r.status_code == 200)
+        restarted = service_workers(server, "ApiService")
+        assert len(restarted) == 2 and workers[1].pid not in {w.pid for w in restarted}
+        # New connections reach both workers at once: every one is answered.
+        route = server.url + OPENAI_ROUTE
+        outcomes = asyncio.run(closed_loop(route, alone, concurrency=16, requests=64))
+        assert len(outcomes) == 64
+        assert_all_ok(outcomes)
+    finally:
+        server.stop()

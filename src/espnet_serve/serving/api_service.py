@@ -8,6 +8,8 @@ connections before it stops (:mod:`espnet_serve.serving.drain`).
 
 from __future__ import annotations
 
+import asyncio
+
 import bentoml
 from fastapi import HTTPException
 
@@ -18,6 +20,7 @@ from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.model_client import BentoModelClient, ModelClient
 from espnet_serve.serving.model_service import MODEL_SERVICES
 from espnet_serve.serving.settings import get_settings
+from espnet_serve.serving.workers import WorkerBoard, worker_board
 
 settings = get_settings()
 # Once drained, the API keeps answering 503 until just after the model service (idle for
@@ -31,6 +34,9 @@ API_DRAIN = SigtermDrain(
     quiet_seconds=settings.drain_quiet_seconds + API_LINGER_SECONDS,
 )
 app = build_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAIN.draining)
+# Where each API worker loads the models, the workers publish their load and readiness.
+WORKER_BOARD = worker_board(settings.api_workers) if settings.model_in_process else None
+READY_POLL_SECONDS = 0.1
 
 
 class _ApiService:
@@ -44,6 +50,16 @@ class _ApiService:
         self.clients = [self._client(index) for index in range(len(MODEL_SERVICES))]
         connect(app, self.clients)
         API_DRAIN.install()
+        if WORKER_BOARD is not None:
+            self._publishing = asyncio.get_running_loop().create_task(
+                self._publish_ready(WORKER_BOARD)
+            )
+
+    async def _publish_ready(self, board: WorkerBoard) -> None:
+        """Mark this worker ready on the board once its models are loaded."""
+        while not all([(await client.readiness()).ready for client in self.clients]):
+            await asyncio.sleep(READY_POLL_SECONDS)
+        board.set_ready()
 
     def _client(self, index: int) -> ModelClient:
         """The ``index``-th model: its service's dependency, or loaded here."""
@@ -61,7 +77,11 @@ class _ApiService:
         )
 
     async def __is_ready__(self) -> bool:
-        """Ready while not draining and every model is ready (else 503 with the reason)."""
+        """Ready while not draining and every model is ready (else 503 with the reason).
+
+        Where the API workers hold the models, every worker's models: a probe may reach any
+        worker, and the traffic it lets in reaches all of them.
+        """
         if API_DRAIN.draining:
             raise HTTPException(503, "Shutting down: finishing the requests in flight.")
         for service, client in zip(MODEL_SERVICES, self.clients, strict=True):
@@ -69,6 +89,10 @@ class _ApiService:
             if not readiness.ready:
                 tag = service.inner.bento_model.tag
                 raise HTTPException(503, f"Model {tag} is not ready: {readiness.reason}")
+        unready = WORKER_BOARD.unready() if WORKER_BOARD is not None else []
+        if unready:
+            workers = ", ".join(map(str, unready))
+            raise HTTPException(503, f"API worker(s) {workers} still loading their models.")
         return True
 
 
@@ -93,5 +117,7 @@ ApiService = bentoml.service(
 )(bentoml.asgi_app(app)(_ApiService))
 
 
-for _middleware in edge_middlewares(settings, is_draining=lambda: API_DRAIN.draining):
+for _middleware in edge_middlewares(
+    settings, is_draining=lambda: API_DRAIN.draining, board=WORKER_BOARD
+):
     ApiService.add_asgi_middleware(_middleware.cls, **_middleware.kwargs)

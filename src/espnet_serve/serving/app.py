@@ -29,7 +29,7 @@ from espnet_serve.serving.middleware.admission import AdmissionMiddleware
 from espnet_serve.serving.middleware.auth import ApiKeyMiddleware, configured_key_hashes
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.middleware.request_id import RequestIdMiddleware
-from espnet_serve.serving.middleware.spread import SpreadConnections, worker_loads
+from espnet_serve.serving.middleware.spread import SpreadConnections
 from espnet_serve.serving.middleware.upload_limits import HeldBytes, UploadLimitsMiddleware
 from espnet_serve.serving.model_client import ModelClient
 from espnet_serve.serving.realtime.session import SessionSlots
@@ -44,29 +44,31 @@ from espnet_serve.serving.routes import (
 from espnet_serve.serving.served_model import ServedModel, ServedModels
 from espnet_serve.serving.settings import ServeSettings
 from espnet_serve.serving.speech import SpeechHandler
+from espnet_serve.serving.workers import WorkerBoard
 
 # Room for the multipart envelope and the small form fields around the file.
 MULTIPART_OVERHEAD_BYTES = 64 * 1024
 
 
 def edge_middlewares(
-    settings: ServeSettings, *, is_draining: Callable[[], bool] = lambda: False
+    settings: ServeSettings,
+    *,
+    is_draining: Callable[[], bool] = lambda: False,
+    board: WorkerBoard | None = None,
 ) -> list[Middleware]:
     """The middlewares around the whole service (BentoML's routes too), outermost first.
 
     Request ids on everything; every response closes its connection while the worker drains,
     and while it serves more than its share where several API workers each hold their models
-    (:class:`SpreadConnections`); API keys, when configured, on all but the probes (and
-    ``/metrics`` unless ``protect_metrics``).
+    (:class:`SpreadConnections`, given the workers' ``board``); API keys, when configured, on
+    all but the probes (and ``/metrics`` unless ``protect_metrics``).
     """
     middlewares = [
         Middleware(RequestIdMiddleware),
         Middleware(CloseWhileDraining, is_draining=is_draining),
     ]
-    if settings.model_in_process and settings.api_workers > 1:
-        loads = worker_loads(settings.api_workers)
-        if loads is not None:  # in a bentoml serve worker
-            middlewares.append(Middleware(SpreadConnections, loads=loads))
+    if settings.model_in_process and board is not None:
+        middlewares.append(Middleware(SpreadConnections, board=board))
     key_hashes = configured_key_hashes(settings)
     if key_hashes:
         middlewares.append(
