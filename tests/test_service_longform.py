@@ -138,8 +138,9 @@ MIB = 1024 * 1024
 READING_BUFFERS_MIB = 4
 API_FIXED_MIB = 160
 # Model worker: one full batch's working memory (32 segments of 10 s), model-dependent;
-# measured 230-290 MiB for the embedded model.
-BATCH_WORKING_MIB = 320
+# measured 78-105 MiB for the embedded model with the model service's allocator setting
+# (serving/allocator.py; 230-714 MiB without it).
+BATCH_WORKING_MIB = 200
 
 
 def segments_in_flight_mib(settings: ServeSettings) -> float:

@@ -40,6 +40,7 @@ from espnet_serve.pipeline.warmup import (
     warm_up_enhancement,
     warm_up_synthesis,
 )
+from espnet_serve.serving.allocator import map_large_blocks
 from espnet_serve.serving.drain import SigtermDrain
 from espnet_serve.serving.metrics import get_metrics, model_series
 from espnet_serve.serving.middleware.inflight import InFlight, InFlightMiddleware
@@ -129,6 +130,7 @@ class ModelServiceBase:
             install_drain: Take SIGTERM over for this worker (its own BentoML service); off
                 where the model runs inside the API worker, whose drain covers it.
         """
+        map_large_blocks()  # before the model's first batch: memory follows the load
         self.metrics = get_metrics()
         self.series = model_series(self.bento_model.tag.name)
         self.series.ready.set(0)
