@@ -105,6 +105,26 @@ def test_a_model_that_is_not_ready_is_a_503_with_retry_after():
     assert caught.value.headers == {"Retry-After": "3"}
 
 
+def test_a_cancelled_caller_is_cancelled_not_answered_503():
+    # BentoML's batcher turns a caller's cancellation into its fallback; a request whose
+    # client went away must not become a "model overloaded" 503.
+    model = RecordingModel()
+
+    async def run() -> None:
+        client = client_of(model)
+        busy = [asyncio.create_task(client.decode(request(i))) for i in range(16)]
+        waiting = asyncio.create_task(client.decode(request(16)))
+        await asyncio.sleep(0.001)  # queued behind the first batches
+        waiting.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await waiting
+        assert [r.segment.text for r in await asyncio.gather(*busy)] == [
+            f"clip {i}" for i in range(16)
+        ]
+
+    asyncio.run(run())
+
+
 @pytest.mark.parametrize(
     ("settings", "threads"),
     [

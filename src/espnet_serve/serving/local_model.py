@@ -40,7 +40,14 @@ T = TypeVar("T")
 
 
 def _overloaded() -> NoReturn:
-    """The batcher's answer to a segment it dropped at its deadline (as BentoML's)."""
+    """The batcher's answer to a segment it dropped at its deadline (as BentoML's).
+
+    ``CorkDispatcher`` also calls it when the caller itself is cancelled (a client gone):
+    that stays a cancellation, not a 503 counted against the model.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
     raise ServiceUnavailable("the model is overloaded: the segment waited past its deadline")
 
 
