@@ -10,6 +10,10 @@ the blocks happened to fall: 8 concurrent 10-minute uploads grew the embedded mo
 (``mallopt(M_MMAP_THRESHOLD)``, which also stops glibc moving it) keeps the large blocks in
 mappings of their own: 78-105 MiB per round, at the same speed; a lower threshold maps more
 blocks and costs time (128 KiB: 20 % slower). ``bench/README.md`` ("Long uploads") has the runs.
+
+Only a model service in its own process sets it: with the models inside the API workers
+(``ESPNET_SERVE_MODEL_IN_PROCESS``), short clips at 32 and 128 clients lost about 20 % of their
+throughput with it (393 and 398 against 321 and 334 audio-s/s at 32, two runs each).
 """
 
 from __future__ import annotations
