@@ -141,17 +141,15 @@ def drive(
     return result
 
 
-# How the server runs, and its settings: the default (API and model services, two workers
-# of one server); the model inside each API worker, one worker and one torch thread per
-# core; the chart's split mode (two servers, the API reaching the model over loopback HTTP,
-# ``tests.server.serve_split``; batch sizes read from the model server's metrics).
+# How the server runs, and its settings: the model services (API and model services, two
+# workers of one server); the models inside each API worker, one worker and one torch thread
+# per CPU (what the default, auto, gives a CPU server with small models:
+# ``serving/placement.py``); the chart's split mode (two servers, the API reaching the model
+# over loopback HTTP, ``tests.server.serve_split``; batch sizes read from the model server's
+# metrics).
 MODES: dict[str, dict[str, str]] = {
-    "services": {},
-    "in-process": {
-        "model_in_process": "1",
-        "api_workers": str(os.cpu_count() or 1),
-        "model_threads": "1",
-    },
+    "services": {"model_in_process": "false"},
+    "in-process": {"model_in_process": "true"},
     "split": {},
 }
 

@@ -158,11 +158,17 @@ def service_worker(server: BentoServer, service: str) -> psutil.Process:
 
 
 def serve_env(home: Path, **settings: str) -> dict[str, str]:
-    """Environment of a CPU, offline server on ``home`` with ``ESPNET_SERVE_*`` settings."""
+    """Environment of a CPU, offline server on ``home`` with ``ESPNET_SERVE_*`` settings.
+
+    The models run in their own model services unless ``model_in_process`` says otherwise:
+    on a CPU the default (``auto``) would put small models into the API workers, and the
+    tests of that shape ask for it by name.
+    """
     return {
         "BENTOML_HOME": str(home),
         "HF_HUB_OFFLINE": "1",
         "ESPNET_SERVE_GPU_COUNT": "0",
+        "ESPNET_SERVE_MODEL_IN_PROCESS": "false",
         **{f"ESPNET_SERVE_{name.upper()}": value for name, value in settings.items()},
     }
 

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import logging
+import os
 import re
+import subprocess
+import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,6 +22,7 @@ import yaml
 from devkit.publish import pack_bundle, write_bundle
 from espnet_serve.bundle import store
 from espnet_serve.cli import main as cli
+from espnet_serve.cli.build import MODEL_TAG_ENV
 from tests.answers import served_text
 from tests.conftest import OUTPUT_FN_SOURCE, TINY_DECODING
 from tests.server import BentoServer, start_server
@@ -139,6 +143,26 @@ def test_build_bento_wires_the_exact_model_tag(
     assert "espnet==202511" in requirements
     assert (Path(bento.path) / "src" / "espnet_serve" / "bundle" / "store.py").is_file()
     assert not (Path(bento.path) / "src" / "espnet_serve" / "assets").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("in_process", ["true", "false"])
+def test_a_bento_packs_its_models_wherever_they_run(
+    bentoml_home: Path, tiny_archive: Path, capsys, in_process: str
+):
+    # `bentoml build` run by hand decides where the models run as a server would (on a CPU
+    # machine: in the API workers, which then hold the models); either way the Bento lists
+    # them (what `bentoml containerize` and `export` pack).
+    assert cli.main(["build", str(tiny_archive), "--trust-user-code"]) == 0
+    model_tag = printed(capsys, "Model")
+    env = {**os.environ, MODEL_TAG_ENV: model_tag, "ESPNET_SERVE_MODEL_IN_PROCESS": in_process}
+    command = [sys.executable, "-m", "bentoml", "build", str(REPO_ROOT), "--output", "tag"]
+    built = subprocess.run(command, env=env, capture_output=True, text=True, check=True)
+    bento = bentoml.get(built.stdout.strip().split("__tag__:")[-1])
+    info = yaml.safe_load((Path(bento.path) / "bento.yaml").read_text())
+    services = {s["name"]: {m["tag"] for m in s["models"]} for s in info["services"]}
+    assert set().union(*services.values()) == {model_tag}
+    assert ("ModelService" in services) == (in_process == "false")
 
 
 @pytest.mark.slow

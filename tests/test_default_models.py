@@ -1,8 +1,10 @@
 """The embedded models served together, as ``make serve`` serves them.
 
 The default voice's rendering of digit strings must be understood by the ASR model through the
-server, and its samples must equal ``Text2Speech``'s in-process. A realtime session takes the
-streaming model and gets what ``Speech2TextStreaming`` gives in-process for the same chunks.
+server, and its samples must equal ``Text2Speech``'s in-process with the torch threads the
+server gives each model (on a CPU the models run in the API workers, a thread per worker). A
+realtime session takes the streaming model and gets what ``Speech2TextStreaming`` gives
+in-process for the same chunks.
 The README's examples must run.
 """
 
@@ -15,6 +17,7 @@ import re
 import subprocess
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import editdistance
@@ -23,6 +26,7 @@ import numpy as np
 import openai
 import pytest
 import soundfile
+import torch
 
 from bench.voice_roundtrip import digit_strings
 from devkit.reference import streamed_transcript, text2speech
@@ -31,6 +35,8 @@ from espnet_serve.assets import DEFAULT_STREAMING_ARCHIVE, DEFAULT_VOICE_ARCHIVE
 from espnet_serve.audio.encode import pcm16
 from espnet_serve.bundle.store import DEFAULT_MODEL_NAME, DEFAULT_STREAMING_NAME, DEFAULT_VOICE_NAME
 from espnet_serve.executors.tts import seeded_griffin_lim
+from espnet_serve.serving.placement import machine_placement
+from espnet_serve.serving.settings import ServeSettings
 from tests.server import REPO_ROOT, BentoServer, import_default_model, serve_env, start_server
 
 ROUND_TRIP_STRINGS = 30
@@ -48,11 +54,23 @@ def both(tmp_path_factory: pytest.TempPathFactory) -> Iterator[BentoServer]:
     import_default_model(home)  # espnet-serve import-default: every embedded model
     server = start_server(
         "service:ApiService",
-        env=serve_env(home, model_tag=MAKEFILE_MODELS),
+        env=serve_env(home, model_tag=MAKEFILE_MODELS, model_in_process="auto"),
         log_path=home / "serve.log",
     )
     yield server
     server.stop()
+
+
+@contextmanager
+def served_threads() -> Iterator[None]:
+    """Torch's threads set as the default server sets its models' (``serving/placement.py``)."""
+    placement = machine_placement(ServeSettings(), lambda: 0)  # the embedded models are small
+    threads = torch.get_num_threads()
+    torch.set_num_threads(placement.model_threads or threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(threads)
 
 
 def speak(server: BentoServer, text: str, **fields: str) -> httpx.Response:
@@ -93,7 +111,8 @@ def test_the_default_voice_speaks_as_text2speech_and_refuses_other_words(
     served = speak(both, "nine eight seven")
     unknown = speak(both, "hello nine")
     reference = text2speech(DEFAULT_VOICE_ARCHIVE, tmp_path)
-    with seeded_griffin_lim(reference.seed):  # as served: librosa's phases seeded too
+    # As served: the server's torch threads (float sums follow them), librosa's phases seeded.
+    with served_threads(), seeded_griffin_lim(reference.seed):
         expected = reference("nine eight seven")["wav"].numpy().reshape(-1)
     samples, rate = soundfile.read(io.BytesIO(served.content), dtype="int16")
     assert rate == 16000

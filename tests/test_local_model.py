@@ -24,7 +24,6 @@ from espnet_serve.serving.errors import ApiError
 from espnet_serve.serving.local_model import InProcessModelClient
 from espnet_serve.serving.middleware.spread import SLACK, SpreadConnections
 from espnet_serve.serving.rpc import Readiness, SegmentRequest, SegmentResult
-from espnet_serve.serving.settings import ServeSettings
 from espnet_serve.serving.workers import WorkerBoard
 
 REQUESTS = 48
@@ -123,24 +122,6 @@ def test_a_cancelled_caller_is_cancelled_not_answered_503():
         ]
 
     asyncio.run(run())
-
-
-@pytest.mark.parametrize(
-    ("settings", "threads"),
-    [
-        ({}, None),  # its own model worker: torch's default
-        ({"model_threads": 3}, 3),
-        ({"model_in_process": True, "api_workers": 2}, 2),  # 4 CPUs shared by 2 workers
-        ({"model_in_process": True, "api_workers": 4}, 1),
-        ({"model_in_process": True, "api_workers": 8}, 1),  # at least one
-        ({"model_in_process": True, "api_workers": 2, "model_threads": 1}, 1),
-    ],
-)
-def test_model_threads_per_worker(monkeypatch, settings, threads):
-    from bentoml._internal.resource import CpuResource
-
-    monkeypatch.setattr(CpuResource, "from_system", classmethod(lambda cls: 4.0))
-    assert ServeSettings(**settings).model_threads_per_worker() == threads
 
 
 def test_worker_loads_are_shared_through_their_file(tmp_path):

@@ -661,6 +661,35 @@ def test_model_in_process_is_a_combined_mode_setting(
     assert data["ESPNET_SERVE_MODEL_IN_PROCESS"] == rendered
 
 
+def test_where_the_models_run_follows_the_pod(chart: helm_python.Chart) -> None:
+    # A CPU combined pod leaves it to the server (auto: small models in the API workers), one
+    # API worker per CPU it requests, never per CPU of the node; a GPU pod and the split mode's
+    # pods keep the model services (split: said outright, its API pods hold no model).
+    def envs(values: dict[str, Any]) -> dict[str, dict[str, Any]]:
+        return {
+            name: {e["name"]: e for e in the_container(d).get("env", [])}
+            for name, d in of_kind(render(chart, values), "Deployment").items()
+        }
+
+    [cpu] = envs({"mode": "combined"}).values()
+    assert "ESPNET_SERVE_MODEL_IN_PROCESS" not in cpu
+    assert cpu["ESPNET_SERVE_API_WORKERS"]["valueFrom"] == {
+        "resourceFieldRef": {"containerName": "bentoml", "resource": "requests.cpu", "divisor": "1"}
+    }
+    [gpu] = envs({"mode": "combined", "gpu": {"enabled": True}}).values()
+    assert "ESPNET_SERVE_API_WORKERS" not in gpu and "ESPNET_SERVE_MODEL_IN_PROCESS" not in gpu
+    [chosen] = envs({"mode": "combined", "settings": {"ESPNET_SERVE_API_WORKERS": 3}}).values()
+    assert "ESPNET_SERVE_API_WORKERS" not in chosen  # the ConfigMap's value stands
+    unrequested = {"server": {"resources": {"requests": {"cpu": None, "memory": "4Gi"}}}}
+    [bare] = envs({"mode": "combined", **unrequested}).values()
+    assert "ESPNET_SERVE_API_WORKERS" not in bare  # no request: the server's own auto
+    split = envs({"mode": "split"})
+    assert len(split) >= 2
+    for env in split.values():
+        assert env["ESPNET_SERVE_MODEL_IN_PROCESS"]["value"] == "false"
+        assert "ESPNET_SERVE_API_WORKERS" not in env
+
+
 def test_bentoml_configuration_is_accepted_by_bentoml(case: Case, tmp_path: Path) -> None:
     from bentoml._internal.configuration.containers import BentoMLConfiguration
 

@@ -129,7 +129,9 @@ def build_bento(model_tag: str, bentofile: Path) -> tuple[str, Path]:
     logger.info("Running bentoml build (%s)", bentofile)
     result = subprocess.run(
         command,
-        env={**os.environ, MODEL_TAG_ENV: model_tag},
+        # The Bento records the model services whatever machine builds it; where the models
+        # run is decided where it is served (serving/placement.py).
+        env={**os.environ, MODEL_TAG_ENV: model_tag, "ESPNET_SERVE_MODEL_IN_PROCESS": "false"},
         stdout=subprocess.PIPE,
         text=True,
         check=False,

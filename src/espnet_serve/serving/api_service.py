@@ -9,6 +9,7 @@ connections before it stops (:mod:`espnet_serve.serving.drain`).
 from __future__ import annotations
 
 import asyncio
+import logging
 
 import bentoml
 from fastapi import HTTPException
@@ -19,10 +20,22 @@ from espnet_serve.serving.local_model import InProcessModelClient
 from espnet_serve.serving.middleware.inflight import InFlight
 from espnet_serve.serving.model_client import BentoModelClient, ModelClient
 from espnet_serve.serving.model_service import MODEL_SERVICES
+from espnet_serve.serving.placement import describe, machine_placement
 from espnet_serve.serving.settings import get_settings
 from espnet_serve.serving.workers import WorkerBoard, worker_board
 
+logger = logging.getLogger(__name__)
 settings = get_settings()
+
+
+def served_models_bytes() -> int:
+    """The served models' size in the model store."""
+    from espnet_serve.bundle.store import stored_model
+
+    return sum(stored_model(service.inner.bento_model).file_size for service in MODEL_SERVICES)
+
+
+PLACEMENT = machine_placement(settings, served_models_bytes)
 # Once drained, the API keeps answering 503 until just after the model service (idle for
 # drain_quiet_seconds) has stopped: a client arriving late gets a 503, not a reset connection.
 API_LINGER_SECONDS = 0.5
@@ -35,7 +48,7 @@ API_DRAIN = SigtermDrain(
 )
 app = build_app(settings, in_flight=API_IN_FLIGHT, is_draining=lambda: API_DRAIN.draining)
 # Where each API worker loads the models, the workers publish their load and readiness.
-WORKER_BOARD = worker_board(settings.api_workers) if settings.model_in_process else None
+WORKER_BOARD = worker_board(PLACEMENT.api_workers) if PLACEMENT.in_api_workers else None
 READY_POLL_SECONDS = 0.1
 
 
@@ -43,10 +56,11 @@ class _ApiService:
     """Front door: audio in, transcript out; text in, speech out.
 
     One dependency per served model (``model``, ``model2``, ...: :data:`MODEL_SERVICES`),
-    or, with ``model_in_process``, the models loaded in this worker.
+    or, where :data:`PLACEMENT` puts them here, the models loaded in this worker.
     """
 
     def __init__(self) -> None:
+        logger.info(describe(PLACEMENT))
         self.clients = [self._client(index) for index in range(len(MODEL_SERVICES))]
         connect(app, self.clients)
         API_DRAIN.install()
@@ -63,9 +77,9 @@ class _ApiService:
 
     def _client(self, index: int) -> ModelClient:
         """The ``index``-th model: its service's dependency, or loaded here."""
-        if settings.model_in_process:
+        if PLACEMENT.in_api_workers:
             return InProcessModelClient(
-                MODEL_SERVICES[index].inner(install_drain=False),
+                MODEL_SERVICES[index].inner(install_drain=False, threads=PLACEMENT.model_threads),
                 max_batch_size=settings.max_batch_size,
                 max_latency_ms=int(settings.request_timeout_seconds * 1000),
                 retry_after_seconds=settings.retry_after_seconds,
@@ -98,7 +112,7 @@ class _ApiService:
 
 def in_process_gpu() -> bool:
     """Whether the API worker asks for the models' GPUs (they run inside it)."""
-    return settings.model_in_process and settings.gpu_count > 0
+    return PLACEMENT.in_api_workers and settings.gpu_count > 0
 
 
 def dependency_name(index: int) -> str:
@@ -106,12 +120,14 @@ def dependency_name(index: int) -> str:
     return "model" if index == 0 else f"model{index + 1}"
 
 
-if not settings.model_in_process:
-    for _index, _service in enumerate(MODEL_SERVICES):
+for _index, _service in enumerate(MODEL_SERVICES):
+    if PLACEMENT.in_api_workers:  # its own models: a Bento built so still packs them
+        setattr(_ApiService, f"bento_model_{_index}", _service.inner.bento_model)
+    else:
         setattr(_ApiService, dependency_name(_index), bentoml.depends(_service))
 ApiService = bentoml.service(
     name="ApiService",
-    workers=settings.api_workers,
+    workers=PLACEMENT.api_workers,
     **({"resources": {"gpu": settings.gpu_count}} if in_process_gpu() else {}),
     traffic={"timeout": settings.api_timeout_seconds},
 )(bentoml.asgi_app(app)(_ApiService))

@@ -67,7 +67,7 @@ def edge_middlewares(
         Middleware(RequestIdMiddleware),
         Middleware(CloseWhileDraining, is_draining=is_draining),
     ]
-    if settings.model_in_process and board is not None:
+    if board is not None:
         middlewares.append(Middleware(SpreadConnections, board=board))
     key_hashes = configured_key_hashes(settings)
     if key_hashes:

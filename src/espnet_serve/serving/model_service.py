@@ -123,13 +123,15 @@ class ModelServiceBase:
 
     bento_model: bentoml.models.BentoModel
 
-    def __init__(self, *, install_drain: bool = True) -> None:
+    def __init__(self, *, install_drain: bool = True, threads: int | None = None) -> None:
         """Start loading the model in the background.
 
         Args:
             install_drain: Take SIGTERM over for this worker (its own BentoML service); off
                 where the model runs inside the API worker, whose drain covers it.
+            threads: Torch threads for the model (None: ``model_threads``, else torch's).
         """
+        self.threads = threads or settings.model_threads
         self.metrics = get_metrics()
         self.series = model_series(self.bento_model.tag.name)
         self.series.ready.set(0)
@@ -162,9 +164,8 @@ class ModelServiceBase:
         """Load and verify the bundle as its spec says, warm it up, then report ready."""
         from espnet_serve.bundle.store import load_session, stored_model, stored_spec
 
-        threads = settings.model_threads_per_worker()
-        if threads is not None:
-            torch.set_num_threads(threads)
+        if self.threads is not None:
+            torch.set_num_threads(self.threads)
         backend_options = {"max_bucket_size": settings.max_batch_size}
         try:
             spec = stored_spec(stored_model(self.bento_model))

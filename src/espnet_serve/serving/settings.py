@@ -4,12 +4,14 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Annotated, Literal
 
-from bentoml._internal.resource import CpuResource
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DEFAULT_MODEL_TAG = "espnet-digits-asr:latest"
+# A setting's value that leaves it to the machine (:mod:`espnet_serve.serving.placement`).
+AUTO = "auto"
 # uvicorn's idle keep-alive timeout for `bentoml serve --timeout-keep-alive` (BentoML has no
 # setting for it): longer than the clients' pool expiry (httpx and the openai SDK: 5 s, which
 # is uvicorn's default and races them; aiohttp: 15 s). The Makefile, the image and the chart
@@ -73,13 +75,15 @@ class ServeSettings(BaseSettings):
         api_key_hashes_file: A file of key hashes (lowercase hex sha256 of each key,
             one per line; ``#`` comments), e.g. a mounted Kubernetes Secret.
         protect_metrics: Whether ``/metrics`` needs a key too (when keys are on).
-        api_workers: Worker processes of the HTTP API service.
+        api_workers: Worker processes of the HTTP API service; ``auto``: one per CPU
+            where the models run in the API workers, else one.
         model_in_process: Each API worker loads and batches the models itself
             (:mod:`~espnet_serve.serving.local_model`) and no model service runs: no HTTP
-            hop and no pickling between the two. For CPU pods, with ``api_workers`` at the
-            pod's cores; each worker holds its own copy of every model. Off (the default),
-            one model service worker batches every API worker's segments (a GPU pod, the
-            chart's split mode, a model too large to copy).
+            hop and no pickling between the two; each worker holds its own copy of every
+            model. Off, one model service worker per model batches every API worker's
+            segments (a GPU pod, the chart's split mode, a model too large to copy).
+            ``auto``: on without a GPU when the models are small
+            (:func:`~espnet_serve.serving.placement.resolve_placement`).
         model_threads: Torch threads of each model worker (the intra-op pool). Unset:
             torch's default where the model has its worker of its own; where the models run
             in the API workers, the pod's CPUs shared out among them (at least one each).
@@ -124,8 +128,8 @@ class ServeSettings(BaseSettings):
     api_keys: SecretStr | None = None
     api_key_hashes_file: Path | None = None
     protect_metrics: bool = False
-    api_workers: int = Field(default=1, ge=1)
-    model_in_process: bool = False
+    api_workers: Annotated[int, Field(ge=1)] | Literal["auto"] = AUTO
+    model_in_process: bool | Literal["auto"] = AUTO
     model_threads: int | None = Field(default=None, ge=1)
     gpu_count: int = Field(default=1, ge=0)
     warmup: bool = True
@@ -142,18 +146,6 @@ class ServeSettings(BaseSettings):
                 f"max_audio_bytes ({self.max_audio_bytes}): the largest upload could never fit"
             )
         return self
-
-    def model_threads_per_worker(self) -> int | None:
-        """Torch threads a worker's models use: ``model_threads``, or the rule above.
-
-        One thread rather than torch's two on 2 cores gave the default shape one client's p95
-        10.4-10.9 ms instead of 16.3-16.4 (``bench/README.md``), but it is not the default:
-        synthesised and enhanced waveforms then differ from espnet2's at torch's default
-        count in their last bits.
-        """
-        if self.model_threads is not None or not self.model_in_process:
-            return self.model_threads
-        return max(1, int(CpuResource.from_system()) // self.api_workers)
 
     def aliases(self, *, speech: bool = False) -> frozenset[str]:
         """The model names accepted besides its own by a speech-to-text (or synthesis) model."""
