@@ -1,6 +1,6 @@
 """Memory of the server under many concurrent long uploads.
 
-Serves the embedded model (``bentoml serve``, default settings, as ``make serve``) on
+Serves the embedded model (``bentoml serve``, in model services: ``tests/server.py``) on
 127.0.0.1 and sends ``--uploads`` concurrent transcriptions of one ``--minutes``-long 16 kHz
 16-bit WAV (two minutes of held-out-style digit strings, repeated). Samples the resident
 memory of the API and the model workers (each service's workers summed) every 0.2 s, and the

@@ -1,6 +1,6 @@
 """Where the served path's time goes: CPU seconds per request of each process, and what in them.
 
-Serves the embedded model (``bentoml serve``, default settings, as ``make serve``), transcribes
+Serves the embedded model (``bentoml serve`` in one of ``bench/serve.py``'s modes), transcribes
 every clip once alone (its expected answer), then drives ``--clients`` closed-loop clients
 (``bench/loadgen.py``, in this process) for ``--requests`` requests while ``py-spy`` samples
 the API worker and the model worker (``--nonblocking``: the workers are never paused). Reports,

@@ -1,6 +1,6 @@
 """A normal client's latency while many slow uploads (a slowloris) trickle in.
 
-Serves the embedded model (``bentoml serve``, default settings, as ``make serve``) on
+Serves the embedded model (``bentoml serve``, in model services: ``tests/server.py``) on
 127.0.0.1, then times ``--requests`` sequential transcriptions of held-out clips from one
 client (the openai SDK): first alone, then while ``--slow`` connections each send a
 transcription's headers and form head and then one byte a second. Every answer is checked

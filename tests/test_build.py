@@ -22,7 +22,6 @@ import yaml
 from devkit.publish import pack_bundle, write_bundle
 from espnet_serve.bundle import store
 from espnet_serve.cli import main as cli
-from espnet_serve.cli.build import MODEL_TAG_ENV
 from tests.answers import served_text
 from tests.conftest import OUTPUT_FN_SOURCE, TINY_DECODING
 from tests.server import BentoServer, start_server
@@ -153,6 +152,10 @@ def test_a_bento_packs_its_models_wherever_they_run(
     # `bentoml build` run by hand decides where the models run as a server would (on a CPU
     # machine: in the API workers, which then hold the models); either way the Bento lists
     # them (what `bentoml containerize` and `export` pack).
+    # Imported here: a logger created at collection is disabled by BentoML's logging setup,
+    # which the chart tests run, and the caplog tests above would see nothing.
+    from espnet_serve.cli.build import MODEL_TAG_ENV
+
     assert cli.main(["build", str(tiny_archive), "--trust-user-code"]) == 0
     model_tag = printed(capsys, "Model")
     env = {**os.environ, MODEL_TAG_ENV: model_tag, "ESPNET_SERVE_MODEL_IN_PROCESS": in_process}

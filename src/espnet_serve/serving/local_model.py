@@ -2,9 +2,10 @@
 
 Where the API and the model share a pod and its CPUs, the HTTP hop between the two
 services costs as much CPU per request as a small model's decode (``bench/README.md``,
-"Where the served path's time goes"). With ``ESPNET_SERVE_MODEL_IN_PROCESS=1`` each API
-worker loads the models itself (:class:`~espnet_serve.serving.model_service.ModelServiceBase`:
-the same loading, warm-up, metrics and methods as the model service) and batches segments
+"Where the served path's time goes"). Where :mod:`~espnet_serve.serving.placement` puts the
+models in the API workers (by default on a CPU, for small models), each API worker loads
+them itself (:class:`~espnet_serve.serving.model_service.ModelServiceBase`: the same
+loading, warm-up, metrics and methods as the model service) and batches segments
 with BentoML's own adaptive batcher (``CorkDispatcher``, as the model service's batchable
 API does), one batch at a time on a thread of its own. Nothing is pickled and nothing goes
 over a socket; each API worker holds its own copy of every model.
