@@ -40,7 +40,16 @@ CODEC_ARGS = {
     "gsm": ("-t", "gsm"),
     "amr": ("-t", "amr-nb"),
 }
-CHANNELS = (WIDEBAND, *CODEC_ARGS)
+# A voice radio (an amateur's SSB or FM transceiver): 300-2700 Hz, compressed and lightly
+# overdriven, through 8 kHz and back.
+RADIO = "radio"
+RADIO_EFFECTS = (
+    *("sinc", "300-2700"),
+    *("compand", "0.005,0.1", "-70,-70,-40,-15,0,-6", "-2"),
+    *("overdrive", "6", "20"),
+    *("rate", str(TELEPHONE_RATE)),
+)
+CHANNELS = (WIDEBAND, *CODEC_ARGS, RADIO)
 RENDER_CHUNK = 25  # utterances per engine call (festival renders a chunk in one process)
 # How the engine reads the words: as one phrase, as a list ("three, one, four"), or one word
 # at a time, the recordings joined with digital silence (the way an IVR strings prompts).
@@ -74,7 +83,8 @@ class Utterance:
         tempo: sox ``tempo`` factor (duration only).
         pitch_cents: sox ``pitch`` shift.
         reverb: sox ``reverb`` reverberance, 0-100 (0: none).
-        channel: ``wideband``, or a telephone channel (``ulaw``, ``gsm``, ``amr``).
+        channel: ``wideband``, a telephone channel (``ulaw``, ``gsm``, ``amr``) or
+            ``radio`` (a voice radio's).
         reading: ``phrase``, ``list`` (``"three, one, four"``: a pause after
             each word, the way people read out digits) or ``words`` (each word
             synthesised alone, joined with 0.05-0.35 s of silence).
@@ -205,6 +215,18 @@ def _to_float(utt: Utterance, wav: bytes, sample_rate: int) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.float32)
 
 
+def _radio(signal: np.ndarray, sample_rate: int) -> np.ndarray:
+    """Pass ``signal`` through a voice radio's channel (:data:`RADIO_EFFECTS`) and back."""
+    as_float = ("-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1", "-r", str(sample_rate))
+    out = subprocess.run(
+        [*SOX_COMMAND, *as_float, "-", *as_float, "-", *RADIO_EFFECTS],
+        input=np.clip(signal, -1.0, 1.0).astype(np.float32).tobytes(),
+        capture_output=True,
+        check=True,
+    ).stdout
+    return np.frombuffer(out, dtype=np.float32).astype(np.float64)
+
+
 def _telephone(signal: np.ndarray, channel: str, sample_rate: int) -> np.ndarray:
     """Pass ``signal`` through a telephone channel: 300-3400 Hz, 8 kHz, a codec, and back."""
     as_float = ("-t", "raw", "-e", "floating-point", "-b", "32", "-c", "1")
@@ -281,7 +303,9 @@ def _finish(utt: Utterance, wavs: Sequence[bytes], sample_rate: int) -> np.ndarr
         noise_rms = np.sqrt(np.mean(speech**2)) / 10 ** (utt.snr_db / 20)
         rng = np.random.default_rng(utt.noise_seed)
         signal += noise_rms * _noise(utt.noise, signal.size, rng)
-    if utt.channel != WIDEBAND:
+    if utt.channel == RADIO:
+        signal = _radio(signal, sample_rate)
+    elif utt.channel != WIDEBAND:
         signal = _telephone(signal, utt.channel, sample_rate)
     signal *= 10 ** (utt.gain_db / 20)
     return np.clip(signal, -1.0, 1.0).astype(np.float32)
