@@ -409,12 +409,15 @@ def test_split_mode_serves_three_models_two_sharing_one_pod(bento_env, tmp_path:
     probe += [str(container_ports["model2", int(port)]) for port in ports]
     assert subprocess.run(probe, env=env, timeout=30).returncode == 0
 
-    # A server of the shared pod dies: circusd starts it again, the other keeps answering.
+    # A server of the shared pod dies, its worker with it (a worker left alone would outlive the
+    # test, adopted by init): circusd starts it again, the other keeps answering.
     (victim,) = [
         p for p in psutil.Process(circus.proc.pid).children() if "ModelService3" in p.cmdline()
     ]
-    victim.kill()
-    victim.wait(10)
+    dying = [victim, *victim.children(recursive=True)]
+    for process in dying:
+        process.kill()
+    psutil.wait_procs(dying, timeout=10)
     assert get(f"http://127.0.0.1:{api_port}/transcribe", {"text": "on", "model": 1}) == (
         200,
         "ON (ModelService2)",
