@@ -229,13 +229,13 @@ def build(out_dir: Path, scratch: Path, prompts: Prompts = ASTERISK_8K) -> Path:
     for index, words in enumerate(plan_strings(list(DIGIT_STEMS), rng)):
         uttid = f"{prompts.prefix}_{index:03d}"
         audio = join([recordings[w] for w in words], rng)
-        _write(out_dir, uttid, audio)
+        write_clip(out_dir, uttid, audio)
         rows.append((uttid, " ".join(words)))
         sources.append((uttid, source.package, source.speaker, source.licence, "joined"))
     sphinx = fetch_package(POCKETSPHINX_PACKAGE, scratch) / POCKETSPHINX_DATA
     for index, (name, text) in enumerate(POCKETSPHINX_CLIPS.items()):
         uttid = f"pocketsphinx_{index:03d}"
-        _write(out_dir, uttid, join([read_clip(sphinx / name)], rng))
+        write_clip(out_dir, uttid, join([read_clip(sphinx / name)], rng))
         rows.append((uttid, text))
         sources.append(
             (uttid, POCKETSPHINX.package, POCKETSPHINX.speaker, POCKETSPHINX.licence, name)
@@ -248,7 +248,7 @@ def build(out_dir: Path, scratch: Path, prompts: Prompts = ASTERISK_8K) -> Path:
     return out_dir
 
 
-def _write(out_dir: Path, uttid: str, audio: np.ndarray) -> None:
+def write_clip(out_dir: Path, uttid: str, audio: np.ndarray) -> None:
     """Write one clip as 16-bit FLAC, peak-normalised to half scale."""
     audio = 0.5 * audio / (np.abs(audio).max() + 1e-12)
     sf.write(out_dir / f"{uttid}.flac", audio.astype(np.float32), SAMPLE_RATE, subtype="PCM_16")

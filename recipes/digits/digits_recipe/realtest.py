@@ -42,13 +42,14 @@ import numpy as np
 
 from digits_recipe.realdev import (
     DIGIT_WORDS,
+    SAMPLE_RATE,
     SEED,
     Source,
-    _write,
     fetch_package,
     join,
     plan_strings,
     read_clip,
+    write_clip,
 )
 from digits_recipe.synth import TRANSCRIPTS, write_tsv
 
@@ -169,7 +170,7 @@ def build_word_pack(out_dir: Path, pack: WordPack, root: Path) -> Path:
     rows, sources = [], []
     for index, words in enumerate(plan_strings(list(pack.files), rng)):
         uttid = f"{pack.name}_{index:03d}"
-        _write(out_dir, uttid, join([recordings[w] for w in words], rng))
+        write_clip(out_dir, uttid, join([recordings[w] for w in words], rng))
         rows.append((uttid, " ".join(words)))
         sources.append((uttid, *_source_row(pack.source), "joined"))
     _write_tables(out_dir, rows, sources)
@@ -182,9 +183,9 @@ def build_radio(out_dir: Path, root: Path) -> Path:
     rows, sources = [], []
     for count in RADIO_COUNTS:
         audio = read_clip(root / RADIO_DIRECTORY / count.path, raw_rate=CODEC2_RATE, trim=False)
-        start = round(count.start_s * 16000)
-        end = None if count.end_s is None else round(count.end_s * 16000)
-        _write(out_dir, count.uttid, audio[start:end])
+        start = round(count.start_s * SAMPLE_RATE)
+        end = None if count.end_s is None else round(count.end_s * SAMPLE_RATE)
+        write_clip(out_dir, count.uttid, audio[start:end])
         rows.append((count.uttid, count.text))
         sources.append((count.uttid, *_source_row(RADIO_SOURCE), count.path))
     _write_tables(out_dir, rows, sources)
