@@ -1,6 +1,8 @@
 """Text-to-speech engines of the recipe: each turns utterances into WAV bytes.
 
-All three are Debian packages that synthesise offline (``make sysdeps``):
+espeak-ng, flite and festival are Debian packages that synthesise offline
+(``make sysdeps``); Kokoro is a neural model run in-process
+(:mod:`digits_recipe.kokoro`, fetched at recipe time):
 
 - ``espeak-ng``: formant synthesis; voice ``accent+variant``, speed in words
   per minute and pitch from the utterance.
@@ -11,15 +13,23 @@ All three are Debian packages that synthesise offline (``make sysdeps``):
   ``cmu_us_slt_arctic_hts``; packages ``festvox-kallpc16k``,
   ``festvox-kdlpc16k``, ``festvox-us-slt-hts``); ``stretch`` sets
   ``Duration_Stretch``. One festival process renders a whole chunk.
+- ``kokoro``: Kokoro-82M's English voices (``af_bella``, ``bm_george``, ...);
+  the utterance's ``stretch`` divides its speed.
 """
 
 from __future__ import annotations
 
+import io
 import subprocess
 import tempfile
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
+
+import soundfile as sf
+
+from digits_recipe.kokoro import SAMPLE_RATE as KOKORO_RATE
+from digits_recipe.kokoro import Kokoro
 
 if TYPE_CHECKING:
     from digits_recipe.synth import Utterance
@@ -27,7 +37,9 @@ if TYPE_CHECKING:
 ESPEAK_NG = "espeak-ng"
 FLITE = "flite"
 FESTIVAL = "festival"
-ENGINES = (ESPEAK_NG, FLITE, FESTIVAL)
+KOKORO = "kokoro"
+PROGRAMS = (ESPEAK_NG, FLITE, FESTIVAL)  # engines that are programs on the PATH
+ENGINES = (*PROGRAMS, KOKORO)
 SOX = "sox"
 # sox in repeatable mode: dither (added when it writes 8-bit or 16-bit codecs) seeded with a
 # fixed number instead of the clock, so a clip renders the same on every run
@@ -35,8 +47,8 @@ SOX_COMMAND = (SOX, "-R")
 
 
 def required_tools(utterances: Iterable[Utterance]) -> set[str]:
-    """The programs needed to render ``utterances`` (their engines and sox)."""
-    return {SOX, *(utt.engine for utt in utterances)}
+    """The programs needed to render ``utterances`` (their engines that are programs, and sox)."""
+    return {SOX, *(utt.engine for utt in utterances if utt.engine in PROGRAMS)}
 
 
 def _espeak_ng(utt: Utterance) -> bytes:
@@ -95,21 +107,32 @@ def _festival(utts: Sequence[Utterance], scratch: Path) -> list[bytes]:
     return [out.read_bytes() for out in outs]
 
 
-def speak(utts: Sequence[Utterance]) -> list[bytes]:
+def _kokoro(utt: Utterance, kokoro: Kokoro) -> bytes:
+    """One utterance through Kokoro, as 16-bit WAV."""
+    out = io.BytesIO()
+    audio = kokoro(utt.spoken_text, utt.voice, speed=1.0 / utt.stretch)
+    sf.write(out, audio, KOKORO_RATE, format="WAV", subtype="PCM_16")
+    return out.getvalue()
+
+
+def speak(utts: Sequence[Utterance], kokoro: Kokoro | None = None) -> list[bytes]:
     """Synthesise utterances (any mix of engines) as WAV bytes, in order.
 
     Args:
         utts: Planned utterances.
+        kokoro: The Kokoro voices, needed by ``kokoro`` utterances.
 
     Returns:
         list[bytes]: One WAV file's bytes per utterance.
 
     Raises:
-        ValueError: If an utterance names an unknown engine.
+        ValueError: If an utterance names an unknown engine, or Kokoro without ``kokoro``.
     """
     unknown = {utt.engine for utt in utts} - set(ENGINES)
     if unknown:
         raise ValueError(f"unknown engines {sorted(unknown)}; known: {ENGINES}")
+    if kokoro is None and any(utt.engine == KOKORO for utt in utts):
+        raise ValueError("kokoro utterances need the voices: Kokoro(digits_recipe.kokoro.fetch())")
     wavs: dict[str, bytes] = {}
     with tempfile.TemporaryDirectory(prefix="digits-tts-") as tmp:
         scratch = Path(tmp)
@@ -121,4 +144,6 @@ def speak(utts: Sequence[Utterance]) -> list[bytes]:
                 wavs[utt.uttid] = _espeak_ng(utt)
             elif utt.engine == FLITE:
                 wavs[utt.uttid] = _flite(utt, scratch)
+            elif utt.engine == KOKORO:
+                wavs[utt.uttid] = _kokoro(utt, kokoro)
     return [wavs[utt.uttid] for utt in utts]

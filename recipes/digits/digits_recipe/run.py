@@ -22,6 +22,9 @@ import yaml
 
 from digits_recipe.config import DEFAULT_CONFIG, RECIPE_DIR, SetSpec, load_config
 from digits_recipe.data import prepare_data_dir, token_list
+from digits_recipe.engines import KOKORO
+from digits_recipe.kokoro import Kokoro
+from digits_recipe.kokoro import fetch as fetch_kokoro
 from digits_recipe.pack import pack, pack_streaming, pack_voice
 from digits_recipe.realdev import ASTERISK_WIDEBAND, FFMPEG, SAYTIME, build_dev_set
 from digits_recipe.realtest import build_test_sets
@@ -194,14 +197,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     for stage in args.stages:
         start = time.perf_counter()
         if stage == "synth":
-            for name in config["sets"]:
-                spec = SetSpec.from_config(config, name)
+            specs = [SetSpec.from_config(config, name) for name in config["sets"]]
+            uses_kokoro = any(spec.engine == KOKORO for spec in specs)
+            kokoro = Kokoro(fetch_kokoro()) if uses_kokoro else None
+            for spec in specs:
                 utterances = plan_set(spec, synthesis["words"], tuple(synthesis["num_words"]))
                 synthesise_set(
                     utterances,
-                    set_dirs[name],
+                    set_dirs[spec.name],
                     sample_rate=int(synthesis["sample_rate"]),
                     jobs=int(synthesis["jobs"]),
+                    kokoro=kokoro,
                 )
         elif stage == "prepare":
             for role, dump_dir in dump_dirs.items():

@@ -1,6 +1,6 @@
 """Synthesise spoken digit strings with text-to-speech engines and sox.
 
-Engines (:mod:`digits_recipe.engines`): espeak-ng, flite and festival. Each
+Engines (:mod:`digits_recipe.engines`): espeak-ng, flite, festival and Kokoro. Each
 set is planned up front from its seed (texts, voices, speeds, noise,
 augmentation), so the result does not depend on how many processes render it.
 A set directory holds ``<uttid>.flac`` (16-bit, mono), ``transcripts.tsv``
@@ -24,6 +24,7 @@ import soundfile as sf
 
 from digits_recipe.config import SetSpec
 from digits_recipe.engines import ESPEAK_NG, SOX_COMMAND, required_tools, speak
+from digits_recipe.kokoro import Kokoro
 
 TRANSCRIPTS = "transcripts.tsv"
 CONDITIONS = "conditions.tsv"
@@ -269,17 +270,18 @@ def _trim(speech: np.ndarray) -> np.ndarray:
     return speech[loud[0] : loud[-1] + 1] if loud.size else speech
 
 
-def render(utt: Utterance, sample_rate: int) -> np.ndarray:
+def render(utt: Utterance, sample_rate: int, kokoro: Kokoro | None = None) -> np.ndarray:
     """Render one utterance: trimmed speech, padding, noise, channel and gain.
 
     Args:
         utt: The planned utterance.
         sample_rate: Output sample rate.
+        kokoro: The Kokoro voices, for a ``kokoro`` utterance.
 
     Returns:
         np.ndarray: float32 samples in [-1, 1].
     """
-    return _finish(utt, speak(utt.pieces()), sample_rate)
+    return _finish(utt, speak(utt.pieces(), kokoro), sample_rate)
 
 
 def _join(utt: Utterance, parts: Sequence[np.ndarray], sample_rate: int) -> np.ndarray:
@@ -318,7 +320,12 @@ def write_tsv(path: Path, rows: Sequence[Sequence[object]]) -> None:
 
 
 def synthesise_set(
-    utterances: Sequence[Utterance], out_dir: Path, *, sample_rate: int, jobs: int = 1
+    utterances: Sequence[Utterance],
+    out_dir: Path,
+    *,
+    sample_rate: int,
+    jobs: int = 1,
+    kokoro: Kokoro | None = None,
 ) -> Path:
     """Render a planned set into ``out_dir`` (replaced if it exists).
 
@@ -327,6 +334,7 @@ def synthesise_set(
         out_dir: Set directory to write.
         sample_rate: Output sample rate.
         jobs: Parallel engine/sox pipelines.
+        kokoro: The Kokoro voices, for ``kokoro`` utterances.
 
     Returns:
         Path: ``out_dir``.
@@ -343,7 +351,7 @@ def synthesise_set(
 
     def write(chunk: Sequence[Utterance]) -> None:
         pieces = [utt.pieces() for utt in chunk]
-        wavs = iter(speak([piece for utt_pieces in pieces for piece in utt_pieces]))
+        wavs = iter(speak([piece for utt_pieces in pieces for piece in utt_pieces], kokoro))
         for utt, utt_pieces in zip(chunk, pieces, strict=True):
             audio = _finish(utt, [next(wavs) for _ in utt_pieces], sample_rate)
             sf.write(out_dir / f"{utt.uttid}.flac", audio, sample_rate, subtype="PCM_16")
