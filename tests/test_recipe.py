@@ -125,6 +125,33 @@ def test_augmentation_changes_the_audio_not_the_plan() -> None:
     assert render(other[0], SAMPLE_RATE).size != render(base[0], SAMPLE_RATE).size
 
 
+def test_onset_cut_draws_leave_the_rest_of_the_plan() -> None:
+    config = load_config()
+    plain = SetSpec.from_config(config, "train_flite")
+    cut = dataclasses.replace(plain, onset_cut_prob=0.5, onset_cut=(0.05, 0.3))
+    base = plan_set(plain, WORDS, (1, 5))[:200]
+    other = plan_set(cut, WORDS, (1, 5))[:200]
+    assert [dataclasses.replace(u, onset_cut=0.0) for u in other] == base
+    levels = [u.onset_cut for u in other if u.onset_cut]
+    assert 60 <= len(levels) <= 140
+    assert all(0.05 <= level <= 0.3 for level in levels)
+
+
+def test_onset_cut_takes_a_weak_first_consonant_off_each_word() -> None:
+    quiet = dataclasses.replace(
+        ESPEAK, text="four four", noise="none", pad_before_s=0.0, pad_after_s=0.0, reading="words"
+    )
+    whole = render(quiet, SAMPLE_RATE)
+    cut = render(dataclasses.replace(quiet, onset_cut=0.2), SAMPLE_RATE)
+    # espeak-ng's "four" opens with ~80 ms of frication well below a fifth of its vowel:
+    # both words lose it, and what is left starts loud
+    removed = (whole.size - cut.size) / SAMPLE_RATE
+    assert 0.08 <= removed <= 0.25
+    frame = SAMPLE_RATE // 100
+    first, first_whole = (np.sqrt(np.mean(audio[:frame] ** 2)) for audio in (cut, whole))
+    assert first >= max(2 * first_whole, 0.2 * np.sqrt(np.mean(whole**2)))
+
+
 def test_heldout_plan_renders_the_shipped_clips() -> None:
     config = load_config()
     spec = SetSpec.from_config(config, "heldout")

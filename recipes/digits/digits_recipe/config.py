@@ -75,6 +75,9 @@ class SetSpec:
         readings: How the words are read, uniformly (``phrase``, ``list``,
             ``words``; see :class:`digits_recipe.synth.Utterance`).
         noise_free_prob: Fraction of utterances without added noise.
+        onset_cut_prob: Fraction of utterances whose recordings are cut tight at their start
+            (see :class:`digits_recipe.synth.Utterance`'s ``onset_cut``).
+        onset_cut: Range of the envelope level (a fraction of its peak) where such a cut falls.
     """
 
     name: str
@@ -97,6 +100,8 @@ class SetSpec:
     channels: tuple[str, ...] = ("wideband",)
     readings: tuple[str, ...] = ("phrase",)
     noise_free_prob: float = 0.0
+    onset_cut_prob: float = 0.0
+    onset_cut: tuple[float, float] = (0.0, 0.0)
 
     @classmethod
     def from_config(cls, config: Mapping[str, Any], name: str) -> SetSpec:
@@ -129,6 +134,8 @@ class SetSpec:
             channels=tuple(entry.get("channels", cls.channels)),
             readings=tuple(entry.get("readings", cls.readings)),
             noise_free_prob=float(entry.get("noise_free_prob", cls.noise_free_prob)),
+            onset_cut_prob=float(entry.get("onset_cut_prob", cls.onset_cut_prob)),
+            onset_cut=_pair(entry.get("onset_cut", cls.onset_cut), float),
         )
 
 

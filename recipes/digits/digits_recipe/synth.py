@@ -33,6 +33,8 @@ NO_NOISE = "none"  # augmentation: no added noise, so pads and pauses are digita
 PEAK_LEVEL = 0.5
 TRIM_LEVEL = 0.01  # the engines' leading/trailing silence: below 1% of the peak
 AUGMENT_STREAM = 1  # second seed word of the augmentation draws (kept apart from the base draws)
+ONSET_STREAM = 2  # second seed word of the onset-cut draws (added later: nothing else moves)
+ONSET_FRAME_S = 0.01  # frame of the envelope an onset cut reads
 WIDEBAND = "wideband"
 # Telephone channels: band-limit to 300-3400 Hz, down to 8 kHz, through a codec and back.
 TELEPHONE_RATE = 8000
@@ -89,6 +91,10 @@ class Utterance:
         reading: ``phrase``, ``list`` (``"three, one, four"``: a pause after
             each word, the way people read out digits) or ``words`` (each word
             synthesised alone, joined with 0.05-0.35 s of silence).
+        onset_cut: 0 (none), or cut each recording (the utterance, or each word of a
+            ``words`` reading) tight at its start, where its envelope first reaches this
+            fraction of its peak: a weak first consonant (``f`` of ``four``) mostly gone, as
+            in word prompts trimmed by hand.
     """
 
     uttid: str
@@ -110,6 +116,7 @@ class Utterance:
     reverb: int = 0
     channel: str = WIDEBAND
     reading: str = PHRASE
+    onset_cut: float = 0.0
 
     @property
     def spoken_text(self) -> str:
@@ -144,6 +151,7 @@ def plan_set(spec: SetSpec, words: Sequence[str], num_words: tuple[int, int]) ->
     """
     rng = np.random.default_rng(spec.seed)
     augment_rng = np.random.default_rng([spec.seed, AUGMENT_STREAM])
+    onset_rng = np.random.default_rng([spec.seed, ONSET_STREAM])
     utterances = []
     for index in range(spec.size):
         count = int(rng.integers(num_words[0], num_words[1] + 1))
@@ -164,6 +172,7 @@ def plan_set(spec: SetSpec, words: Sequence[str], num_words: tuple[int, int]) ->
             "noise_seed": int(rng.integers(2**31)),
             "engine": spec.engine,
         }
+        fields["onset_cut"] = _onset_cut(spec, onset_rng)
         utterances.append(Utterance(**{**fields, **_augmentation(spec, augment_rng)}))
     return utterances
 
@@ -182,6 +191,12 @@ def _augmentation(spec: SetSpec, rng: np.random.Generator) -> dict[str, Any]:
     if rng.random() < spec.noise_free_prob:
         fields["noise"] = NO_NOISE
     return fields
+
+
+def _onset_cut(spec: SetSpec, rng: np.random.Generator) -> float:
+    """Draw one utterance's onset-cut level: 0 (no cut) or a level in ``spec.onset_cut``."""
+    cut, level = rng.random() < spec.onset_cut_prob, float(rng.uniform(*spec.onset_cut))
+    return round(level, 3) if cut else 0.0
 
 
 def _effects(utt: Utterance, sample_rate: int) -> list[str]:
@@ -270,6 +285,16 @@ def _trim(speech: np.ndarray) -> np.ndarray:
     return speech[loud[0] : loud[-1] + 1] if loud.size else speech
 
 
+def _cut_onset(speech: np.ndarray, level: float, sample_rate: int) -> np.ndarray:
+    """Start ``speech`` at the first 10 ms frame whose RMS reaches ``level`` of the loudest's."""
+    if not level:
+        return speech
+    frame = round(ONSET_FRAME_S * sample_rate)
+    count = max(1, speech.size // frame)
+    rms = np.sqrt(np.mean(speech[: count * frame].reshape(count, -1) ** 2, axis=1))
+    return speech[int(np.argmax(rms >= level * rms.max())) * frame :]
+
+
 def render(utt: Utterance, sample_rate: int, kokoro: Kokoro | None = None) -> np.ndarray:
     """Render one utterance: trimmed speech, padding, noise, channel and gain.
 
@@ -295,7 +320,12 @@ def _join(utt: Utterance, parts: Sequence[np.ndarray], sample_rate: int) -> np.n
 
 def _finish(utt: Utterance, wavs: Sequence[bytes], sample_rate: int) -> np.ndarray:
     """Turn the engine's WAV(s) into the utterance's final samples (see :func:`render`)."""
-    parts = [_trim(_to_float(utt, wav, sample_rate).astype(np.float64)) for wav in wavs]
+    parts = [
+        _cut_onset(
+            _trim(_to_float(utt, wav, sample_rate).astype(np.float64)), utt.onset_cut, sample_rate
+        )
+        for wav in wavs
+    ]
     speech = _join(utt, parts, sample_rate) if len(parts) > 1 else parts[0]
     speech *= PEAK_LEVEL / (np.abs(speech).max() + 1e-12)
     before = np.zeros(round(utt.pad_before_s * sample_rate))
